@@ -1,0 +1,1 @@
+//! The AMI connection task and its handle.

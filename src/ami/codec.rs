@@ -1,0 +1,1 @@
+//! AMI framing: bytes ⇄ `AmiMessage`. No I/O.

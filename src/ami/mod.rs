@@ -1,0 +1,7 @@
+//! Asterisk Manager Interface: the wire codec and the connection that owns the socket.
+
+pub mod client;
+pub mod codec;
+pub mod message;
+
+pub use message::{AmiKind, AmiMessage};

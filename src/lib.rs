@@ -1,0 +1,24 @@
+//! asterisk-zammad-bridge: reports every Asterisk call to Zammad's Generic CTI API.
+//!
+//! Modules, in the order data flows through them (see ARCHITECTURE.md):
+//! - [`ami`]: the AMI codec and the connection task (login, actions, reconnect).
+//! - [`tracker`]: the pure call state machine, AMI events in, CTI requests out.
+//! - [`policy`]: number normalisation and cause mapping, pure functions.
+//! - [`cti`]: the request bodies and Zammad's replies, as values.
+//! - [`delivery`]: the outbox: per-call ordered, different calls concurrent.
+//! - [`zammad`]: the one HTTP client that talks to Zammad.
+//! - [`replay`]: recorded AMI streams through the tracker, printed as JSON.
+//! - [`daemon`]: `run`, wiring the parts together.
+//! - [`config`]: the typed config tree.
+//! - [`fake_zammad`]: an in-process stand-in for Zammad, for tests and the demo.
+
+pub mod ami;
+pub mod config;
+pub mod cti;
+pub mod daemon;
+pub mod delivery;
+pub mod fake_zammad;
+pub mod policy;
+pub mod replay;
+pub mod tracker;
+pub mod zammad;

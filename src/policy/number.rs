@@ -1,0 +1,167 @@
+//! Phone numbers as Zammad wants them: international digits without `+` or `00`,
+//! internal extensions unchanged, `anonymous` for a withheld caller.
+//!
+//! Zammad compares block lists byte for byte and normalises national numbers with a
+//! hard-coded German `49`, so the bridge sends one format everywhere (DESIGN.md §4).
+
+use crate::config::NumbersConfig;
+use regex::Regex;
+
+/// How the site writes numbers: its country code and dialing prefixes.
+#[derive(Debug, Clone)]
+pub struct NumberPlan {
+    country_code: String,
+    national_prefix: String,
+    international_prefix: String,
+    extension: Regex,
+}
+
+/// What a caller ID or dialed number turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PhoneNumber {
+    /// Withheld, empty or `<unknown>`: sent as `anonymous`.
+    Anonymous,
+    /// An internal extension (matches `extension_pattern`), kept as dialed.
+    Extension(String),
+    /// International digits without `+` or `00`.
+    International(String),
+}
+
+impl PhoneNumber {
+    pub fn is_extension(&self) -> bool {
+        matches!(self, PhoneNumber::Extension(_))
+    }
+
+    /// The string Zammad gets.
+    pub fn into_zammad(self) -> String {
+        match self {
+            PhoneNumber::Anonymous => "anonymous".into(),
+            PhoneNumber::Extension(s) | PhoneNumber::International(s) => s,
+        }
+    }
+}
+
+impl NumberPlan {
+    pub fn new(numbers: &NumbersConfig, extension: Regex) -> Self {
+        Self {
+            country_code: numbers.country_code.clone(),
+            national_prefix: numbers.national_prefix.clone(),
+            international_prefix: numbers.international_prefix.clone(),
+            extension,
+        }
+    }
+
+    pub fn is_extension(&self, s: &str) -> bool {
+        self.extension.is_match(s)
+    }
+
+    /// Classifies and normalises a raw caller ID or dialed number.
+    pub fn parse(&self, raw: &str) -> PhoneNumber {
+        let raw = raw.trim();
+        if is_withheld(raw) {
+            return PhoneNumber::Anonymous;
+        }
+        if self.is_extension(raw) {
+            return PhoneNumber::Extension(raw.to_string());
+        }
+        let plus = raw.starts_with('+');
+        // Keep digits, and `*`/`#` for feature codes; drop spaces, dashes, dots, brackets.
+        let digits: String = raw
+            .chars()
+            .filter(|c| c.is_ascii_digit() || *c == '*' || *c == '#')
+            .collect();
+        if digits.is_empty() {
+            // Letters only (a SIP user name such as "alice"): pass through unchanged.
+            return PhoneNumber::International(raw.to_string());
+        }
+        if plus {
+            return PhoneNumber::International(digits);
+        }
+        if !self.international_prefix.is_empty() {
+            if let Some(rest) = digits.strip_prefix(self.international_prefix.as_str()) {
+                return PhoneNumber::International(rest.to_string());
+            }
+        }
+        if !self.national_prefix.is_empty() {
+            if let Some(rest) = digits.strip_prefix(self.national_prefix.as_str()) {
+                return PhoneNumber::International(format!("{}{}", self.country_code, rest));
+            }
+        }
+        PhoneNumber::International(digits)
+    }
+
+    /// `parse` straight to the string Zammad gets.
+    pub fn normalise(&self, raw: &str) -> String {
+        self.parse(raw).into_zammad()
+    }
+}
+
+/// Asterisk's ways of saying "no caller ID".
+pub fn is_withheld(raw: &str) -> bool {
+    let raw = raw.trim();
+    raw.is_empty()
+        || raw.eq_ignore_ascii_case("<unknown>")
+        || raw.eq_ignore_ascii_case("unknown")
+        || raw.eq_ignore_ascii_case("anonymous")
+        || raw.eq_ignore_ascii_case("restricted")
+        || raw.eq_ignore_ascii_case("withheld")
+        || raw.eq_ignore_ascii_case("private")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> NumberPlan {
+        NumberPlan::new(
+            &NumbersConfig::default(),
+            Regex::new("^[0-9]{2,5}$").unwrap(),
+        )
+    }
+
+    #[track_caller]
+    fn check(raw: &str, want: &str) {
+        assert_eq!(plan().normalise(raw), want, "input {raw:?}");
+    }
+
+    #[test]
+    fn normalises_like_design_section_4() {
+        check("+49 30 1234", "49301234"); // DESIGN.md §4 example
+        check("0301234", "49301234"); // national, country_code 49
+        check("0044 20 7946 0000", "442079460000"); // international prefix dropped
+        check("+1 (555) 555-0100", "15555550100");
+        check("+15555550100", "15555550100");
+        check("201", "201"); // extension unchanged
+        check("49301234", "49301234"); // already international digits
+        check("*97", "*97");
+    }
+
+    #[test]
+    fn withheld_callers_become_anonymous() {
+        for raw in ["", "<unknown>", "anonymous", "Anonymous", "unknown", "  "] {
+            check(raw, "anonymous");
+        }
+    }
+
+    #[test]
+    fn other_country_code_and_empty_prefixes() {
+        let p = NumberPlan::new(
+            &NumbersConfig {
+                country_code: "41".into(),
+                national_prefix: "0".into(),
+                international_prefix: "00".into(),
+            },
+            Regex::new("^[0-9]{2,5}$").unwrap(),
+        );
+        assert_eq!(p.normalise("081 288 63 93"), "41812886393");
+        let none = NumberPlan::new(
+            &NumbersConfig {
+                country_code: "1".into(),
+                national_prefix: String::new(),
+                international_prefix: String::new(),
+            },
+            Regex::new("^[0-9]{3}$").unwrap(),
+        );
+        assert_eq!(none.normalise("5555550100"), "5555550100");
+    }
+}

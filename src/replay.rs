@@ -1,0 +1,1 @@
+//! replay (work in progress)

@@ -1,0 +1,1 @@
+//! tracker (work in progress)

@@ -1,0 +1,1 @@
+//! zammad (work in progress)
