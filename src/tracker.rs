@@ -1,1 +1,748 @@
-//! tracker (work in progress)
+//! The call tracker: a pure state machine, AMI events in, CTI requests out.
+//!
+//! Owns the model of what is happening on the PBX: channels by Uniqueid, calls keyed by the
+//! Linkedid of their first channel (the callId), which channel is the external party, which
+//! legs ring, who answered, and why the call ended. It decides when Zammad hears `newCall`,
+//! `answer` and `hangup`, and what they say. It does no I/O and reads no clock: the daemon
+//! and `replay` feed it the same events and get the same requests.
+//!
+//! Rules (DESIGN.md §4, reference/asterisk.md §3-4):
+//! - A call is **inbound** once a channel in an `inbound_contexts` context is in state Ring
+//!   (that channel is the call's *origin*, the external party). Its `newCall` waits until
+//!   the call is routed (a leg rings, answers or ends, or the origin hangs up), so that the
+//!   caller ID (which may come later in `NewCallerid`) and the ringing agents are known.
+//! - A call is **outbound** once a channel that entered the dialplan in an
+//!   `outbound_contexts` context (in state Ring) dials while its dialed number is not an
+//!   internal extension, or dials a leg whose name matches `trunk_channel`.
+//! - `answer` once, on the first pickup of a leg (Dial ANSWER, AgentConnect, Pickup).
+//! - `hangup` once: inbound when the origin channel is gone; outbound when neither the
+//!   origin nor any dialed leg is left.
+//! - A channel whose Linkedid changes (bridges adopt the oldest Linkedid on transfers and
+//!   pickups) moves to the call that owns the new Linkedid; callIds never change.
+
+use crate::ami::AmiMessage;
+use crate::config::{AgentEntry, CallsConfig, Config};
+use crate::cti::{CallId, CtiEventKind, CtiRequest, Direction, Users};
+use crate::policy::cause::{CallOutcome, DialOutcome, zammad_cause};
+use crate::policy::number::{NumberPlan, is_withheld};
+use regex::Regex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Everything the tracker needs from the config, compiled once.
+#[derive(Debug, Clone)]
+pub struct TrackerSettings {
+    pub plan: NumberPlan,
+    pub inbound_contexts: HashSet<String>,
+    pub outbound_contexts: HashSet<String>,
+    pub trunk_channel: Option<Regex>,
+    pub agents: BTreeMap<String, AgentEntry>,
+    pub call_id_prefix: String,
+}
+
+impl TrackerSettings {
+    /// Builds the settings from a loaded config. The regexes were validated at load.
+    pub fn from_config(config: &Config) -> Result<Self, regex::Error> {
+        let calls: &CallsConfig = &config.calls;
+        Ok(Self {
+            plan: NumberPlan::new(&config.numbers, Regex::new(&calls.extension_pattern)?),
+            inbound_contexts: calls.inbound_contexts.iter().cloned().collect(),
+            outbound_contexts: calls.outbound_contexts.iter().cloned().collect(),
+            trunk_channel: calls.trunk_channel.as_deref().map(Regex::new).transpose()?,
+            agents: config.agents.clone(),
+            call_id_prefix: config.zammad.call_id_prefix.clone(),
+        })
+    }
+}
+
+/// One channel (Uniqueid) as far as call tracking needs it.
+#[derive(Debug)]
+struct Channel {
+    name: Box<str>,
+    /// Key of the call this channel belongs to.
+    call: Box<str>,
+    /// The Linkedid last seen on this channel.
+    linkedid: Box<str>,
+    state: u8,
+    caller_num: Option<Box<str>>,
+}
+
+/// One leg dialed (or called by a queue) on behalf of a call.
+#[derive(Debug)]
+struct Leg {
+    uniqueid: Box<str>,
+    /// The agent's extension, if the leg goes to an internal phone.
+    extension: Option<Box<str>>,
+    /// A display name from the queue (`MemberName`), used when `[agents]` has none.
+    member_name: Option<Box<str>>,
+    alive: bool,
+}
+
+#[derive(Debug, Default)]
+struct Call {
+    call_id: Option<CallId>,
+    direction: Option<Direction>,
+    /// Inbound: the external party's channel. Outbound: the dialing phone's channel.
+    origin: Option<Box<str>>,
+    /// The first channel that entered the dialplan in an outbound context, and the number
+    /// it dialed there: the call becomes outbound when that number is dialed out.
+    out_origin: Option<(Box<str>, Box<str>)>,
+    from: String,
+    to: String,
+    queue: Option<String>,
+    in_queue: bool,
+    legs: Vec<Leg>,
+    /// Both ends are internal: never reported.
+    internal: bool,
+    reported: bool,
+    answered: bool,
+    ended: bool,
+    outcome: CallOutcome,
+    /// Channels of this call still alive.
+    live: u32,
+}
+
+/// The call state machine. Feed it every AMI event with [`Tracker::handle`].
+#[derive(Debug)]
+pub struct Tracker {
+    settings: TrackerSettings,
+    channels: HashMap<Box<str>, Channel>,
+    calls: HashMap<Box<str>, Call>,
+    /// Linkedids adopted by a call other than their own (after merges), to that call's key.
+    aliases: HashMap<Box<str>, Box<str>>,
+}
+
+/// The header prefix of a channel block inside an event (`Dest`, `Target`, ...).
+type Prefix = &'static str;
+
+fn header<'a>(msg: &'a AmiMessage, prefix: Prefix, key: &str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        msg.get(key)
+    } else {
+        let mut full = String::with_capacity(prefix.len() + key.len());
+        full.push_str(prefix);
+        full.push_str(key);
+        msg.get(&full)
+    }
+}
+
+impl Tracker {
+    pub fn new(settings: TrackerSettings) -> Self {
+        Self {
+            settings,
+            channels: HashMap::new(),
+            calls: HashMap::new(),
+            aliases: HashMap::new(),
+        }
+    }
+
+    /// Calls the tracker follows (reported or not) that still have live channels.
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn active_channels(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Applies one AMI event; appends the CTI requests it causes to `out`, in order.
+    pub fn handle(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
+        let Some(event) = msg.event() else { return };
+        match event {
+            "Newchannel" | "Newstate" | "NewCallerid" | "Newexten" | "NewConnectedLine" => {
+                self.on_channel_update(msg, event, out)
+            }
+            "DialBegin" => self.on_dial_begin(msg, out),
+            "DialState" => self.on_dial_state(msg, out),
+            "DialEnd" => self.on_dial_end(msg, out),
+            "AgentCalled" => self.on_agent_called(msg),
+            "AgentConnect" => self.on_agent_connect(msg, out),
+            "QueueCallerJoin" => self.on_queue(msg, true),
+            "QueueCallerLeave" => self.on_queue(msg, false),
+            "Pickup" => self.on_pickup(msg, out),
+            "HangupRequest" => self.on_hangup_request(msg),
+            "Hangup" => self.on_hangup(msg, out),
+            "BridgeEnter" | "BridgeLeave" | "SoftHangupRequest" | "VarSet" | "Hold"
+            | "Unhold" | "MusicOnHoldStart" | "MusicOnHoldStop" => {
+                self.touch(msg, "");
+            }
+            _ => {}
+        }
+    }
+
+    /// Creates or refreshes the channel of the block with `prefix`; returns its Uniqueid.
+    /// Re-homes the channel when its Linkedid changed.
+    fn touch(&mut self, msg: &AmiMessage, prefix: Prefix) -> Option<Box<str>> {
+        let uniqueid = header(msg, prefix, "Uniqueid")?;
+        let linkedid = header(msg, prefix, "Linkedid").unwrap_or(uniqueid);
+        let state = header(msg, prefix, "ChannelState")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let caller = header(msg, prefix, "CallerIDNum").filter(|c| !is_withheld(c));
+        let relinked = self
+            .channels
+            .get(uniqueid)
+            .map(|ch| &*ch.linkedid != linkedid);
+        let moved_from = match relinked {
+            Some(relinked) => {
+                let target = relinked.then(|| self.call_key_for(linkedid));
+                let ch = self.channels.get_mut(uniqueid).expect("checked above");
+                ch.state = state;
+                if let Some(c) = caller {
+                    if ch.caller_num.as_deref() != Some(c) {
+                        ch.caller_num = Some(c.into());
+                    }
+                }
+                match target {
+                    Some(target) => {
+                        ch.linkedid = linkedid.into();
+                        (ch.call != target).then(|| std::mem::replace(&mut ch.call, target))
+                    }
+                    None => None,
+                }
+            }
+            None => {
+                let key = self.call_key_for(linkedid);
+                self.calls.get_mut(&*key).expect("just made").live += 1;
+                self.channels.insert(
+                    uniqueid.into(),
+                    Channel {
+                        name: header(msg, prefix, "Channel").unwrap_or("").into(),
+                        call: key,
+                        linkedid: linkedid.into(),
+                        state,
+                        caller_num: caller.map(Into::into),
+                    },
+                );
+                None
+            }
+        };
+        let uid: Box<str> = uniqueid.into();
+        if let Some(old) = moved_from {
+            self.rehome(&uid, &old);
+        }
+        if prefix.is_empty() && state == 4 {
+            if let Some(key) = self.call_of(&uid) {
+                self.detect_origin(msg, &uid, &key);
+            }
+        }
+        Some(uid)
+    }
+
+    /// The key of the call that owns `linkedid` (following merges), created on demand.
+    fn call_key_for(&mut self, linkedid: &str) -> Box<str> {
+        if let Some(key) = self.aliases.get(linkedid) {
+            return key.clone();
+        }
+        if let Some((key, _)) = self.calls.get_key_value(linkedid) {
+            return key.clone();
+        }
+        let key: Box<str> = linkedid.into();
+        self.calls.insert(key.clone(), Call::default());
+        key
+    }
+
+    /// Moves a channel's live count from call `old` to its new call; an emptied old call is
+    /// dropped (a merged consult call) and its Linkedid aliased to the new one.
+    fn rehome(&mut self, uniqueid: &str, old: &str) {
+        let Some(new) = self.channels.get(uniqueid).map(|c| c.call.clone()) else {
+            return;
+        };
+        if let Some(call) = self.calls.get_mut(&*new) {
+            call.live += 1;
+        }
+        let emptied = match self.calls.get_mut(old) {
+            Some(call) => {
+                call.live = call.live.saturating_sub(1);
+                call.live == 0
+            }
+            None => false,
+        };
+        if emptied {
+            self.aliases.insert(old.into(), new);
+        }
+    }
+
+    fn call_of(&self, uniqueid: &str) -> Option<Box<str>> {
+        self.channels.get(uniqueid).map(|c| c.call.clone())
+    }
+
+    fn on_channel_update(&mut self, msg: &AmiMessage, event: &str, out: &mut Vec<CtiRequest>) {
+        let Some(uid) = self.touch(msg, "") else { return };
+        let Some(key) = self.call_of(&uid) else { return };
+        match event {
+            "Newstate" if msg.get("ChannelState") == Some("5") => {
+                self.on_leg_ringing(&key, &uid, out)
+            }
+            "Newexten" if msg.get("Application") == Some("VoiceMail") => {
+                self.on_voicemail(&key, &uid, out)
+            }
+            _ => {}
+        }
+    }
+
+    /// A channel in state Ring runs the dialplan as an incoming leg: in an inbound context
+    /// it makes its call inbound (it is the external party); the first one in an outbound
+    /// context is the phone whose dialed number may make the call outbound.
+    fn detect_origin(&mut self, msg: &AmiMessage, uid: &str, key: &str) {
+        let Some(call) = self.calls.get_mut(key) else { return };
+        if call.direction.is_some() {
+            return;
+        }
+        let context = msg.get("Context").unwrap_or("");
+        let exten = msg.get("Exten").unwrap_or("");
+        if self.settings.inbound_contexts.contains(context) {
+            call.direction = Some(Direction::In);
+            call.origin = Some(uid.into());
+            call.to = if exten.is_empty() || exten == "s" {
+                String::new()
+            } else {
+                self.settings.plan.normalise(exten)
+            };
+        } else if call.out_origin.is_none()
+            && !exten.is_empty()
+            && exten != "s"
+            && self.settings.outbound_contexts.contains(context)
+        {
+            call.out_origin = Some((uid.into(), exten.into()));
+        }
+    }
+
+    fn is_leg(call: &Call, uid: &str) -> bool {
+        call.legs.iter().any(|l| &*l.uniqueid == uid)
+    }
+
+    fn on_leg_ringing(&mut self, key: &str, uid: &str, out: &mut Vec<CtiRequest>) {
+        let Some(call) = self.calls.get(key) else { return };
+        if call.direction == Some(Direction::In) && Self::is_leg(call, uid) {
+            self.report_new_call(key, out);
+        }
+    }
+
+    fn on_voicemail(&mut self, key: &str, uid: &str, out: &mut Vec<CtiRequest>) {
+        let Some(call) = self.calls.get(key) else { return };
+        if call.direction != Some(Direction::In) || call.origin.as_deref() != Some(uid) {
+            return;
+        }
+        self.report_new_call(key, out);
+        self.report_answer(key, AnsweredBy::Voicemail, out);
+    }
+
+    /// The extension behind a channel or interface name: `PJSIP/201-00000a`,
+    /// `SIP/201-0a`, `Local/201@phones-0000001;1`, `PJSIP/201` → `201`, if it is one of ours.
+    fn extension_of(&self, name: &str) -> Option<Box<str>> {
+        let rest = name.split_once('/')?.1;
+        let end = rest.find(['@', '-', ';', '/']).unwrap_or(rest.len());
+        let ext = &rest[..end];
+        (self.settings.agents.contains_key(ext) || self.settings.plan.is_extension(ext))
+            .then(|| ext.into())
+    }
+
+    fn on_dial_begin(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
+        // Without a caller block (Originate, call files) the dial belongs to no call yet.
+        let Some(caller) = self.touch(msg, "") else {
+            self.touch(msg, "Dest");
+            return;
+        };
+        let Some(dest) = self.touch(msg, "Dest") else { return };
+        let Some(key) = self.call_of(&caller) else { return };
+        let dest_name = msg.get("DestChannel").unwrap_or("");
+        let extension = self.extension_of(dest_name);
+        let to_trunk = self
+            .settings
+            .trunk_channel
+            .as_ref()
+            .is_some_and(|re| re.is_match(dest_name));
+        let call = self.calls.get_mut(&*key).expect("a channel's call exists");
+        if !Self::is_leg(call, &dest) {
+            call.legs.push(Leg {
+                uniqueid: dest.clone(),
+                extension: extension.clone(),
+                member_name: None,
+                alive: true,
+            });
+        }
+        if call.direction.is_some() {
+            return;
+        }
+        // Outbound: a phone that came in through an outbound context dials out.
+        let Some((origin, dialed)) = call.out_origin.clone() else {
+            return;
+        };
+        let external = !self.settings.plan.is_extension(&dialed);
+        if !(external || to_trunk) {
+            return;
+        }
+        let number = if external {
+            dialed.to_string()
+        } else {
+            msg.get("DestCallerIDNum")
+                .filter(|n| !is_withheld(n))
+                .or_else(|| msg.get("DestExten"))
+                .unwrap_or(&dialed)
+                .to_string()
+        };
+        call.direction = Some(Direction::Out);
+        call.origin = Some(origin.clone());
+        let caller_num = self.channels.get(&*origin).and_then(|c| c.caller_num.clone());
+        let agent_ext = caller_num.as_deref().unwrap_or("");
+        let agent = self.settings.agents.get(agent_ext);
+        call.from = match agent.and_then(AgentEntry::number) {
+            Some(n) => n.to_string(),
+            None => self.settings.plan.normalise(agent_ext),
+        };
+        call.to = self.settings.plan.normalise(&number);
+        self.report_new_call(&key, out);
+    }
+
+    fn on_dial_state(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
+        self.touch(msg, "");
+        let Some(dest) = self.touch(msg, "Dest") else { return };
+        if matches!(msg.get("DialStatus"), Some("RINGING" | "PROGRESS")) {
+            if let Some(key) = self.call_of(&dest) {
+                self.on_leg_ringing(&key, &dest, out);
+            }
+        }
+    }
+
+    fn on_dial_end(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
+        let Some(caller) = self.touch(msg, "") else {
+            self.touch(msg, "Dest");
+            return;
+        };
+        let Some(dest) = self.touch(msg, "Dest") else { return };
+        let Some(key) = self.call_of(&caller) else { return };
+        let status = msg.get("DialStatus").and_then(DialOutcome::parse);
+        let forwarded = msg.get("Forward").is_some_and(|f| !f.is_empty());
+        let Some(call) = self.calls.get_mut(&*key) else { return };
+        if !Self::is_leg(call, &dest) {
+            return;
+        }
+        if forwarded {
+            call.outcome.forwarded = true;
+        }
+        match status {
+            Some(DialOutcome::Answer) => {
+                self.report_new_call(&key, out);
+                self.report_answer(&key, AnsweredBy::Leg(dest), out);
+            }
+            Some(outcome) => {
+                call.outcome.best_dial = call.outcome.best_dial.max(Some(outcome));
+                if call.direction == Some(Direction::In) {
+                    self.report_new_call(&key, out);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn on_agent_called(&mut self, msg: &AmiMessage) {
+        let Some(caller) = self.touch(msg, "") else { return };
+        let Some(dest) = self.touch(msg, "Dest") else { return };
+        let Some(key) = self.call_of(&caller) else { return };
+        let extension = msg
+            .get("Interface")
+            .and_then(|i| self.extension_of(i))
+            .or_else(|| self.extension_of(msg.get("DestChannel").unwrap_or("")));
+        let member_name = msg.get("MemberName").filter(|m| !m.is_empty());
+        let queue = msg.get("Queue");
+        let call = self.calls.get_mut(&*key).expect("a channel's call exists");
+        if let Some(q) = queue {
+            call.queue = Some(q.to_string());
+        }
+        match call.legs.iter_mut().find(|l| l.uniqueid == dest) {
+            Some(leg) => {
+                leg.extension = leg.extension.take().or(extension);
+                leg.member_name = member_name.map(Into::into);
+            }
+            None => call.legs.push(Leg {
+                uniqueid: dest,
+                extension,
+                member_name: member_name.map(Into::into),
+                alive: true,
+            }),
+        }
+    }
+
+    fn on_agent_connect(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
+        self.on_agent_called(msg);
+        let (Some(caller), Some(dest)) = (msg.get("Uniqueid"), msg.get("DestUniqueid")) else {
+            return;
+        };
+        let Some(key) = self.call_of(caller) else { return };
+        self.report_new_call(&key, out);
+        self.report_answer(&key, AnsweredBy::Leg(dest.into()), out);
+    }
+
+    fn on_queue(&mut self, msg: &AmiMessage, join: bool) {
+        let Some(uid) = self.touch(msg, "") else { return };
+        let Some(key) = self.call_of(&uid) else { return };
+        let Some(call) = self.calls.get_mut(&*key) else { return };
+        if join {
+            if let Some(q) = msg.get("Queue") {
+                call.queue = Some(q.to_string());
+            }
+            call.in_queue = true;
+        } else {
+            call.in_queue = false;
+            if !call.answered {
+                call.outcome.queue_unserved = true;
+            }
+        }
+    }
+
+    /// `Pickup`: the channel in the main block picked up the ringing leg in `Target*`.
+    fn on_pickup(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
+        let picker = self.touch(msg, "");
+        let Some(target) = self.touch(msg, "Target") else { return };
+        let Some(key) = self.call_of(&target) else { return };
+        let extension = msg.get("Channel").and_then(|n| self.extension_of(n));
+        self.report_new_call(&key, out);
+        self.report_answer(
+            &key,
+            AnsweredBy::Picker { uniqueid: picker, extension },
+            out,
+        );
+    }
+
+    fn on_hangup_request(&mut self, msg: &AmiMessage) {
+        let Some(uid) = self.touch(msg, "") else { return };
+        let Some(key) = self.call_of(&uid) else { return };
+        let Some(call) = self.calls.get_mut(&*key) else { return };
+        if call.direction == Some(Direction::In)
+            && call.origin.as_deref() == Some(&*uid)
+            && !call.answered
+        {
+            let ringing = call.legs.iter().any(|l| l.alive);
+            if ringing || call.in_queue || call.legs.is_empty() {
+                call.outcome.caller_gave_up = true;
+            }
+        }
+    }
+
+    fn on_hangup(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
+        let Some(uid) = msg.get("Uniqueid") else { return };
+        if !self.channels.contains_key(uid) {
+            self.touch(msg, "");
+        }
+        let Some(ch) = self.channels.remove(uid) else { return };
+        let key = ch.call;
+        let cause = msg.get("Cause").and_then(|c| c.parse::<u16>().ok());
+        let Some(call) = self.calls.get_mut(&*key) else { return };
+        call.live = call.live.saturating_sub(1);
+        for leg in call.legs.iter_mut().filter(|l| &*l.uniqueid == uid) {
+            leg.alive = false;
+        }
+        let is_origin = call.origin.as_deref() == Some(uid);
+        let ends = match call.direction {
+            Some(Direction::In) => is_origin,
+            Some(Direction::Out) => {
+                let origin_alive = call
+                    .origin
+                    .as_deref()
+                    .is_some_and(|o| o != uid && self.channels.contains_key(o));
+                !origin_alive && !call.legs.iter().any(|l| l.alive)
+            }
+            None => false,
+        } || call.live == 0;
+        if ends && !call.ended {
+            if is_origin || call.outcome.q850.is_none() {
+                call.outcome.q850 = cause;
+            }
+            if call.direction == Some(Direction::In) {
+                self.report_new_call(&key, out);
+            }
+            self.report_hangup(&key, out);
+        }
+        let call = self.calls.get(&*key).expect("still here");
+        if call.live == 0 {
+            self.calls.remove(&*key);
+            self.aliases.retain(|_, v| **v != *key);
+        }
+    }
+
+    /// Sends the call's `newCall` if it qualifies and was not sent yet.
+    fn report_new_call(&mut self, key: &str, out: &mut Vec<CtiRequest>) {
+        let Some(call) = self.calls.get(key) else { return };
+        if call.reported || call.ended || call.internal {
+            return;
+        }
+        let Some(direction) = call.direction else { return };
+        let (from, user) = match direction {
+            Direction::In => {
+                let caller = call
+                    .origin
+                    .as_deref()
+                    .and_then(|o| self.channels.get(o))
+                    .and_then(|c| c.caller_num.as_deref())
+                    .unwrap_or("");
+                let from = self.settings.plan.normalise(caller);
+                (from, Users::from_names(self.ringing_names(call)))
+            }
+            Direction::Out => {
+                let ext = call
+                    .origin
+                    .as_deref()
+                    .and_then(|o| self.channels.get(o))
+                    .and_then(|c| c.caller_num.as_deref())
+                    .unwrap_or("");
+                let user = self
+                    .settings
+                    .agents
+                    .get(ext)
+                    .map(|a| Users::One(a.name().to_string()));
+                (call.from.clone(), user)
+            }
+        };
+        let mut to = call.to.clone();
+        if to.is_empty() {
+            // No DID (exten `s`): the first extension that rang stands in for it.
+            to = call
+                .legs
+                .iter()
+                .find_map(|l| l.extension.as_deref())
+                .unwrap_or("")
+                .to_string();
+        }
+        let internal = direction == Direction::In
+            && self.settings.plan.is_extension(&from)
+            && self.settings.plan.is_extension(&to);
+        let call_id = CallId(format!("{}{}", self.settings.call_id_prefix, key));
+        let call = self.calls.get_mut(key).expect("checked above");
+        if internal {
+            call.internal = true;
+            return;
+        }
+        call.reported = true;
+        call.from = from;
+        call.to = to;
+        call.call_id = Some(call_id.clone());
+        out.push(CtiRequest {
+            event: CtiEventKind::NewCall,
+            direction,
+            call_id,
+            from: call.from.clone(),
+            to: call.to.clone(),
+            user,
+            queue: call.queue.clone(),
+            answering_number: None,
+            cause: None,
+        });
+    }
+
+    /// Names of the agents the call rings (or rang), in the order they were dialed.
+    fn ringing_names(&self, call: &Call) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        let mut add = |name: &str| {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        };
+        for leg in &call.legs {
+            if let Some(name) = self.agent_name(leg.extension.as_deref(), leg.member_name.as_deref())
+            {
+                add(name);
+            }
+        }
+        // Legs of a parallel Dial that exist but were not dialed yet (Down, not the origin).
+        let key = call.origin.as_deref().and_then(|o| self.channels.get(o)).map(|c| &c.call);
+        for (uid, ch) in &self.channels {
+            if Some(&ch.call) != key
+                || ch.state != 0
+                || call.origin.as_deref() == Some(&**uid)
+                || Self::is_leg(call, uid)
+            {
+                continue;
+            }
+            if let Some(ext) = self.extension_of(&ch.name) {
+                if let Some(name) = self.agent_name(Some(&ext), None) {
+                    add(name);
+                }
+            }
+        }
+        names
+    }
+
+    fn agent_name<'a>(&'a self, ext: Option<&str>, member: Option<&'a str>) -> Option<&'a str> {
+        ext.and_then(|e| self.settings.agents.get(e))
+            .map(AgentEntry::name)
+            .or(member)
+    }
+
+    fn report_answer(&mut self, key: &str, by: AnsweredBy, out: &mut Vec<CtiRequest>) {
+        let Some(call) = self.calls.get(key) else { return };
+        if !call.reported || call.answered || call.ended {
+            return;
+        }
+        let Some(direction) = call.direction else { return };
+        let (user, answering_number) = match (direction, by) {
+            (Direction::Out, _) => (None, None),
+            (Direction::In, AnsweredBy::Voicemail) => (Some("voicemail".to_string()), None),
+            (Direction::In, AnsweredBy::Leg(uid)) => {
+                let leg = call.legs.iter().find(|l| l.uniqueid == uid);
+                let ext = leg.and_then(|l| l.extension.as_deref());
+                self.answering(ext, leg.and_then(|l| l.member_name.as_deref()))
+            }
+            (Direction::In, AnsweredBy::Picker { extension, .. }) => {
+                self.answering(extension.as_deref(), None)
+            }
+        };
+        let call = self.calls.get_mut(key).expect("checked above");
+        call.answered = true;
+        call.outcome.answered = true;
+        out.push(CtiRequest {
+            event: CtiEventKind::Answer,
+            direction,
+            call_id: call.call_id.clone().expect("reported calls have an id"),
+            from: call.from.clone(),
+            to: call.to.clone(),
+            user: user.map(Users::One),
+            queue: None,
+            answering_number,
+            cause: None,
+        });
+    }
+
+    /// `user` and `answeringNumber` for an answer by the agent at `ext`.
+    fn answering(&self, ext: Option<&str>, member: Option<&str>) -> (Option<String>, Option<String>) {
+        let agent = ext.and_then(|e| self.settings.agents.get(e));
+        let user = agent.map(|a| a.name().to_string()).or(member.map(str::to_string));
+        let number = agent
+            .and_then(AgentEntry::number)
+            .map(str::to_string)
+            .or(ext.map(str::to_string));
+        (user, number)
+    }
+
+    fn report_hangup(&mut self, key: &str, out: &mut Vec<CtiRequest>) {
+        let Some(call) = self.calls.get_mut(key) else { return };
+        if call.ended {
+            return;
+        }
+        call.ended = true;
+        if !call.reported {
+            return;
+        }
+        let direction = call.direction.expect("reported calls have a direction");
+        out.push(CtiRequest {
+            event: CtiEventKind::Hangup,
+            direction,
+            call_id: call.call_id.clone().expect("reported calls have an id"),
+            from: call.from.clone(),
+            to: call.to.clone(),
+            user: None,
+            queue: None,
+            answering_number: None,
+            cause: Some(zammad_cause(direction, &call.outcome)),
+        });
+    }
+}
+
+enum AnsweredBy {
+    Leg(Box<str>),
+    Picker {
+        #[allow(dead_code)]
+        uniqueid: Option<Box<str>>,
+        extension: Option<Box<str>>,
+    },
+    Voicemail,
+}
