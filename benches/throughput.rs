@@ -1,1 +1,203 @@
-fn main() {}
+//! Throughput and memory benchmark (run with `cargo bench --bench throughput`).
+//!
+//! Prints:
+//! - AMI events per second through the codec alone, over the recorded transcripts;
+//! - AMI events per second end to end (codec, tracker, JSON bodies), no network, one core;
+//! - bytes the tracker holds per active call with 10,000 calls up at once.
+
+#![allow(unsafe_code)] // the counting allocator below
+
+use asterisk_zammad_bridge::ami::AmiMessage;
+use asterisk_zammad_bridge::ami::codec::{AmiCodec, AmiFrame};
+use asterisk_zammad_bridge::config::Config;
+use asterisk_zammad_bridge::replay::for_each_message;
+use asterisk_zammad_bridge::tracker::{Tracker, TrackerSettings};
+use bytes::BytesMut;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Instant;
+use tokio_util::codec::Decoder;
+
+/// Counts live heap bytes, to measure what the tracker holds.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn transcripts() -> Vec<u8> {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ami-transcripts"
+    );
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.ends_with(".txt") && !n.ends_with(".sent.txt") && !n.starts_with("agi-agi")
+        })
+        .collect();
+    paths.sort();
+    let mut all = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let bytes = std::fs::read(p).unwrap();
+        // Keep only the first banner so the stream reads as one connection.
+        let start = if i == 0 {
+            0
+        } else {
+            bytes.iter().position(|&b| b == b'\n').unwrap() + 1
+        };
+        all.extend_from_slice(&bytes[start..]);
+    }
+    all
+}
+
+fn lab_settings() -> TrackerSettings {
+    let mut config = Config::default();
+    config.calls.inbound_contexts = vec!["from-trunk".into()];
+    config.calls.outbound_contexts = vec!["from-internal".into()];
+    for (ext, name) in [
+        ("201", "Alice"),
+        ("202", "Bob"),
+        ("203", "Carol"),
+        ("204", "Dave"),
+    ] {
+        config.agents.insert(
+            ext.into(),
+            asterisk_zammad_bridge::config::AgentEntry::Name(name.into()),
+        );
+    }
+    TrackerSettings::from_config(&config).unwrap()
+}
+
+fn codec_only(stream: &[u8], rounds: usize) {
+    let start = Instant::now();
+    let mut events = 0usize;
+    for _ in 0..rounds {
+        let mut codec = AmiCodec::new();
+        let mut buf = BytesMut::from(stream);
+        while let Some(frame) = codec.decode_eof(&mut buf).unwrap() {
+            if let AmiFrame::Message(m) = frame {
+                events += usize::from(m.event().is_some());
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "codec alone:  {:>10.0} events/s ({events} events in {secs:.2} s)",
+        events as f64 / secs
+    );
+}
+
+fn end_to_end(stream: &[u8], rounds: usize) {
+    let mut tracker = Tracker::new(lab_settings());
+    let mut requests = Vec::new();
+    let mut events = 0usize;
+    let mut bodies = 0usize;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        for_each_message(stream, |msg| {
+            events += usize::from(msg.event().is_some());
+            tracker.handle(msg, &mut requests);
+            for r in requests.drain(..) {
+                bodies += r.to_json().len();
+            }
+        })
+        .unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "end to end:   {:>10.0} events/s ({events} events, {bodies} bytes of JSON, {secs:.2} s)",
+        events as f64 / secs
+    );
+}
+
+/// The events that bring call `i` to the answered state: an inbound trunk channel, a
+/// ringing and answered leg to phone 201, both in a bridge.
+fn answered_call(i: usize) -> Vec<AmiMessage> {
+    let t = format!("1800000000.{}", i * 2);
+    let a = format!("1800000000.{}", i * 2 + 1);
+    let trunk = format!("PJSIP/trunk-{i:08x}");
+    let leg = format!("PJSIP/201-{i:08x}");
+    let block = |ev: &str, ch: &str, uid: &str, state: &str, extra: &[(&str, &str)]| {
+        let mut pairs = vec![
+            ("Event", ev),
+            ("Privilege", "call,all"),
+            ("Channel", ch),
+            ("ChannelState", state),
+            ("CallerIDNum", "+15555550100"),
+            ("CallerIDName", "Caller"),
+            ("Context", "from-trunk"),
+            ("Exten", "4930123456"),
+            ("Uniqueid", uid),
+            ("Linkedid", t.as_str()),
+        ];
+        pairs.extend_from_slice(extra);
+        AmiMessage::from_pairs(pairs)
+    };
+    let dest = [
+        ("DestChannel", leg.as_str()),
+        ("DestChannelState", "0"),
+        ("DestUniqueid", a.as_str()),
+        ("DestLinkedid", t.as_str()),
+    ];
+    let mut end = dest.to_vec();
+    end.push(("DialStatus", "ANSWER"));
+    vec![
+        block("Newchannel", &trunk, &t, "4", &[]),
+        block("Newchannel", &leg, &a, "0", &[]),
+        block("DialBegin", &trunk, &t, "4", &dest),
+        block("Newstate", &leg, &a, "5", &[]),
+        block("DialEnd", &trunk, &t, "4", &end),
+        block("BridgeEnter", &trunk, &t, "6", &[("BridgeUniqueid", "b")]),
+        block("BridgeEnter", &leg, &a, "6", &[("BridgeUniqueid", "b")]),
+    ]
+}
+
+fn memory_per_call(calls: usize) {
+    let events: Vec<Vec<AmiMessage>> = (0..calls).map(answered_call).collect();
+    let mut requests = Vec::new();
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut tracker = Tracker::new(lab_settings());
+    for call in &events {
+        for msg in call {
+            tracker.handle(msg, &mut requests);
+        }
+        requests.clear();
+    }
+    let after = LIVE.load(Ordering::Relaxed);
+    assert_eq!(tracker.active_calls(), calls);
+    println!(
+        "memory:       {:>10.0} bytes per active call ({calls} answered calls, {} channels)",
+        (after - before) as f64 / calls as f64,
+        tracker.active_channels()
+    );
+    drop(tracker);
+}
+
+fn main() {
+    let stream = transcripts();
+    codec_only(&stream, 2000);
+    end_to_end(&stream, 1000);
+    memory_per_call(10_000);
+}

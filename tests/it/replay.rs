@@ -243,10 +243,16 @@ fn cacofonisk_streams_keep_zammads_invariants() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let requests = replay(&config, &format!("cacofonisk/{name}"));
         let calls = assert_invariants(&requests, &name);
-        eprintln!("{name}: {calls} calls reported, {} requests", requests.len());
+        eprintln!(
+            "{name}: {calls} calls reported, {} requests",
+            requests.len()
+        );
         reported += calls;
     }
     // Most streams are calls between two of the platform's own accounts (internal, not
     // reported); the calls from and to the outside world must be there.
-    assert!(reported >= 10, "only {reported} calls reported from 34 streams");
+    assert!(
+        reported >= 10,
+        "only {reported} calls reported from 34 streams"
+    );
 }

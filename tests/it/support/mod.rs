@@ -42,7 +42,8 @@ pub fn assert_invariants(requests: &[Value], context: &str) -> usize {
     for r in requests {
         let obj = r.as_object().expect("a JSON object");
         for (k, v) in obj {
-            let ok = v.is_string() || (k == "user" && v.as_array().is_some_and(|a| a.iter().all(Value::is_string)));
+            let ok = v.is_string()
+                || (k == "user" && v.as_array().is_some_and(|a| a.iter().all(Value::is_string)));
             assert!(ok, "{context}: non-string value for {k}: {r}");
         }
         let id = r["callId"].as_str().expect("callId");
@@ -50,16 +51,44 @@ pub fn assert_invariants(requests: &[Value], context: &str) -> usize {
         calls.entry(id.to_string()).or_default().push(r);
     }
     for (id, events) in &calls {
-        let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
-        assert_eq!(names.first(), Some(&"newCall"), "{context}: call {id} starts with {names:?}");
-        assert_eq!(names.iter().filter(|n| **n == "newCall").count(), 1, "{context}: {id} {names:?}");
-        assert!(names.iter().filter(|n| **n == "answer").count() <= 1, "{context}: {id} {names:?}");
-        assert_eq!(names.iter().filter(|n| **n == "hangup").count(), 1, "{context}: {id} {names:?}");
-        assert_eq!(names.last(), Some(&"hangup"), "{context}: call {id} ends with {names:?}");
+        let names: Vec<&str> = events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names.first(),
+            Some(&"newCall"),
+            "{context}: call {id} starts with {names:?}"
+        );
+        assert_eq!(
+            names.iter().filter(|n| **n == "newCall").count(),
+            1,
+            "{context}: {id} {names:?}"
+        );
+        assert!(
+            names.iter().filter(|n| **n == "answer").count() <= 1,
+            "{context}: {id} {names:?}"
+        );
+        assert_eq!(
+            names.iter().filter(|n| **n == "hangup").count(),
+            1,
+            "{context}: {id} {names:?}"
+        );
+        assert_eq!(
+            names.last(),
+            Some(&"hangup"),
+            "{context}: call {id} ends with {names:?}"
+        );
         let dir = events[0]["direction"].as_str();
-        assert!(events.iter().all(|e| e["direction"].as_str() == dir), "{context}: {id} direction changes");
+        assert!(
+            events.iter().all(|e| e["direction"].as_str() == dir),
+            "{context}: {id} direction changes"
+        );
         for e in events.iter().filter(|e| e["event"] == "answer") {
-            assert!(!e["user"].is_array(), "{context}: {id} answer with a user array");
+            assert!(
+                !e["user"].is_array(),
+                "{context}: {id} answer with a user array"
+            );
         }
     }
     calls.len()
