@@ -18,6 +18,7 @@ pub mod cti;
 pub mod daemon;
 pub mod delivery;
 pub mod fake_zammad;
+pub mod observability;
 pub mod policy;
 pub mod replay;
 pub mod tracker;
