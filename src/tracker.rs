@@ -161,8 +161,8 @@ impl Tracker {
             "Pickup" => self.on_pickup(msg, out),
             "HangupRequest" => self.on_hangup_request(msg),
             "Hangup" => self.on_hangup(msg, out),
-            "BridgeEnter" | "BridgeLeave" | "SoftHangupRequest" | "VarSet" | "Hold"
-            | "Unhold" | "MusicOnHoldStart" | "MusicOnHoldStop" => {
+            "BridgeEnter" | "BridgeLeave" | "SoftHangupRequest" | "VarSet" | "Hold" | "Unhold"
+            | "MusicOnHoldStart" | "MusicOnHoldStop" => {
                 self.touch(msg, "");
             }
             _ => {}
@@ -267,8 +267,12 @@ impl Tracker {
     }
 
     fn on_channel_update(&mut self, msg: &AmiMessage, event: &str, out: &mut Vec<CtiRequest>) {
-        let Some(uid) = self.touch(msg, "") else { return };
-        let Some(key) = self.call_of(&uid) else { return };
+        let Some(uid) = self.touch(msg, "") else {
+            return;
+        };
+        let Some(key) = self.call_of(&uid) else {
+            return;
+        };
         match event {
             "Newstate" if msg.get("ChannelState") == Some("5") => {
                 self.on_leg_ringing(&key, &uid, out)
@@ -284,7 +288,9 @@ impl Tracker {
     /// it makes its call inbound (it is the external party); the first one in an outbound
     /// context is the phone whose dialed number may make the call outbound.
     fn detect_origin(&mut self, msg: &AmiMessage, uid: &str, key: &str) {
-        let Some(call) = self.calls.get_mut(key) else { return };
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
         if call.direction.is_some() {
             return;
         }
@@ -312,14 +318,18 @@ impl Tracker {
     }
 
     fn on_leg_ringing(&mut self, key: &str, uid: &str, out: &mut Vec<CtiRequest>) {
-        let Some(call) = self.calls.get(key) else { return };
+        let Some(call) = self.calls.get(key) else {
+            return;
+        };
         if call.direction == Some(Direction::In) && Self::is_leg(call, uid) {
             self.report_new_call(key, out);
         }
     }
 
     fn on_voicemail(&mut self, key: &str, uid: &str, out: &mut Vec<CtiRequest>) {
-        let Some(call) = self.calls.get(key) else { return };
+        let Some(call) = self.calls.get(key) else {
+            return;
+        };
         if call.direction != Some(Direction::In) || call.origin.as_deref() != Some(uid) {
             return;
         }
@@ -343,8 +353,12 @@ impl Tracker {
             self.touch(msg, "Dest");
             return;
         };
-        let Some(dest) = self.touch(msg, "Dest") else { return };
-        let Some(key) = self.call_of(&caller) else { return };
+        let Some(dest) = self.touch(msg, "Dest") else {
+            return;
+        };
+        let Some(key) = self.call_of(&caller) else {
+            return;
+        };
         let dest_name = msg.get("DestChannel").unwrap_or("");
         let extension = self.extension_of(dest_name);
         let to_trunk = self
@@ -383,7 +397,10 @@ impl Tracker {
         };
         call.direction = Some(Direction::Out);
         call.origin = Some(origin.clone());
-        let caller_num = self.channels.get(&*origin).and_then(|c| c.caller_num.clone());
+        let caller_num = self
+            .channels
+            .get(&*origin)
+            .and_then(|c| c.caller_num.clone());
         let agent_ext = caller_num.as_deref().unwrap_or("");
         let agent = self.settings.agents.get(agent_ext);
         call.from = match agent.and_then(AgentEntry::number) {
@@ -396,7 +413,9 @@ impl Tracker {
 
     fn on_dial_state(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
         self.touch(msg, "");
-        let Some(dest) = self.touch(msg, "Dest") else { return };
+        let Some(dest) = self.touch(msg, "Dest") else {
+            return;
+        };
         if matches!(msg.get("DialStatus"), Some("RINGING" | "PROGRESS")) {
             if let Some(key) = self.call_of(&dest) {
                 self.on_leg_ringing(&key, &dest, out);
@@ -409,11 +428,17 @@ impl Tracker {
             self.touch(msg, "Dest");
             return;
         };
-        let Some(dest) = self.touch(msg, "Dest") else { return };
-        let Some(key) = self.call_of(&caller) else { return };
+        let Some(dest) = self.touch(msg, "Dest") else {
+            return;
+        };
+        let Some(key) = self.call_of(&caller) else {
+            return;
+        };
         let status = msg.get("DialStatus").and_then(DialOutcome::parse);
         let forwarded = msg.get("Forward").is_some_and(|f| !f.is_empty());
-        let Some(call) = self.calls.get_mut(&*key) else { return };
+        let Some(call) = self.calls.get_mut(&*key) else {
+            return;
+        };
         if !Self::is_leg(call, &dest) {
             return;
         }
@@ -436,9 +461,15 @@ impl Tracker {
     }
 
     fn on_agent_called(&mut self, msg: &AmiMessage) {
-        let Some(caller) = self.touch(msg, "") else { return };
-        let Some(dest) = self.touch(msg, "Dest") else { return };
-        let Some(key) = self.call_of(&caller) else { return };
+        let Some(caller) = self.touch(msg, "") else {
+            return;
+        };
+        let Some(dest) = self.touch(msg, "Dest") else {
+            return;
+        };
+        let Some(key) = self.call_of(&caller) else {
+            return;
+        };
         let extension = msg
             .get("Interface")
             .and_then(|i| self.extension_of(i))
@@ -468,15 +499,23 @@ impl Tracker {
         let (Some(caller), Some(dest)) = (msg.get("Uniqueid"), msg.get("DestUniqueid")) else {
             return;
         };
-        let Some(key) = self.call_of(caller) else { return };
+        let Some(key) = self.call_of(caller) else {
+            return;
+        };
         self.report_new_call(&key, out);
         self.report_answer(&key, AnsweredBy::Leg(dest.into()), out);
     }
 
     fn on_queue(&mut self, msg: &AmiMessage, join: bool) {
-        let Some(uid) = self.touch(msg, "") else { return };
-        let Some(key) = self.call_of(&uid) else { return };
-        let Some(call) = self.calls.get_mut(&*key) else { return };
+        let Some(uid) = self.touch(msg, "") else {
+            return;
+        };
+        let Some(key) = self.call_of(&uid) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&*key) else {
+            return;
+        };
         if join {
             if let Some(q) = msg.get("Queue") {
                 call.queue = Some(q.to_string());
@@ -493,21 +532,34 @@ impl Tracker {
     /// `Pickup`: the channel in the main block picked up the ringing leg in `Target*`.
     fn on_pickup(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
         let picker = self.touch(msg, "");
-        let Some(target) = self.touch(msg, "Target") else { return };
-        let Some(key) = self.call_of(&target) else { return };
+        let Some(target) = self.touch(msg, "Target") else {
+            return;
+        };
+        let Some(key) = self.call_of(&target) else {
+            return;
+        };
         let extension = msg.get("Channel").and_then(|n| self.extension_of(n));
         self.report_new_call(&key, out);
         self.report_answer(
             &key,
-            AnsweredBy::Picker { uniqueid: picker, extension },
+            AnsweredBy::Picker {
+                uniqueid: picker,
+                extension,
+            },
             out,
         );
     }
 
     fn on_hangup_request(&mut self, msg: &AmiMessage) {
-        let Some(uid) = self.touch(msg, "") else { return };
-        let Some(key) = self.call_of(&uid) else { return };
-        let Some(call) = self.calls.get_mut(&*key) else { return };
+        let Some(uid) = self.touch(msg, "") else {
+            return;
+        };
+        let Some(key) = self.call_of(&uid) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&*key) else {
+            return;
+        };
         if call.direction == Some(Direction::In)
             && call.origin.as_deref() == Some(&*uid)
             && !call.answered
@@ -520,14 +572,20 @@ impl Tracker {
     }
 
     fn on_hangup(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
-        let Some(uid) = msg.get("Uniqueid") else { return };
+        let Some(uid) = msg.get("Uniqueid") else {
+            return;
+        };
         if !self.channels.contains_key(uid) {
             self.touch(msg, "");
         }
-        let Some(ch) = self.channels.remove(uid) else { return };
+        let Some(ch) = self.channels.remove(uid) else {
+            return;
+        };
         let key = ch.call;
         let cause = msg.get("Cause").and_then(|c| c.parse::<u16>().ok());
-        let Some(call) = self.calls.get_mut(&*key) else { return };
+        let Some(call) = self.calls.get_mut(&*key) else {
+            return;
+        };
         call.live = call.live.saturating_sub(1);
         for leg in call.legs.iter_mut().filter(|l| &*l.uniqueid == uid) {
             leg.alive = false;
@@ -562,11 +620,15 @@ impl Tracker {
 
     /// Sends the call's `newCall` if it qualifies and was not sent yet.
     fn report_new_call(&mut self, key: &str, out: &mut Vec<CtiRequest>) {
-        let Some(call) = self.calls.get(key) else { return };
+        let Some(call) = self.calls.get(key) else {
+            return;
+        };
         if call.reported || call.ended || call.internal {
             return;
         }
-        let Some(direction) = call.direction else { return };
+        let Some(direction) = call.direction else {
+            return;
+        };
         let (from, user) = match direction {
             Direction::In => {
                 let caller = call
@@ -638,13 +700,18 @@ impl Tracker {
             }
         };
         for leg in &call.legs {
-            if let Some(name) = self.agent_name(leg.extension.as_deref(), leg.member_name.as_deref())
+            if let Some(name) =
+                self.agent_name(leg.extension.as_deref(), leg.member_name.as_deref())
             {
                 add(name);
             }
         }
         // Legs of a parallel Dial that exist but were not dialed yet (Down, not the origin).
-        let key = call.origin.as_deref().and_then(|o| self.channels.get(o)).map(|c| &c.call);
+        let key = call
+            .origin
+            .as_deref()
+            .and_then(|o| self.channels.get(o))
+            .map(|c| &c.call);
         for (uid, ch) in &self.channels {
             if Some(&ch.call) != key
                 || ch.state != 0
@@ -669,11 +736,15 @@ impl Tracker {
     }
 
     fn report_answer(&mut self, key: &str, by: AnsweredBy, out: &mut Vec<CtiRequest>) {
-        let Some(call) = self.calls.get(key) else { return };
+        let Some(call) = self.calls.get(key) else {
+            return;
+        };
         if !call.reported || call.answered || call.ended {
             return;
         }
-        let Some(direction) = call.direction else { return };
+        let Some(direction) = call.direction else {
+            return;
+        };
         let (user, answering_number) = match (direction, by) {
             (Direction::Out, _) => (None, None),
             (Direction::In, AnsweredBy::Voicemail) => (Some("voicemail".to_string()), None),
@@ -703,9 +774,15 @@ impl Tracker {
     }
 
     /// `user` and `answeringNumber` for an answer by the agent at `ext`.
-    fn answering(&self, ext: Option<&str>, member: Option<&str>) -> (Option<String>, Option<String>) {
+    fn answering(
+        &self,
+        ext: Option<&str>,
+        member: Option<&str>,
+    ) -> (Option<String>, Option<String>) {
         let agent = ext.and_then(|e| self.settings.agents.get(e));
-        let user = agent.map(|a| a.name().to_string()).or(member.map(str::to_string));
+        let user = agent
+            .map(|a| a.name().to_string())
+            .or(member.map(str::to_string));
         let number = agent
             .and_then(AgentEntry::number)
             .map(str::to_string)
@@ -714,7 +791,9 @@ impl Tracker {
     }
 
     fn report_hangup(&mut self, key: &str, out: &mut Vec<CtiRequest>) {
-        let Some(call) = self.calls.get_mut(key) else { return };
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
         if call.ended {
             return;
         }

@@ -111,24 +111,108 @@ mod tests {
     #[test]
     fn mapping_follows_asterisk_md_4_4() {
         use Direction::{In, Out};
-        let dial = |d| CallOutcome { best_dial: Some(d), ..o() };
-        check(In, CallOutcome { answered: true, q850: Some(17), ..o() }, Cause::NormalClearing);
-        check(In, CallOutcome { forwarded: true, ..o() }, Cause::Forwarded);
-        check(In, CallOutcome { caller_gave_up: true, q850: Some(19), ..o() }, Cause::Cancel);
-        check(In, CallOutcome { caller_gave_up: true, q850: Some(17), ..o() }, Cause::Busy);
+        let dial = |d| CallOutcome {
+            best_dial: Some(d),
+            ..o()
+        };
+        check(
+            In,
+            CallOutcome {
+                answered: true,
+                q850: Some(17),
+                ..o()
+            },
+            Cause::NormalClearing,
+        );
+        check(
+            In,
+            CallOutcome {
+                forwarded: true,
+                ..o()
+            },
+            Cause::Forwarded,
+        );
+        check(
+            In,
+            CallOutcome {
+                caller_gave_up: true,
+                q850: Some(19),
+                ..o()
+            },
+            Cause::Cancel,
+        );
+        check(
+            In,
+            CallOutcome {
+                caller_gave_up: true,
+                q850: Some(17),
+                ..o()
+            },
+            Cause::Busy,
+        );
         check(In, dial(DialOutcome::Busy), Cause::Busy);
         check(In, dial(DialOutcome::NoAnswer), Cause::NoAnswer);
         check(In, dial(DialOutcome::Congestion), Cause::Congestion);
         check(In, dial(DialOutcome::ChanUnavail), Cause::NotFound);
         check(In, dial(DialOutcome::Cancel), Cause::Cancel);
         check(Out, dial(DialOutcome::Cancel), Cause::Cancel);
-        check(In, CallOutcome { queue_unserved: true, q850: Some(16), ..o() }, Cause::NoAnswer);
-        check(In, CallOutcome { q850: Some(21), ..o() }, Cause::NoAnswer);
-        check(In, CallOutcome { q850: Some(34), ..o() }, Cause::Congestion);
-        check(In, CallOutcome { q850: Some(1), ..o() }, Cause::NotFound);
-        check(In, CallOutcome { q850: Some(16), ..o() }, Cause::Cancel);
-        check(Out, CallOutcome { q850: Some(16), ..o() }, Cause::NoAnswer);
-        check(Out, CallOutcome { q850: Some(0), ..o() }, Cause::NoAnswer);
+        check(
+            In,
+            CallOutcome {
+                queue_unserved: true,
+                q850: Some(16),
+                ..o()
+            },
+            Cause::NoAnswer,
+        );
+        check(
+            In,
+            CallOutcome {
+                q850: Some(21),
+                ..o()
+            },
+            Cause::NoAnswer,
+        );
+        check(
+            In,
+            CallOutcome {
+                q850: Some(34),
+                ..o()
+            },
+            Cause::Congestion,
+        );
+        check(
+            In,
+            CallOutcome {
+                q850: Some(1),
+                ..o()
+            },
+            Cause::NotFound,
+        );
+        check(
+            In,
+            CallOutcome {
+                q850: Some(16),
+                ..o()
+            },
+            Cause::Cancel,
+        );
+        check(
+            Out,
+            CallOutcome {
+                q850: Some(16),
+                ..o()
+            },
+            Cause::NoAnswer,
+        );
+        check(
+            Out,
+            CallOutcome {
+                q850: Some(0),
+                ..o()
+            },
+            Cause::NoAnswer,
+        );
     }
 
     #[test]
