@@ -132,7 +132,11 @@ pub struct CallsConfig {
 impl Default for CallsConfig {
     fn default() -> Self {
         Self {
-            inbound_contexts: vec!["from-trunk".into(), "from-pstn".into(), "from-external".into()],
+            inbound_contexts: vec![
+                "from-trunk".into(),
+                "from-pstn".into(),
+                "from-external".into(),
+            ],
             outbound_contexts: vec!["from-internal".into()],
             extension_pattern: "^[0-9]{2,5}$".into(),
             trunk_channel: None,

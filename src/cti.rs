@@ -239,7 +239,9 @@ mod tests {
         check("", Ok(ZammadDecision::Continue));
         check(
             r#"{"action":"reject","reason":"busy"}"#,
-            Ok(ZammadDecision::Reject { reason: "busy".into() }),
+            Ok(ZammadDecision::Reject {
+                reason: "busy".into(),
+            }),
         );
         check(
             r#"{"action":"dial","caller_id":"493023125877","number":"4930111"}"#,

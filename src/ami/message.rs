@@ -150,7 +150,10 @@ mod tests {
         assert_eq!(m.kind(), AmiKind::Event);
         assert_eq!(m.event(), Some("Newchannel"));
         assert_eq!(m.get("uniqueid"), Some("1.1"));
-        assert_eq!(m.get_all("ChanVariable").collect::<Vec<_>>(), ["a=1", "b=2"]);
+        assert_eq!(
+            m.get_all("ChanVariable").collect::<Vec<_>>(),
+            ["a=1", "b=2"]
+        );
         assert_eq!(m.get("missing"), None);
     }
 
