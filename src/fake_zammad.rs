@@ -1031,15 +1031,892 @@ fn rails_page(status: u16) -> String {
     )
 }
 
-/// What nginx in front of Zammad shows when the upstream is away.
+/// What nginx in front of Zammad shows when the upstream is away (nginx's own wording).
 fn nginx_page(status: u16) -> String {
-    let reason = StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
+    let reason = match status {
+        502 => "Bad Gateway",
+        503 => "Service Temporarily Unavailable",
+        504 => "Gateway Time-out",
+        _ => "Error",
+    };
     format!(
         "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n\
          <center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n\
          </body>\r\n</html>\r\n"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    //! Expected values come from reference/zammad-cti.md; the client is raw HTTP/1.1 so
+    //! every header (or its absence) is under the test's control.
+
+    use super::*;
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const TOKEN: &str = "fake-cti-token";
+    const ERROR_ID_PREFIX: &str = r#"{"error":"Error ID "#;
+    const ERROR_ID_SUFFIX: &str = r#": Please contact your administrator."}"#;
+
+    #[derive(Debug)]
+    struct Resp {
+        status: u16,
+        content_type: String,
+        body: String,
+    }
+
+    impl Resp {
+        fn json(&self) -> Value {
+            serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+        }
+    }
+
+    /// Sends one HTTP/1.1 request with exactly these headers.
+    async fn raw(
+        addr: SocketAddr,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Resp {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: zammad.test\r\n");
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        req.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ));
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head[9..12].parse().unwrap();
+        let content_type = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-type: "))
+            .unwrap_or_default()
+            .to_string();
+        Resp {
+            status,
+            content_type,
+            body: body.to_string(),
+        }
+    }
+
+    fn path(token: &str) -> String {
+        format!("/api/v1/cti/{token}")
+    }
+
+    const JSON_HEADERS: &[(&str, &str)] = &[
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json"),
+    ];
+
+    async fn post(fz: &FakeZammad, body: Value) -> Resp {
+        raw(
+            fz.addr(),
+            "POST",
+            &path(TOKEN),
+            JSON_HEADERS,
+            &body.to_string(),
+        )
+        .await
+    }
+
+    async fn start() -> FakeZammad {
+        FakeZammad::start(FakeZammadConfig::default())
+            .await
+            .unwrap()
+    }
+
+    fn new_call(dir: &str, id: &str, from: &str, to: &str) -> Value {
+        json!({"event":"newCall","direction":dir,"callId":id,"from":from,"to":to})
+    }
+
+    fn answer(dir: &str, id: &str) -> Value {
+        json!({"event":"answer","direction":dir,"callId":id,"from":"1","to":"2"})
+    }
+
+    fn hangup(dir: &str, id: &str, cause: &str) -> Value {
+        json!({"event":"hangup","direction":dir,"callId":id,"from":"1","to":"2","cause":cause})
+    }
+
+    fn assert_error_id(resp: &Resp, status: u16) {
+        assert_eq!(resp.status, status, "{resp:?}");
+        let id = resp
+            .body
+            .strip_prefix(ERROR_ID_PREFIX)
+            .and_then(|r| r.strip_suffix(ERROR_ID_SUFFIX))
+            .unwrap_or_else(|| panic!("not an Error ID body: {resp:?}"));
+        assert_eq!(id.len(), 8, "{resp:?}");
+    }
+
+    #[tokio::test]
+    async fn controller_checks_run_in_zammads_order_and_are_always_json() {
+        struct Case {
+            enabled: bool,
+            configured: bool,
+            token: &'static str,
+            body: Value,
+            status: u16,
+            want: &'static str,
+        }
+        let ok = new_call("in", "c1", "4930111", "4940222");
+        let no_dir = json!({"event":"newCall","callId":"c1","from":"1","to":"2"});
+        let bad_dir = json!({"event":"newCall","direction":"IN","callId":"c1","from":"1","to":"2"});
+        let cases = [
+            // Configuration runs before the token: a wrong token is not noticed.
+            Case {
+                enabled: false,
+                configured: false,
+                token: "wrong",
+                body: ok.clone(),
+                status: 422,
+                want: BODY_DISABLED,
+            },
+            Case {
+                enabled: true,
+                configured: false,
+                token: "wrong",
+                body: ok.clone(),
+                status: 422,
+                want: BODY_NOT_CONFIGURED,
+            },
+            Case {
+                enabled: true,
+                configured: true,
+                token: "wrong",
+                body: no_dir.clone(),
+                status: 401,
+                want: BODY_INVALID_TOKEN,
+            },
+            Case {
+                enabled: true,
+                configured: true,
+                token: TOKEN,
+                body: no_dir,
+                status: 422,
+                want: BODY_INVALID_DIRECTION,
+            },
+            Case {
+                enabled: true,
+                configured: true,
+                token: TOKEN,
+                body: bad_dir,
+                status: 422,
+                want: BODY_INVALID_DIRECTION,
+            },
+        ];
+        for case in cases {
+            let fz = FakeZammad::start(FakeZammadConfig {
+                enabled: case.enabled,
+                configured: case.configured,
+                ..FakeZammadConfig::default()
+            })
+            .await
+            .unwrap();
+            // No Accept header: controller errors are JSON anyway.
+            let headers = [("Content-Type", "application/json")];
+            let resp = raw(
+                fz.addr(),
+                "POST",
+                &path(case.token),
+                &headers,
+                &case.body.to_string(),
+            )
+            .await;
+            assert_eq!(
+                (resp.status, resp.body.as_str()),
+                (case.status, case.want),
+                "{}",
+                case.body
+            );
+            assert_eq!(resp.content_type, "application/json; charset=utf-8");
+            assert!(fz.calls().is_empty());
+        }
+        // The exact texts of §1.
+        assert_eq!(
+            BODY_DISABLED,
+            r#"{"error":"Feature is disabled, please contact your administrator!"}"#
+        );
+        assert_eq!(
+            BODY_NOT_CONFIGURED,
+            r#"{"error":"Feature not configured, please contact your admin!"}"#
+        );
+        assert_eq!(
+            BODY_INVALID_TOKEN,
+            r#"{"error":"Invalid token, please contact your admin!"}"#
+        );
+        assert_eq!(
+            BODY_INVALID_DIRECTION,
+            r#"{"error":"Invalid 'direction'!"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_event_is_422_error_id() {
+        let fz = start().await;
+        for event in ["NewCall", "ringing", ""] {
+            let body = json!({"event":event,"direction":"in","callId":"c1","from":"1","to":"2"});
+            assert_error_id(&post(&fz, body).await, 422);
+        }
+        let no_event = json!({"direction":"in","callId":"c1","from":"1","to":"2"});
+        assert_error_id(&post(&fz, no_event).await, 422);
+    }
+
+    #[tokio::test]
+    async fn only_post_to_the_cti_path_is_routed() {
+        let fz = start().await;
+        let body = new_call("in", "c1", "1", "2").to_string();
+        let cases = [
+            ("GET", path(TOKEN)),
+            ("PUT", path(TOKEN)),
+            ("POST", "/api/v1/cti/".to_string()),
+            ("POST", "/api/v1/cti".to_string()),
+            ("POST", "/api/v1/integration/cti/fake-cti-token".to_string()),
+            ("POST", format!("{}/extra", path(TOKEN))),
+        ];
+        for (method, target) in cases {
+            let resp = raw(fz.addr(), method, &target, JSON_HEADERS, &body).await;
+            assert_eq!(
+                (resp.status, resp.body.as_str()),
+                (404, BODY_NOT_FOUND),
+                "{method} {target}"
+            );
+        }
+        assert_eq!(
+            BODY_NOT_FOUND,
+            r#"{"error":"This page doesn't exist.","error_human":"This page doesn't exist."}"#
+        );
+        // Without Accept the 404 is an HTML page.
+        let resp = raw(fz.addr(), "GET", &path(TOKEN), &[], "").await;
+        assert_eq!(resp.status, 404);
+        assert!(resp.body.starts_with("<!DOCTYPE html>"), "{resp:?}");
+        assert!(fz.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn inbound_new_call_is_stored_like_zammad() {
+        let fz = start().await;
+        let resp = post(&fz, new_call("in", "c1", "4930111", "4940222")).await;
+        assert_eq!((resp.status, resp.body.as_str()), (200, "{}"));
+        assert_eq!(resp.content_type, "application/json; charset=utf-8");
+        let e = fz.log("c1").unwrap();
+        assert_eq!(
+            (e.state, e.done, e.direction.as_str()),
+            (LogState::NewCall, false, "in")
+        );
+        assert_eq!((e.from.as_str(), e.to.as_str()), ("4930111", "4940222"));
+        // queue defaults to `to`; a blank user puts the queue in to_comment.
+        assert_eq!(e.queue, "4940222");
+        assert_eq!(e.to_comment.as_deref(), Some("4940222"));
+        assert_eq!((e.comment, e.answered, e.hungup), (None, false, false));
+
+        let body = json!({"event":"newCall","direction":"in","callId":"c2","from":"1","to":"2",
+            "user":["Alice","Bob"],"queue":"support","cause":"x"});
+        assert_eq!(post(&fz, body).await.status, 200);
+        let e = fz.log("c2").unwrap();
+        assert_eq!(e.to_comment.as_deref(), Some("Alice, Bob"));
+        assert_eq!(
+            (e.queue.as_str(), e.comment.as_deref()),
+            ("support", Some("x"))
+        );
+
+        let body = json!({"event":"newCall","direction":"out","callId":"c3","from":"4930111",
+            "to":"4940222","user":"Alice"});
+        assert_eq!(post(&fz, body).await.body, "{}");
+        let e = fz.log("c3").unwrap();
+        assert!(e.done, "outbound calls are done from the start");
+        assert_eq!(
+            (e.queue.as_str(), e.from_comment.as_deref(), e.to_comment),
+            ("4930111", Some("Alice"), None)
+        );
+        let ids: Vec<_> = fz.calls().into_iter().map(|e| e.call_id).collect();
+        assert_eq!(ids, ["c1", "c2", "c3"]);
+    }
+
+    #[tokio::test]
+    async fn duplicate_new_call_is_500_already_exists_and_keeps_the_first() {
+        let fz = start().await;
+        assert_eq!(
+            post(&fz, new_call("in", "c1", "111", "222")).await.status,
+            200
+        );
+        let resp = post(&fz, new_call("in", "c1", "333", "444")).await;
+        assert_eq!(resp.status, 500);
+        assert_eq!(
+            resp.body,
+            r#"{"error":"This object already exists.","error_human":"This object already exists."}"#
+        );
+        assert_eq!(fz.log("c1").unwrap().from, "111");
+    }
+
+    #[tokio::test]
+    async fn answer_and_hangup_for_unknown_call_are_500_and_store_nothing() {
+        let fz = start().await;
+        assert_error_id(&post(&fz, answer("in", "nope")).await, 500);
+        assert_error_id(&post(&fz, hangup("in", "nope", "cancel")).await, 500);
+        let no_id = json!({"event":"hangup","direction":"in"});
+        assert_error_id(&post(&fz, no_id).await, 500);
+        assert!(fz.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn missing_and_over_length_fields_are_422() {
+        let fz = start().await;
+        let no_from = json!({"event":"newCall","direction":"in","callId":"c1","to":"2"});
+        let resp = post(&fz, no_from).await;
+        assert_eq!(
+            (resp.status, resp.json()["error"].clone()),
+            (422, json!("Attribute 'from' required!"))
+        );
+        let null_to =
+            json!({"event":"newCall","direction":"in","callId":"c1","from":"1","to":null});
+        assert_eq!(post(&fz, null_to).await.status, 422);
+        let no_id = json!({"event":"newCall","direction":"in","from":"1","to":"2"});
+        assert_eq!(post(&fz, no_id).await.status, 422);
+        // from/to hold 100 characters, callId 250, comment (cause) 500.
+        assert_eq!(
+            post(&fz, new_call("in", "c100", &"1".repeat(100), "2"))
+                .await
+                .status,
+            200
+        );
+        assert_error_id(
+            &post(&fz, new_call("in", "c101", &"1".repeat(101), "2")).await,
+            422,
+        );
+        assert_error_id(
+            &post(&fz, new_call("in", &"x".repeat(251), "1", "2")).await,
+            422,
+        );
+        assert_eq!(
+            post(&fz, new_call("in", &"x".repeat(250), "1", "2"))
+                .await
+                .status,
+            200
+        );
+        assert_error_id(
+            &post(&fz, hangup("in", "c100", &"c".repeat(501))).await,
+            422,
+        );
+        assert_eq!(fz.log("c100").unwrap().state, LogState::NewCall);
+        // Nothing of the refused ones was stored.
+        assert_eq!(fz.calls().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn block_list_is_exact_string_equality_on_inbound_from() {
+        let fz = FakeZammad::start(FakeZammadConfig {
+            blocked: vec!["4930123456".into(), "anonymous".into()],
+            ..FakeZammadConfig::default()
+        })
+        .await
+        .unwrap();
+        let reject = r#"{"action":"reject","reason":"busy"}"#;
+        let cases = [
+            ("in", json!("4930123456"), reject),
+            ("in", json!("+4930123456"), "{}"),
+            ("in", json!("004930123456"), "{}"),
+            ("in", json!("030123456"), "{}"),
+            ("in", json!("anonymous"), reject),
+            ("in", json!("Anonymous"), "{}"),
+            // A number is not the string "4930123456" (§2).
+            ("in", json!(4930123456u64), "{}"),
+            // The block list is inbound only.
+            ("out", json!("4930123456"), "{}"),
+        ];
+        for (i, (dir, from, want)) in cases.into_iter().enumerate() {
+            let id = format!("b{i}");
+            let body =
+                json!({"event":"newCall","direction":dir,"callId":id,"from":from,"to":"4940222"});
+            let resp = post(&fz, body).await;
+            assert_eq!(
+                (resp.status, resp.body.as_str()),
+                (200, want),
+                "{dir} {from}"
+            );
+            // A blocked call is still logged, not done.
+            let e = fz.log(&id).unwrap();
+            assert_eq!(
+                (e.state, e.done),
+                (LogState::NewCall, dir == "out"),
+                "{dir} {from}"
+            );
+        }
+        fz.set_blocked(vec!["4930999".into()]);
+        assert_eq!(
+            post(&fz, new_call("in", "late", "4930999", "1")).await.body,
+            reject
+        );
+        assert_eq!(
+            post(&fz, new_call("in", "late2", "4930123456", "1"))
+                .await
+                .body,
+            "{}"
+        );
+    }
+
+    #[tokio::test]
+    async fn routing_table_rewrites_outbound_caller_id() {
+        // The configuration behind Zammad's own doc samples (§9, note 7).
+        let fz = FakeZammad::start(FakeZammadConfig {
+            routes: vec![
+                Route::new("4989*", "498999998145"),
+                Route::new("4930*", "493023125877"),
+            ],
+            default_caller_id: "496990009111".into(),
+            ..FakeZammadConfig::default()
+        })
+        .await
+        .unwrap();
+        let dial = |caller_id: &str, number: &str| json!({"action":"dial","caller_id":caller_id,"number":number});
+        let cases = [
+            ("4989123", dial("498999998145", "4989123")),
+            ("4930609854189", dial("493023125877", "4930609854189")),
+            ("492214710334", dial("496990009111", "492214710334")),
+            // `*` is one or more characters: `4930*` does not match `4930`; the default does.
+            ("4930", dial("496990009111", "4930")),
+        ];
+        for (i, (to, want)) in cases.into_iter().enumerate() {
+            let id = format!("r{i}");
+            let resp = post(&fz, new_call("out", &id, "201", to)).await;
+            assert_eq!((resp.status, resp.json()), (200, want.clone()), "to {to}");
+            let e = fz.log(&id).unwrap();
+            let caller_id = want["caller_id"].as_str().unwrap();
+            // `from` is overwritten, and the default queue follows it.
+            assert_eq!((e.from.as_str(), e.queue.as_str()), (caller_id, caller_id));
+        }
+        // No default: no match means `{}`, and `41*` does not match `41`.
+        fz.set_routes(
+            vec![Route::new("41*", "41999"), Route::new("4*", "40000")],
+            "",
+        );
+        let cases = [
+            (
+                "41",
+                r#"{"action":"dial","caller_id":"40000","number":"41"}"#,
+            ),
+            (
+                "411",
+                r#"{"action":"dial","caller_id":"41999","number":"411"}"#,
+            ),
+            ("31", "{}"),
+            ("4", "{}"),
+        ];
+        for (to, want) in cases {
+            let id = format!("t{to}");
+            let resp = post(&fz, new_call("out", &id, "201", to)).await;
+            assert_eq!(
+                resp.json(),
+                serde_json::from_str::<Value>(want).unwrap(),
+                "to {to}"
+            );
+        }
+        assert_eq!(fz.log("t31").unwrap().from, "201");
+        // Inbound calls are never rewritten.
+        assert_eq!(
+            post(&fz, new_call("in", "in1", "201", "411")).await.body,
+            "{}"
+        );
+        // A numeric `to` with a routing table breaks Zammad: 500, nothing stored.
+        let numeric =
+            json!({"event":"newCall","direction":"out","callId":"n1","from":"201","to":411});
+        assert_error_id(&post(&fz, numeric).await, 500);
+        assert!(fz.log("n1").is_none());
+    }
+
+    #[tokio::test]
+    async fn form_bodies_query_strings_and_call_id_aliases() {
+        let fz = start().await;
+        let form = [
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Accept", "application/json"),
+        ];
+        let body = "event=newCall&direction=in&callId=f1&from=4930111&to=4940222&user%5B%5D=Alice+A&user[]=Bob";
+        let resp = raw(fz.addr(), "POST", &path(TOKEN), &form, body).await;
+        assert_eq!((resp.status, resp.body.as_str()), (200, "{}"));
+        assert_eq!(
+            fz.log("f1").unwrap().to_comment.as_deref(),
+            Some("Alice A, Bob")
+        );
+        let rec = fz.requests().pop().unwrap();
+        assert_eq!(rec.params["user"], json!(["Alice A", "Bob"]));
+
+        // Query-string parameters are merged into an empty POST.
+        let target = format!(
+            "{}?event=newCall&direction=out&call_id=q1&from=201&to=4940222",
+            path(TOKEN)
+        );
+        assert_eq!(raw(fz.addr(), "POST", &target, &form, "").await.status, 200);
+        assert!(fz.log("q1").is_some());
+
+        // callId wins over call_id.
+        let both = json!({"event":"newCall","direction":"in","callId":"a1","call_id":"b1","from":"1","to":"2"});
+        assert_eq!(post(&fz, both).await.status, 200);
+        assert!(fz.log("a1").is_some());
+        assert!(fz.log("b1").is_none());
+        let snake = json!({"event":"hangup","direction":"in","call_id":"a1","cause":"cancel"});
+        assert_eq!(post(&fz, snake).await.status, 200);
+        assert!(fz.log("a1").unwrap().hungup);
+    }
+
+    #[tokio::test]
+    async fn json_without_content_type_is_read_as_a_form() {
+        let fz = start().await;
+        let body = new_call("in", "c1", "1", "2").to_string();
+        let resp = raw(
+            fz.addr(),
+            "POST",
+            &path(TOKEN),
+            &[("Accept", "application/json")],
+            &body,
+        )
+        .await;
+        assert_eq!(
+            (resp.status, resp.body.as_str()),
+            (422, r#"{"error":"Invalid 'direction'!"}"#)
+        );
+        assert!(fz.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn error_format_follows_the_accept_header() {
+        let fz = start().await;
+        let ct = ("Content-Type", "application/json");
+        let body = answer("in", "nope").to_string();
+        let cases: [(&[(&str, &str)], bool); 5] = [
+            (&[ct], false),
+            (&[ct, ("Accept", "text/html")], false),
+            (&[ct, ("Accept", "application/json")], true),
+            (&[ct, ("Accept", "*/*")], true),
+            (
+                &[ct, ("Accept", "text/plain, application/json;q=0.9")],
+                true,
+            ),
+        ];
+        for (headers, json) in cases {
+            let resp = raw(fz.addr(), "POST", &path(TOKEN), headers, &body).await;
+            assert_eq!(resp.status, 500, "{headers:?}");
+            if json {
+                assert_error_id(&resp, 500);
+            } else {
+                assert!(resp.body.starts_with("<!DOCTYPE html>"), "{resp:?}");
+                assert!(
+                    resp.body
+                        .contains("500: We're sorry, but something went wrong"),
+                    "{resp:?}"
+                );
+                assert_eq!(resp.content_type, "text/html; charset=utf-8");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn done_follows_zammads_rules() {
+        // (direction, answered with user, hangup direction, cause, done)
+        let cases = [
+            ("in", None, "in", "cancel", false),
+            ("in", None, "in", "noAnswer", false),
+            ("in", None, "in", "forwarded", true),
+            ("in", Some("Alice"), "in", "normalClearing", true),
+            ("in", Some("voicemail"), "in", "normalClearing", false),
+            // Keyed on the hangup's direction.
+            ("in", None, "out", "cancel", true),
+            ("out", None, "out", "cancel", true),
+            ("out", Some("x"), "out", "normalClearing", true),
+        ];
+        for (i, (dir, answered_by, hangup_dir, cause, done)) in cases.into_iter().enumerate() {
+            let fz = start().await;
+            let id = format!("d{i}");
+            assert_eq!(post(&fz, new_call(dir, &id, "1", "2")).await.status, 200);
+            if let Some(user) = answered_by {
+                let mut a = answer(dir, &id);
+                a["user"] = json!(user);
+                assert_eq!(post(&fz, a).await.body, "{}");
+                let e = fz.log(&id).unwrap();
+                assert_eq!(
+                    (e.state, e.done, e.to_comment.as_deref()),
+                    (LogState::Answer, true, Some(user))
+                );
+            }
+            assert_eq!(post(&fz, hangup(hangup_dir, &id, cause)).await.body, "{}");
+            let e = fz.log(&id).unwrap();
+            assert_eq!(
+                (e.state, e.done, e.comment.as_deref()),
+                (LogState::Hangup, done, Some(cause)),
+                "case {i}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_hangup_flips_a_missed_call_to_done() {
+        let fz = start().await;
+        post(&fz, new_call("in", "c1", "1", "2")).await;
+        post(&fz, hangup("in", "c1", "cancel")).await;
+        assert!(!fz.log("c1").unwrap().done);
+        assert_eq!(post(&fz, hangup("in", "c1", "cancel")).await.body, "{}");
+        let e = fz.log("c1").unwrap();
+        assert!(e.done);
+        assert_eq!(e.hangups, 2);
+        assert_eq!(fz.violations(), [r#"callId "c1": second hangup"#]);
+    }
+
+    #[tokio::test]
+    async fn answer_after_hangup_is_ignored_or_500_in_legacy_mode() {
+        for legacy in [false, true] {
+            let fz = FakeZammad::start(FakeZammadConfig {
+                legacy,
+                ..FakeZammadConfig::default()
+            })
+            .await
+            .unwrap();
+            post(&fz, new_call("in", "c1", "1", "2")).await;
+            post(&fz, hangup("in", "c1", "cancel")).await;
+            let resp = post(&fz, answer("in", "c1")).await;
+            if legacy {
+                assert_error_id(&resp, 500);
+            } else {
+                assert_eq!((resp.status, resp.body.as_str()), (200, "{}"));
+            }
+            let e = fz.log("c1").unwrap();
+            assert_eq!(
+                (e.state, e.done, e.answered),
+                (LogState::Hangup, false, false)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn answer_user_overwrites_to_comment_and_an_array_breaks_after_saving() {
+        let fz = start().await;
+        let mut nc = new_call("in", "c1", "1", "2");
+        nc["user"] = json!("Alice");
+        post(&fz, nc).await;
+        let mut a = answer("in", "c1");
+        a["user"] = json!("");
+        assert_eq!(post(&fz, a).await.status, 200);
+        assert_eq!(fz.log("c1").unwrap().to_comment.as_deref(), Some(""));
+
+        post(&fz, new_call("in", "c2", "1", "2")).await;
+        let mut a = answer("in", "c2");
+        a["user"] = json!(["Alice", "Bob"]);
+        assert_error_id(&post(&fz, a.clone()).await, 500);
+        let e = fz.log("c2").unwrap();
+        assert_eq!(
+            (e.state, e.done),
+            (LogState::Answer, true),
+            "saved before the error"
+        );
+
+        post(&fz, new_call("in", "c3", "1", "2")).await;
+        a["callId"] = json!("c3");
+        a["answeringNumber"] = json!("4930123456201");
+        assert_eq!(post(&fz, a).await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn violations_are_reported_per_call_id() {
+        let fz = start().await;
+        post(&fz, answer("in", "v1")).await;
+        post(&fz, new_call("in", "v1", "1", "2")).await;
+        post(&fz, new_call("in", "v1", "1", "2")).await;
+        post(&fz, answer("in", "v1")).await;
+        post(&fz, answer("out", "v1")).await;
+        post(&fz, hangup("in", "v1", "normalClearing")).await;
+        post(&fz, hangup("in", "v1", "normalClearing")).await;
+        post(&fz, answer("in", "v1")).await;
+        post(
+            &fz,
+            json!({"event":"newCall","direction":"in","callId":"v2","from":4930111,"to":"2"}),
+        )
+        .await;
+        post(&fz, new_call("in", "", "1", "2")).await;
+        post(&fz, json!({"event":"newCall","direction":"in","callId":"v3","call_id":"x","from":"1","to":"2"})).await;
+        let mut a = answer("in", "v3");
+        a["user"] = json!(["A", "B"]);
+        a["answeringNumber"] = json!("4930201");
+        post(&fz, a).await;
+        post(
+            &fz,
+            json!({"event":"newCall","callId":"v4","from":"1","to":"2"}),
+        )
+        .await;
+        let want = [
+            r#"callId "v1": answer before newCall (unknown callId)"#,
+            r#"callId "v1": duplicate newCall"#,
+            r#"callId "v1": second answer"#,
+            r#"callId "v1": direction changed from in to out"#,
+            r#"callId "v1": second hangup"#,
+            r#"callId "v1": answer after hangup"#,
+            r#"callId "v2": "from" is the JSON value 4930111, not a string"#,
+            r#"callId "": empty callId"#,
+            r#"callId "v3": callId "v3" and call_id "x" differ"#,
+            r#"callId "v3": user is an array on answer"#,
+            r#"callId "v4": no direction"#,
+        ];
+        let got = fz.violations();
+        // `second answer` and `direction changed` come from the same request.
+        let mut got_sorted = got.clone();
+        let mut want_sorted = want.map(String::from).to_vec();
+        got_sorted.sort();
+        want_sorted.sort();
+        assert_eq!(got_sorted, want_sorted, "{got:#?}");
+    }
+
+    #[tokio::test]
+    async fn clean_calls_have_no_violations() {
+        let fz = start().await;
+        for (dir, id) in [("in", "ok1"), ("out", "ok2")] {
+            post(&fz, new_call(dir, id, "4930111", "4940222")).await;
+            post(&fz, answer(dir, id)).await;
+            post(&fz, hangup(dir, id, "normalClearing")).await;
+        }
+        assert_eq!(fz.violations(), Vec::<String>::new());
+        assert_eq!(fz.requests().len(), 6);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_of_one_call_are_a_violation() {
+        let fz = start().await;
+        post(&fz, new_call("in", "c1", "1", "2")).await;
+        post(&fz, new_call("in", "c2", "1", "2")).await;
+        fz.set_delay(Duration::from_millis(200));
+        // Different calls in parallel are fine.
+        tokio::join!(post(&fz, answer("in", "c2")), post(&fz, answer("in", "c1")));
+        assert_eq!(fz.violations(), Vec::<String>::new());
+        tokio::join!(
+            post(&fz, answer("in", "c1")),
+            post(&fz, hangup("in", "c1", "x"))
+        );
+        let v = fz.violations();
+        assert!(
+            v.contains(
+                &r#"callId "c1": two requests of one call in flight at the same time"#.to_string()
+            ),
+            "{v:#?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn injected_faults_answer_without_handling() {
+        let fz = start().await;
+        fz.fail_next(2, 503, true);
+        for _ in 0..2 {
+            let resp = post(&fz, new_call("in", "c1", "1", "2")).await;
+            assert_eq!(resp.status, 503);
+            assert!(
+                resp.body
+                    .contains("<h1>503 Service Temporarily Unavailable</h1>")
+                    || resp.body.contains("<h1>503 Service Unavailable</h1>"),
+                "{resp:?}"
+            );
+        }
+        assert!(fz.log("c1").is_none());
+        assert_eq!(post(&fz, new_call("in", "c1", "1", "2")).await.status, 200);
+
+        fz.fail_next(1, 500, true);
+        let resp = post(&fz, answer("in", "c1")).await;
+        assert_eq!(resp.status, 500);
+        assert!(
+            resp.body
+                .contains("500: We're sorry, but something went wrong"),
+            "{resp:?}"
+        );
+        fz.fail_next(1, 500, false);
+        assert_error_id(&post(&fz, answer("in", "c1")).await, 500);
+        assert!(!fz.log("c1").unwrap().answered);
+
+        fz.fail_for(None, 502);
+        for _ in 0..3 {
+            assert_eq!(post(&fz, answer("in", "c1")).await.status, 502);
+        }
+        fz.clear_faults();
+        assert_eq!(post(&fz, answer("in", "c1")).await.status, 200);
+
+        fz.fail_for(Some(Duration::from_millis(100)), 504);
+        assert_eq!(post(&fz, hangup("in", "c1", "x")).await.status, 504);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(post(&fz, hangup("in", "c1", "x")).await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn requests_are_recorded_with_headers_and_responses() {
+        let fz = start().await;
+        post(&fz, new_call("in", "c1", "1", "2")).await;
+        raw(fz.addr(), "GET", "/x", &[], "").await;
+        let recs = fz.requests();
+        assert_eq!(recs.len(), 2);
+        let r = &recs[0];
+        assert_eq!(
+            (r.seq, r.method.as_str(), r.path.as_str()),
+            (0, "POST", "/api/v1/cti/fake-cti-token")
+        );
+        assert_eq!(
+            (r.token(), r.redacted_path().as_str()),
+            (Some(TOKEN), "/api/v1/cti/***")
+        );
+        assert_eq!(r.content_type.as_deref(), Some("application/json"));
+        assert_eq!(r.accept.as_deref(), Some("application/json"));
+        assert_eq!(r.header("host"), Some("zammad.test"));
+        assert_eq!(
+            (r.event(), r.call_id().as_deref()),
+            (Some("newCall"), Some("c1"))
+        );
+        assert_eq!(
+            (r.status, r.response_body.as_deref()),
+            (Some(200), Some("{}"))
+        );
+        assert_eq!(
+            (recs[1].seq, recs[1].status, recs[1].token()),
+            (1, Some(404), None)
+        );
+        assert!(recs[1].received_at >= r.received_at);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn durations_are_whole_seconds_of_zammads_clock() {
+        let fz = start().await;
+        post(&fz, new_call("in", "c1", "1", "2")).await;
+        tokio::time::advance(Duration::from_millis(3_400)).await;
+        post(&fz, answer("in", "c1")).await;
+        tokio::time::advance(Duration::from_millis(5_900)).await;
+        post(&fz, hangup("in", "c1", "normalClearing")).await;
+        let e = fz.log("c1").unwrap();
+        // Truncated timestamps: 0 → 3 → 9 seconds.
+        assert_eq!(
+            (e.duration_waiting_time, e.duration_talking_time),
+            (Some(3), Some(6))
+        );
+
+        post(&fz, new_call("in", "c2", "1", "2")).await;
+        tokio::time::advance(Duration::from_secs(7)).await;
+        post(&fz, hangup("in", "c2", "cancel")).await;
+        let e = fz.log("c2").unwrap();
+        assert_eq!(
+            (e.duration_waiting_time, e.duration_talking_time),
+            (Some(7), None)
+        );
+    }
+
+    #[test]
+    fn form_parsing_and_percent_decoding() {
+        let check = |input: &str, want: Value| {
+            assert_eq!(Value::Object(parse_form(input)), want, "{input}")
+        };
+        check(
+            "a=1&b=x+y&c=%2B49%20",
+            json!({"a":"1","b":"x y","c":"+49 "}),
+        );
+        check("user[]=A&user[]=B&user[]=", json!({"user":["A","B",""]}));
+        check("a=1&a=2", json!({"a":"2"}));
+        check("a&b=", json!({"a":"","b":""}));
+        check("x=%zz%4", json!({"x":"%zz%4"}));
+        check("n=M%C3%BCller", json!({"n":"Müller"}));
+    }
 }
