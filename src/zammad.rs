@@ -1,1 +1,764 @@
-//! zammad (work in progress)
+//! The one HTTP client that talks to Zammad's Generic CTI endpoint.
+//!
+//! Owns the `reqwest::Client` (connect and request timeouts), the secret endpoint URL
+//! (the token is its last path segment), the POST of one [`CtiRequest`] with
+//! `Content-Type: application/json` and `Accept: application/json`, and the sorting of
+//! every failure into a [`ZammadError`] that tells the outbox whether a retry is safe
+//! (zammad-cti.md §5, §11.11, §11.12). What to do with a decision, and when to retry, is
+//! left to `delivery`; what the bodies look like is `cti`'s.
+//!
+//! The token never reaches a log line or an error message: errors from reqwest are
+//! stripped of their URL, and the URL is only shown through [`ZammadClient::redacted_url`].
+
+use crate::cti::{CtiEventKind, CtiRequest, ReplyError, ZammadDecision, snippet};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use secrecy::{ExposeSecret, SecretString};
+use std::time::{Duration, Instant};
+
+/// Why a CTI request did not produce a decision. `Display` never contains the token.
+#[derive(Debug, thiserror::Error)]
+pub enum ZammadError {
+    /// The configured URL cannot be used; the message names the problem, not the URL.
+    #[error("zammad url is unusable: {reason}")]
+    InvalidUrl { reason: &'static str },
+    #[error("failed to build the http client for zammad")]
+    Build(#[source] reqwest::Error),
+    /// No connection was made (refused, DNS, TLS handshake, connect timeout): the request
+    /// certainly did not reach Zammad.
+    #[error("failed to connect to zammad")]
+    Connect(#[source] reqwest::Error),
+    /// No complete answer in time; Zammad may have handled the request.
+    #[error("zammad did not answer within {timeout:?}")]
+    Timeout { timeout: Duration },
+    /// The connection broke after the request was sent; Zammad may have handled it.
+    #[error("the connection to zammad broke during the request")]
+    Interrupted(#[source] reqwest::Error),
+    /// 500 or 422 "already exists": Zammad has this callId (for newCall: delivered).
+    #[error("zammad already has this call id")]
+    AlreadyExists,
+    /// 500 "Error ID" to an answer or hangup: Zammad has no call with this callId.
+    #[error("zammad does not know this call id")]
+    UnknownCall,
+    /// 401: the token in the URL is wrong.
+    #[error("zammad refused the cti token (http 401); check zammad.url")]
+    Unauthorized,
+    /// 422: the CTI integration is switched off or not configured in Zammad.
+    #[error("zammad's cti integration is off: {message}")]
+    Disabled { message: String },
+    /// 502, 503, 504: a proxy in front of Zammad answered.
+    #[error("zammad is unavailable (http {status})")]
+    Unavailable { status: u16 },
+    /// Any other error status with a JSON body.
+    #[error("zammad rejected the request (http {status}): {snippet}")]
+    Rejected { status: u16, snippet: String },
+    /// A body that is not JSON where JSON was expected (an HTML error page, say).
+    #[error("zammad answered http {status} with a body that is not json: {snippet:?}")]
+    BadReply { status: u16, snippet: String },
+    /// A 2xx JSON body the bridge cannot act on (unknown action, dial without caller id).
+    #[error("zammad's answer cannot be acted on")]
+    BadDecision(#[source] ReplyError),
+}
+
+impl ZammadError {
+    /// Whether Zammad's state is certainly unchanged by the failed request.
+    ///
+    /// A 502 or 503 comes from a proxy that could not hand the request to Zammad (upstream
+    /// refused, down, or in maintenance). A 504 does not count: the proxy passed the
+    /// request on and gave up waiting, and Zammad may still finish it. The controller's
+    /// 401 and 422 (disabled) checks run before any event is handled.
+    pub fn certainly_not_processed(&self) -> bool {
+        match self {
+            ZammadError::InvalidUrl { .. }
+            | ZammadError::Build(_)
+            | ZammadError::Connect(_)
+            | ZammadError::Unauthorized
+            | ZammadError::Disabled { .. } => true,
+            ZammadError::Unavailable { status } => matches!(status, 502 | 503),
+            ZammadError::Timeout { .. }
+            | ZammadError::Interrupted(_)
+            | ZammadError::AlreadyExists
+            | ZammadError::UnknownCall
+            | ZammadError::Rejected { .. }
+            | ZammadError::BadReply { .. }
+            | ZammadError::BadDecision(_) => false,
+        }
+    }
+
+    /// Whether sending the same event again is safe and may help (zammad-cti.md §11.12).
+    ///
+    /// - newCall: a retry that finds the first one delivered gets "already exists", which
+    ///   [`ZammadError::counts_as_delivered`] accepts; so retry anything transient.
+    /// - answer: a second answer only moves `start_at`; retry anything transient.
+    /// - hangup: a second hangup recomputes `done` and can turn a missed call into a
+    ///   handled one, so retry only when the first certainly did not reach Zammad
+    ///   ([`ZammadError::certainly_not_processed`] and transient: Connect, 502, 503).
+    ///
+    /// Wrong tokens, a disabled integration and refused bodies are not transient: they
+    /// need a human, and the caller logs them.
+    pub fn retryable(&self, event: CtiEventKind) -> bool {
+        let transient = matches!(
+            self,
+            ZammadError::Connect(_)
+                | ZammadError::Timeout { .. }
+                | ZammadError::Interrupted(_)
+                | ZammadError::Unavailable { .. }
+        );
+        match event {
+            CtiEventKind::NewCall | CtiEventKind::Answer => transient,
+            CtiEventKind::Hangup => transient && self.certainly_not_processed(),
+        }
+    }
+
+    /// Whether the event should be treated as delivered despite the error: a newCall
+    /// whose callId Zammad already has (an earlier attempt got through).
+    pub fn counts_as_delivered(&self, event: CtiEventKind) -> bool {
+        matches!(
+            (self, event),
+            (ZammadError::AlreadyExists, CtiEventKind::NewCall)
+        )
+    }
+}
+
+/// Speaks HTTP to Zammad. Cheap to clone; clones share one connection pool.
+#[derive(Clone)]
+pub struct ZammadClient {
+    http: reqwest::Client,
+    /// The full endpoint, token included; exposed only to build the request.
+    url: SecretString,
+    /// `scheme://host[:port]/path/***`, computed once for logs and `Debug`.
+    redacted: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ZammadClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZammadClient")
+            .field("url", &self.redacted)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ZammadClient {
+    /// A client for `url` (`http[s]://host/api/v1/cti/TOKEN`) that gives up on a request
+    /// after `timeout`. Connecting may take at most half of it, so that a slow connect is
+    /// reported as [`ZammadError::Connect`] (certainly not delivered) rather than a timeout.
+    pub fn new(url: SecretString, timeout: Duration) -> Result<ZammadClient, ZammadError> {
+        let parsed =
+            reqwest::Url::parse(url.expose_secret()).map_err(|_| ZammadError::InvalidUrl {
+                reason: "not an absolute url",
+            })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ZammadError::InvalidUrl {
+                reason: "the scheme is not http or https",
+            });
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(ZammadError::InvalidUrl { reason: "no host" });
+        }
+        let redacted = redact(&parsed);
+        if !redacted.ends_with("/***") {
+            return Err(ZammadError::InvalidUrl {
+                reason: "the path does not end in the cti token",
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout / 2)
+            .timeout(timeout)
+            .build()
+            .map_err(|e| ZammadError::Build(e.without_url()))?;
+        Ok(ZammadClient {
+            http,
+            url,
+            redacted,
+            timeout,
+        })
+    }
+
+    /// The endpoint with its token replaced by `***`, safe to log.
+    pub fn redacted_url(&self) -> &str {
+        &self.redacted
+    }
+
+    /// Posts one event and returns Zammad's decision (`Continue` for answer and hangup).
+    pub async fn send(&self, req: &CtiRequest) -> Result<ZammadDecision, ZammadError> {
+        let started = Instant::now();
+        let result = self.post(req).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(decision) => tracing::debug!(
+                call_id = %req.call_id,
+                event = req.event.as_str(),
+                elapsed_ms,
+                ?decision,
+                "zammad accepted the event"
+            ),
+            Err(error) => tracing::debug!(
+                call_id = %req.call_id,
+                event = req.event.as_str(),
+                elapsed_ms,
+                error = %error,
+                "zammad request failed"
+            ),
+        }
+        result
+    }
+
+    async fn post(&self, req: &CtiRequest) -> Result<ZammadDecision, ZammadError> {
+        let response = self
+            .http
+            .post(self.url.expose_secret())
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json")
+            .body(req.to_json())
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|e| self.transport(e))?;
+        classify(req.event, status, &body)
+    }
+
+    fn transport(&self, error: reqwest::Error) -> ZammadError {
+        let error = error.without_url();
+        if error.is_connect() {
+            ZammadError::Connect(error)
+        } else if error.is_timeout() {
+            ZammadError::Timeout {
+                timeout: self.timeout,
+            }
+        } else {
+            ZammadError::Interrupted(error)
+        }
+    }
+}
+
+/// Sorts one HTTP answer (zammad-cti.md §1, §3, §5).
+fn classify(event: CtiEventKind, status: u16, body: &str) -> Result<ZammadDecision, ZammadError> {
+    if (200..300).contains(&status) {
+        return ZammadDecision::parse(body).map_err(|e| match e {
+            ReplyError::NotJson { snippet } => ZammadError::BadReply { status, snippet },
+            other => ZammadError::BadDecision(other),
+        });
+    }
+    let json = serde_json::from_str::<serde_json::Value>(body).ok();
+    let message = json
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    match status {
+        401 => Err(ZammadError::Unauthorized),
+        502..=504 => Err(ZammadError::Unavailable { status }),
+        _ if json.is_none() => Err(ZammadError::BadReply {
+            status,
+            snippet: snippet(body),
+        }),
+        422 | 500 if message.contains("already exists") => Err(ZammadError::AlreadyExists),
+        // "Feature is disabled…", "Feature is disable…" (before 5.0), "Feature not configured…".
+        422 if message.starts_with("Feature ") => Err(ZammadError::Disabled {
+            message: message.to_string(),
+        }),
+        500 if event != CtiEventKind::NewCall && message.starts_with("Error ID") => {
+            Err(ZammadError::UnknownCall)
+        }
+        _ => Err(ZammadError::Rejected {
+            status,
+            snippet: snippet(body),
+        }),
+    }
+}
+
+/// `scheme://host[:port]` + the path with its last segment replaced by `***`; no
+/// user info, query or fragment.
+fn redact(url: &reqwest::Url) -> String {
+    let mut out = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    let path = url.path();
+    match path.rsplit_once('/') {
+        Some((head, last)) if !last.is_empty() => out.push_str(&format!("{head}/***")),
+        _ => out.push_str(path),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against the stand-in Zammad; expected values from reference/zammad-cti.md.
+
+    use super::*;
+    use crate::cti::{CallId, Cause, Direction, Users};
+    use crate::fake_zammad::{FakeZammad, FakeZammadConfig, Route};
+
+    const TOKEN: &str = "s3cr3tT0ken_ABCdef-123456789";
+
+    fn config() -> FakeZammadConfig {
+        FakeZammadConfig {
+            token: TOKEN.into(),
+            ..FakeZammadConfig::default()
+        }
+    }
+
+    async fn fake(config: FakeZammadConfig) -> FakeZammad {
+        FakeZammad::start(config).await.unwrap()
+    }
+
+    fn client_for(url: &str, timeout: Duration) -> ZammadClient {
+        ZammadClient::new(SecretString::from(url.to_string()), timeout).unwrap()
+    }
+
+    fn client(fz: &FakeZammad) -> ZammadClient {
+        client_for(&fz.url(), Duration::from_secs(5))
+    }
+
+    fn req(
+        event: CtiEventKind,
+        direction: Direction,
+        id: &str,
+        from: &str,
+        to: &str,
+    ) -> CtiRequest {
+        CtiRequest {
+            event,
+            direction,
+            call_id: CallId(id.into()),
+            from: from.into(),
+            to: to.into(),
+            user: None,
+            queue: None,
+            answering_number: None,
+            cause: None,
+        }
+    }
+
+    fn new_call(id: &str, direction: Direction, from: &str, to: &str) -> CtiRequest {
+        req(CtiEventKind::NewCall, direction, id, from, to)
+    }
+
+    fn answer(id: &str) -> CtiRequest {
+        req(
+            CtiEventKind::Answer,
+            Direction::In,
+            id,
+            "4930111",
+            "4940222",
+        )
+    }
+
+    fn hangup(id: &str) -> CtiRequest {
+        CtiRequest {
+            cause: Some(Cause::NormalClearing),
+            ..req(
+                CtiEventKind::Hangup,
+                Direction::In,
+                id,
+                "4930111",
+                "4940222",
+            )
+        }
+    }
+
+    /// The token appears nowhere in the error, its sources or its Debug form.
+    fn assert_no_token(error: &ZammadError) {
+        let mut texts = vec![format!("{error:?}")];
+        let mut source: Option<&dyn std::error::Error> = Some(error);
+        while let Some(e) = source {
+            texts.push(e.to_string());
+            source = e.source();
+        }
+        for text in texts {
+            assert!(!text.contains(TOKEN), "token leaked: {text}");
+        }
+    }
+
+    async fn send_err(client: &ZammadClient, req: &CtiRequest) -> ZammadError {
+        let error = client.send(req).await.expect_err("an error");
+        assert_no_token(&error);
+        error
+    }
+
+    /// A loopback port nobody listens on.
+    async fn closed_port() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        addr
+    }
+
+    #[tokio::test]
+    async fn new_call_gets_continue_and_sends_json_with_accept() {
+        let fz = fake(config()).await;
+        let mut nc = new_call("c1", Direction::In, "4930111", "4940222");
+        nc.user = Users::from_names(vec!["Alice".into(), "Bob".into()]);
+        let decision = client(&fz).send(&nc).await.unwrap();
+        assert_eq!(decision, ZammadDecision::Continue);
+        let recs = fz.requests();
+        assert_eq!(recs.len(), 1);
+        let r = &recs[0];
+        assert_eq!((r.method.as_str(), r.token()), ("POST", Some(TOKEN)));
+        assert_eq!(r.content_type.as_deref(), Some("application/json"));
+        assert_eq!(r.accept.as_deref(), Some("application/json"));
+        assert_eq!(r.body, nc.to_json());
+        assert!(r.body.starts_with(r#"{"event":"newCall","#), "{}", r.body);
+        let e = fz.log("c1").unwrap();
+        assert_eq!(e.to_comment.as_deref(), Some("Alice, Bob"));
+
+        let client = client(&fz);
+        assert_eq!(
+            client.send(&answer("c1")).await.unwrap(),
+            ZammadDecision::Continue
+        );
+        assert_eq!(
+            client.send(&hangup("c1")).await.unwrap(),
+            ZammadDecision::Continue
+        );
+        assert!(fz.log("c1").unwrap().hungup);
+        assert_eq!(fz.violations(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn blocked_caller_gets_reject() {
+        let fz = fake(FakeZammadConfig {
+            blocked: vec!["4930666".into()],
+            ..config()
+        })
+        .await;
+        let decision = client(&fz)
+            .send(&new_call("c1", Direction::In, "4930666", "4940222"))
+            .await
+            .unwrap();
+        let want = ZammadDecision::Reject {
+            reason: "busy".into(),
+        };
+        assert_eq!(decision, want);
+    }
+
+    #[tokio::test]
+    async fn routed_outbound_call_gets_dial() {
+        let fz = fake(FakeZammadConfig {
+            routes: vec![Route::new("4930*", "493023125877")],
+            default_caller_id: "496990009111".into(),
+            ..config()
+        })
+        .await;
+        let client = client(&fz);
+        let cases = [
+            ("4930609854189", "493023125877"),
+            ("492214710334", "496990009111"),
+        ];
+        for (i, (to, caller_id)) in cases.into_iter().enumerate() {
+            let nc = new_call(&format!("o{i}"), Direction::Out, "201", to);
+            let want = ZammadDecision::Dial {
+                caller_id: caller_id.into(),
+                number: to.into(),
+            };
+            assert_eq!(client.send(&nc).await.unwrap(), want);
+        }
+    }
+
+    #[tokio::test]
+    async fn wrong_token_is_unauthorized_and_never_shown() {
+        let fz = fake(config()).await;
+        let wrong = fz.url().replace(TOKEN, "not-the-token");
+        let error = send_err(&client_for(&wrong, Duration::from_secs(5)), &hangup("c1")).await;
+        assert!(matches!(error, ZammadError::Unauthorized), "{error:?}");
+        // The client with the right token: its errors never show it either.
+        let error = send_err(&client(&fz), &hangup("c1")).await;
+        assert!(matches!(error, ZammadError::UnknownCall), "{error:?}");
+        assert!(!error.retryable(CtiEventKind::Hangup));
+    }
+
+    #[tokio::test]
+    async fn disabled_and_unconfigured_integrations_are_disabled() {
+        let cases = [
+            (
+                false,
+                true,
+                "Feature is disabled, please contact your administrator!",
+            ),
+            (
+                true,
+                false,
+                "Feature not configured, please contact your admin!",
+            ),
+        ];
+        for (enabled, configured, want) in cases {
+            let fz = fake(FakeZammadConfig {
+                enabled,
+                configured,
+                ..config()
+            })
+            .await;
+            let nc = new_call("c1", Direction::In, "1", "2");
+            match send_err(&client(&fz), &nc).await {
+                ZammadError::Disabled { message } => assert_eq!(message, want),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn duplicate_new_call_already_exists_and_counts_as_delivered() {
+        let fz = fake(config()).await;
+        let client = client(&fz);
+        let nc = new_call("c1", Direction::In, "1", "2");
+        client.send(&nc).await.unwrap();
+        let error = send_err(&client, &nc).await;
+        assert!(matches!(error, ZammadError::AlreadyExists), "{error:?}");
+        assert!(error.counts_as_delivered(CtiEventKind::NewCall));
+        assert!(!error.counts_as_delivered(CtiEventKind::Answer));
+        assert!(!error.retryable(CtiEventKind::NewCall));
+    }
+
+    #[tokio::test]
+    async fn answer_or_hangup_for_unknown_call_is_unknown_call() {
+        let fz = fake(config()).await;
+        let client = client(&fz);
+        for r in [answer("nope"), hangup("nope")] {
+            let error = send_err(&client, &r).await;
+            assert!(matches!(error, ZammadError::UnknownCall), "{error:?}");
+            assert!(!error.retryable(r.event));
+            assert!(!error.counts_as_delivered(r.event));
+        }
+    }
+
+    #[tokio::test]
+    async fn html_error_pages_are_bad_replies_and_proxy_pages_unavailable() {
+        let fz = fake(config()).await;
+        let client = client(&fz);
+        fz.fail_next(1, 500, true);
+        match send_err(&client, &new_call("c1", Direction::In, "1", "2")).await {
+            ZammadError::BadReply { status, snippet } => {
+                assert_eq!(status, 500);
+                assert!(snippet.starts_with("<!DOCTYPE html>"), "{snippet}");
+            }
+            other => panic!("{other:?}"),
+        }
+        for status in [502, 503, 504] {
+            fz.fail_next(1, status, true);
+            let error = send_err(&client, &new_call("c1", Direction::In, "1", "2")).await;
+            assert!(
+                matches!(error, ZammadError::Unavailable { status: s } if s == status),
+                "{error:?}"
+            );
+        }
+        // None of them reached Zammad's logic.
+        assert!(fz.log("c1").is_none());
+    }
+
+    #[tokio::test]
+    async fn slow_zammad_is_a_timeout_that_may_have_been_delivered() {
+        let fz = fake(config()).await;
+        fz.set_delay(Duration::from_millis(700));
+        let client = client_for(&fz.url(), Duration::from_millis(250));
+        let started = Instant::now();
+        let error = send_err(&client, &new_call("c1", Direction::In, "1", "2")).await;
+        assert!(started.elapsed() < Duration::from_millis(650));
+        match &error {
+            ZammadError::Timeout { timeout } => assert_eq!(*timeout, Duration::from_millis(250)),
+            other => panic!("{other:?}"),
+        }
+        assert!(error.retryable(CtiEventKind::NewCall));
+        assert!(error.retryable(CtiEventKind::Answer));
+        assert!(!error.retryable(CtiEventKind::Hangup));
+        // Zammad finished the request after the client gave up: "may have reached".
+        fz.wait_for_answered(1).await;
+        assert!(fz.log("c1").is_some());
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_connect_and_always_retryable() {
+        let url = format!("http://{}/api/v1/cti/{TOKEN}", closed_port().await);
+        let error = send_err(&client_for(&url, Duration::from_secs(2)), &hangup("c1")).await;
+        assert!(matches!(error, ZammadError::Connect(_)), "{error:?}");
+        assert!(error.certainly_not_processed());
+        for event in [
+            CtiEventKind::NewCall,
+            CtiEventKind::Answer,
+            CtiEventKind::Hangup,
+        ] {
+            assert!(error.retryable(event), "{event:?}");
+        }
+    }
+
+    #[test]
+    fn answers_are_classified_like_zammad_sends_them() {
+        use CtiEventKind::{Answer, Hangup, NewCall};
+        let error_id = r#"{"error":"Error ID aB3dE6gH: Please contact your administrator."}"#;
+        let exists = r#"{"error":"This object already exists.","error_human":"This object already exists."}"#;
+        let html =
+            "<!DOCTYPE html>\n<html><body><h1>500: We're sorry, but something went wrong.</h1>";
+        // (event, status, body, expected variant)
+        let cases = [
+            (NewCall, 200, "{}", "Ok"),
+            (NewCall, 200, "<html>hello</html>", "BadReply"),
+            (NewCall, 200, r#"{"action":"transfer"}"#, "BadDecision"),
+            (NewCall, 500, exists, "AlreadyExists"),
+            // The unique-index race (§3.1).
+            (
+                NewCall,
+                422,
+                r#"{"error":"Object already exists!"}"#,
+                "AlreadyExists",
+            ),
+            (NewCall, 500, error_id, "Rejected"),
+            (Answer, 500, error_id, "UnknownCall"),
+            (Hangup, 500, error_id, "UnknownCall"),
+            (Hangup, 500, html, "BadReply"),
+            (
+                Hangup,
+                404,
+                r#"{"error":"This page doesn't exist.","error_human":"This page doesn't exist."}"#,
+                "Rejected",
+            ),
+            (
+                NewCall,
+                401,
+                r#"{"error":"Invalid token, please contact your admin!"}"#,
+                "Unauthorized",
+            ),
+            (
+                NewCall,
+                422,
+                r#"{"error":"Feature is disabled, please contact your administrator!"}"#,
+                "Disabled",
+            ),
+            (
+                NewCall,
+                422,
+                r#"{"error":"Feature is disable, please contact your admin to enable it!"}"#,
+                "Disabled",
+            ),
+            (
+                NewCall,
+                422,
+                r#"{"error":"Feature not configured, please contact your admin!"}"#,
+                "Disabled",
+            ),
+            (
+                NewCall,
+                422,
+                r#"{"error":"Invalid 'direction'!"}"#,
+                "Rejected",
+            ),
+            (
+                NewCall,
+                422,
+                r#"{"error":"Attribute 'from' required!"}"#,
+                "Rejected",
+            ),
+            (NewCall, 502, "<html>nginx</html>", "Unavailable"),
+            (Answer, 503, "", "Unavailable"),
+            (Hangup, 504, "{}", "Unavailable"),
+        ];
+        for (event, status, body, want) in cases {
+            let got = match classify(event, status, body) {
+                Ok(_) => "Ok",
+                Err(e) => variant(&e),
+            };
+            assert_eq!(got, want, "{event:?} {status} {body}");
+        }
+    }
+
+    fn variant(e: &ZammadError) -> &'static str {
+        match e {
+            ZammadError::InvalidUrl { .. } => "InvalidUrl",
+            ZammadError::Build(_) => "Build",
+            ZammadError::Connect(_) => "Connect",
+            ZammadError::Timeout { .. } => "Timeout",
+            ZammadError::Interrupted(_) => "Interrupted",
+            ZammadError::AlreadyExists => "AlreadyExists",
+            ZammadError::UnknownCall => "UnknownCall",
+            ZammadError::Unauthorized => "Unauthorized",
+            ZammadError::Disabled { .. } => "Disabled",
+            ZammadError::Unavailable { .. } => "Unavailable",
+            ZammadError::Rejected { .. } => "Rejected",
+            ZammadError::BadReply { .. } => "BadReply",
+            ZammadError::BadDecision(_) => "BadDecision",
+        }
+    }
+
+    #[test]
+    fn only_hangups_that_certainly_did_not_arrive_are_retried() {
+        let timeout = ZammadError::Timeout {
+            timeout: Duration::from_secs(1),
+        };
+        let unavailable = |status| ZammadError::Unavailable { status };
+        let rejected = ZammadError::Rejected {
+            status: 422,
+            snippet: String::new(),
+        };
+        let bad = ZammadError::BadReply {
+            status: 500,
+            snippet: String::new(),
+        };
+        let disabled = ZammadError::Disabled {
+            message: String::new(),
+        };
+        // (error, newCall, answer, hangup)
+        let cases = [
+            (timeout, true, true, false),
+            (unavailable(502), true, true, true),
+            (unavailable(503), true, true, true),
+            // The proxy passed it on and gave up waiting: Zammad may finish it.
+            (unavailable(504), true, true, false),
+            (ZammadError::AlreadyExists, false, false, false),
+            (ZammadError::UnknownCall, false, false, false),
+            (ZammadError::Unauthorized, false, false, false),
+            (disabled, false, false, false),
+            (rejected, false, false, false),
+            (bad, false, false, false),
+        ];
+        for (error, new_call, answer, hangup) in cases {
+            let got = [
+                error.retryable(CtiEventKind::NewCall),
+                error.retryable(CtiEventKind::Answer),
+                error.retryable(CtiEventKind::Hangup),
+            ];
+            assert_eq!(got, [new_call, answer, hangup], "{error:?}");
+        }
+    }
+
+    #[test]
+    fn url_is_redacted_and_checked() {
+        let check = |url: &str, want: &str| {
+            let client = client_for(url, Duration::from_secs(1));
+            assert_eq!(client.redacted_url(), want, "{url}");
+            assert!(!format!("{client:?}").contains("TOKEN"), "{client:?}");
+        };
+        check(
+            "https://zammad.example.com/api/v1/cti/TOKEN",
+            "https://zammad.example.com/api/v1/cti/***",
+        );
+        check(
+            "http://127.0.0.1:3000/api/v1/cti/TOKEN",
+            "http://127.0.0.1:3000/api/v1/cti/***",
+        );
+        check(
+            "https://user:pw@z.example:8443/zammad/api/v1/cti/TOKEN?x=TOKEN#TOKEN",
+            "https://z.example:8443/zammad/api/v1/cti/***",
+        );
+        check(
+            "http://[::1]:8080/api/v1/cti/TOKEN",
+            "http://[::1]:8080/api/v1/cti/***",
+        );
+        for bad in [
+            "zammad.example.com/api/v1/cti/TOKEN",
+            "ftp://z.example/api/v1/cti/TOKEN",
+            "https://z.example/",
+            "https://z.example/api/v1/cti/",
+            "TOKEN",
+        ] {
+            match ZammadClient::new(SecretString::from(bad.to_string()), Duration::from_secs(1)) {
+                Err(e @ ZammadError::InvalidUrl { .. }) => {
+                    assert!(!e.to_string().contains("TOKEN"), "{e}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+}
