@@ -187,10 +187,8 @@ impl Tracker {
                 let target = relinked.then(|| self.call_key_for(linkedid));
                 let ch = self.channels.get_mut(uniqueid).expect("checked above");
                 ch.state = state;
-                if let Some(c) = caller {
-                    if ch.caller_num.as_deref() != Some(c) {
-                        ch.caller_num = Some(c.into());
-                    }
+                if let Some(c) = caller.filter(|c| ch.caller_num.as_deref() != Some(*c)) {
+                    ch.caller_num = Some(c.into());
                 }
                 match target {
                     Some(target) => {
@@ -220,10 +218,11 @@ impl Tracker {
         if let Some(old) = moved_from {
             self.rehome(&uid, &old);
         }
-        if prefix.is_empty() && state == 4 {
-            if let Some(key) = self.call_of(&uid) {
-                self.detect_origin(msg, &uid, &key);
-            }
+        if let Some(key) = self
+            .call_of(&uid)
+            .filter(|_| prefix.is_empty() && state == 4)
+        {
+            self.detect_origin(msg, &uid, &key);
         }
         Some(uid)
     }
@@ -416,10 +415,9 @@ impl Tracker {
         let Some(dest) = self.touch(msg, "Dest") else {
             return;
         };
-        if matches!(msg.get("DialStatus"), Some("RINGING" | "PROGRESS")) {
-            if let Some(key) = self.call_of(&dest) {
-                self.on_leg_ringing(&key, &dest, out);
-            }
+        let ringing = matches!(msg.get("DialStatus"), Some("RINGING" | "PROGRESS"));
+        if let Some(key) = self.call_of(&dest).filter(|_| ringing) {
+            self.on_leg_ringing(&key, &dest, out);
         }
     }
 
@@ -720,10 +718,9 @@ impl Tracker {
             {
                 continue;
             }
-            if let Some(ext) = self.extension_of(&ch.name) {
-                if let Some(name) = self.agent_name(Some(&ext), None) {
-                    add(name);
-                }
+            let ext = self.extension_of(&ch.name);
+            if let Some(name) = self.agent_name(ext.as_deref(), None) {
+                add(name);
             }
         }
         names

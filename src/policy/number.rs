@@ -77,15 +77,11 @@ impl NumberPlan {
         if plus {
             return PhoneNumber::International(digits);
         }
-        if !self.international_prefix.is_empty() {
-            if let Some(rest) = digits.strip_prefix(self.international_prefix.as_str()) {
-                return PhoneNumber::International(rest.to_string());
-            }
+        if let Some(rest) = strip_nonempty(&digits, &self.international_prefix) {
+            return PhoneNumber::International(rest.to_string());
         }
-        if !self.national_prefix.is_empty() {
-            if let Some(rest) = digits.strip_prefix(self.national_prefix.as_str()) {
-                return PhoneNumber::International(format!("{}{}", self.country_code, rest));
-            }
+        if let Some(rest) = strip_nonempty(&digits, &self.national_prefix) {
+            return PhoneNumber::International(format!("{}{}", self.country_code, rest));
         }
         PhoneNumber::International(digits)
     }
@@ -93,6 +89,15 @@ impl NumberPlan {
     /// `parse` straight to the string Zammad gets.
     pub fn normalise(&self, raw: &str) -> String {
         self.parse(raw).into_zammad()
+    }
+}
+
+/// `s` without `prefix`, if the prefix is not empty and `s` starts with it.
+fn strip_nonempty<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        None
+    } else {
+        s.strip_prefix(prefix)
     }
 }
 
