@@ -529,3 +529,100 @@ fn event_frames(transcript: &[u8]) -> (Vec<u8>, usize) {
     }
     (out, count)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Speaks raw bytes to the fake and returns everything it wrote until it closed or
+    /// went quiet for 200 ms.
+    async fn talk(fake: &FakeAmi, send: &[u8]) -> String {
+        let mut stream = TcpStream::connect(fake.addr()).await.unwrap();
+        stream.write_all(send).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0; 4096];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await
+        {
+            if n == 0 {
+                return String::from_utf8(got).unwrap() + "<closed>";
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_is_refused_and_the_socket_closed() {
+        let fake = FakeAmi::start(FakeAmiConfig::default()).await;
+        let got = talk(
+            &fake,
+            b"Action: Login\r\nActionID: 1\r\nUsername: bridge\r\nSecret: nope\r\n\r\n",
+        )
+        .await;
+        assert_eq!(
+            got,
+            "Asterisk Call Manager/11.0.0\r\nResponse: Error\r\nActionID: 1\r\nMessage: Authentication failed\r\n\r\n<closed>"
+        );
+        assert_eq!(fake.logins(), 0);
+    }
+
+    #[tokio::test]
+    async fn plain_login_then_ping_and_permission_checks() {
+        let fake = FakeAmi::start(FakeAmiConfig::default()).await;
+        let got = talk(&fake, b"Action: Ping\r\nActionID: 0\r\n\r\n").await;
+        assert!(
+            got.contains("Response: Error\r\nActionID: 0\r\nMessage: Permission denied\r\n\r\n"),
+            "{got}"
+        );
+        let got = talk(
+            &fake,
+            b"Action: Login\r\nActionID: 1\r\nUsername: bridge\r\nSecret: bridge-secret\r\n\r\nAction: Ping\r\nActionID: 2\r\n\r\n",
+        )
+        .await;
+        assert!(got.contains("Response: Success\r\nActionID: 1\r\nMessage: Authentication accepted\r\n\r\nEvent: FullyBooted"), "{got}");
+        assert!(
+            got.contains("Response: Success\r\nActionID: 2\r\nPing: Pong\r\n"),
+            "{got}"
+        );
+        assert_eq!(fake.logins(), 1);
+        assert_eq!(fake.connections(), 2);
+        assert_eq!(fake.actions().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn md5_login_uses_the_challenge_it_sent() {
+        let fake = FakeAmi::start(FakeAmiConfig::default()).await;
+        let mut stream = TcpStream::connect(fake.addr()).await.unwrap();
+        stream
+            .write_all(b"Action: Challenge\r\nActionID: 1\r\nAuthType: md5\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reader = FramedRead::new(&mut stream, AmiCodec::new());
+        assert!(matches!(reader.next().await, Some(Ok(AmiFrame::Banner(_)))));
+        let Some(Ok(AmiFrame::Message(reply))) = reader.next().await else {
+            panic!()
+        };
+        let challenge = reply.get("Challenge").unwrap().to_owned();
+        assert!(challenge.bytes().all(|b| b.is_ascii_digit()), "{challenge}");
+        drop(reader);
+        let login = format!(
+            "Action: Login\r\nActionID: 2\r\nAuthType: MD5\r\nUsername: bridge\r\nKey: {}\r\n\r\n",
+            md5_key(&challenge, "bridge-secret")
+        );
+        stream.write_all(login.as_bytes()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), fake.wait_logged_in())
+            .await
+            .unwrap();
+        assert_eq!(fake.logins(), 1);
+    }
+
+    #[test]
+    fn event_frames_keep_only_events_byte_for_byte() {
+        let transcript = b"Asterisk Call Manager/11.0.0\r\nResponse: Success\r\nActionID: 1\r\n\r\nEvent: A\r\nX: 1\r\n\r\n\r\nEvent: B\r\n\r\nResponse: Goodbye\r\n\r\n";
+        let (events, count) = event_frames(transcript);
+        assert_eq!(count, 2);
+        assert_eq!(events, b"Event: A\r\nX: 1\r\n\r\nEvent: B\r\n\r\n");
+    }
+}

@@ -748,3 +748,422 @@ fn chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_ami::{FakeAmi, FakeAmiConfig};
+    use std::path::Path;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn settings(fake: &FakeAmi) -> AmiSettings {
+        let mut settings = AmiSettings::new(
+            fake.addr().to_string(),
+            "bridge",
+            SecretString::from("bridge-secret"),
+        );
+        settings.ping_interval = Duration::from_secs(3600);
+        settings.ping_timeout = Duration::from_secs(2);
+        settings.connect_timeout = Duration::from_secs(2);
+        settings.action_timeout = Duration::from_secs(2);
+        settings.backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(100), 0.0);
+        settings
+    }
+
+    struct Client {
+        handle: AmiHandle,
+        inputs: mpsc::UnboundedReceiver<AmiInput>,
+        status: watch::Receiver<AmiStatus>,
+        task: JoinHandle<()>,
+        cancel: CancellationToken,
+    }
+
+    fn start(settings: AmiSettings) -> Client {
+        let cancel = CancellationToken::new();
+        let (handle, inputs, status, task) = spawn(settings, cancel.clone());
+        Client {
+            handle,
+            inputs,
+            status,
+            task,
+            cancel,
+        }
+    }
+
+    impl Client {
+        async fn next(&mut self) -> AmiInput {
+            tokio::time::timeout(WAIT, self.inputs.recv())
+                .await
+                .expect("an AMI input in time")
+                .expect("the input channel open")
+        }
+
+        async fn next_event(&mut self) -> AmiMessage {
+            match self.next().await {
+                AmiInput::Event(event) => event,
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+
+        async fn wait_status(&mut self, want: AmiStatus) {
+            tokio::time::timeout(WAIT, self.status.wait_for(|s| *s == want))
+                .await
+                .expect("the status in time")
+                .unwrap();
+        }
+
+        /// Waits for LoggedIn and the FakeAmi's FullyBooted that follows it.
+        async fn logged_in(&mut self) {
+            assert_eq!(self.next().await, AmiInput::LoggedIn);
+            assert_eq!(self.next_event().await.event(), Some("FullyBooted"));
+            self.wait_status(AmiStatus::LoggedIn).await;
+        }
+    }
+
+    fn action(pairs: &[(&str, &str)]) -> AmiMessage {
+        AmiMessage::from_pairs(pairs.iter().copied())
+    }
+
+    fn named<'a>(
+        actions: &'a [AmiMessage],
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a AmiMessage> + 'a {
+        actions
+            .iter()
+            .filter(move |a| a.get("Action") == Some(name))
+    }
+
+    #[tokio::test]
+    async fn md5_login_then_recorded_events_flow_through_in_order() {
+        let fake = FakeAmi::start(FakeAmiConfig::default()).await;
+        let mut client = start(settings(&fake));
+        client.logged_in().await;
+
+        let actions = fake.actions();
+        let challenge = named(&actions, "Challenge").next().expect("a Challenge");
+        assert_eq!(challenge.get("AuthType"), Some("MD5"));
+        let login = named(&actions, "Login").next().expect("a Login");
+        assert_eq!(login.get("AuthType"), Some("MD5"));
+        assert_eq!(login.get("Username"), Some("bridge"));
+        assert_eq!(login.get("Events"), Some("on"));
+        assert_eq!(
+            login.get("Secret"),
+            None,
+            "the secret must not cross the wire"
+        );
+        assert_eq!(login.get("Key").map(str::len), Some(32));
+
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/ami-transcripts/inbound-answered.txt");
+        let transcript = std::fs::read(path).unwrap();
+        let names: Vec<String> = String::from_utf8_lossy(&transcript)
+            .lines()
+            .filter_map(|l| l.strip_prefix("Event: "))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(fake.send_events(&transcript), Some(names.len()));
+        for name in &names {
+            assert_eq!(client.next_event().await.event(), Some(name.as_str()));
+        }
+        assert!(client.inputs.try_recv().is_err());
+        assert_eq!(fake.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn falls_back_to_the_plain_secret_when_the_challenge_is_refused() {
+        let fake = FakeAmi::start(FakeAmiConfig {
+            md5_challenge: false,
+            ..FakeAmiConfig::default()
+        })
+        .await;
+        let mut client = start(settings(&fake));
+        client.logged_in().await;
+        let actions = fake.actions();
+        let login = named(&actions, "Login").next().expect("a Login");
+        assert_eq!(login.get("Secret"), Some("bridge-secret"));
+        assert_eq!(login.get("Key"), None);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_backs_off_instead_of_looping() {
+        let fake = FakeAmi::start(FakeAmiConfig {
+            secret: "other".into(),
+            ..FakeAmiConfig::default()
+        })
+        .await;
+        let mut settings = settings(&fake);
+        settings.backoff =
+            Backoff::new(Duration::from_millis(100), Duration::from_millis(200), 0.0);
+        let mut client = start(settings);
+        client.wait_status(AmiStatus::Backoff).await;
+        // Delays 100, 200, 200, ...: about 6 attempts in 1.1 s. A loop without a pause
+        // would make hundreds.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let attempts = fake.connections();
+        assert!((3..=9).contains(&attempts), "{attempts} attempts");
+        assert_eq!(fake.logins(), 0);
+        assert!(client.inputs.try_recv().is_err(), "no LoggedIn, no events");
+        assert_eq!(
+            client
+                .handle
+                .action(action(&[("Action", "Ping")]))
+                .await
+                .unwrap_err()
+                .to_string(),
+            "cannot send action Ping: not logged in to AMI"
+        );
+    }
+
+    #[test]
+    fn the_authentication_error_names_user_and_address_but_not_the_secret() {
+        let error = AmiError::AuthFailed {
+            address: "127.0.0.1:5038".into(),
+            username: "bridge".into(),
+            message: "Authentication failed".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "failed to log in to AMI at 127.0.0.1:5038 as user bridge: Authentication failed"
+        );
+    }
+
+    #[test]
+    fn md5_key_is_lowercase_hex_of_challenge_then_secret() {
+        // RFC 1321 test vector: md5("abc").
+        assert_eq!(md5_key("a", "bc"), "900150983cd24fb0d6963f7d28e17f72");
+    }
+
+    #[tokio::test]
+    async fn responses_in_another_order_reach_their_own_callers() {
+        let fake = FakeAmi::start(FakeAmiConfig::default()).await;
+        let mut client = start(settings(&fake));
+        client.logged_in().await;
+        fake.reorder_next(3);
+        let h = &client.handle;
+        let (one, two, three) = tokio::join!(
+            h.action(action(&[("Action", "UserEvent"), ("UserEvent", "one")])),
+            h.action(action(&[
+                ("Action", "Setvar"),
+                ("Variable", "x"),
+                ("Value", "1")
+            ])),
+            h.action(action(&[("Action", "Redirect"), ("ActionID", "mine")])),
+        );
+        // The fake answers every action with its own name as the Message.
+        assert_eq!(one.unwrap().get("Message"), Some("UserEvent"));
+        assert_eq!(two.unwrap().get("Message"), Some("Setvar"));
+        assert_eq!(three.unwrap().get("Message"), Some("Redirect"));
+
+        let actions = fake.actions();
+        let ids: Vec<&str> = actions.iter().filter_map(AmiMessage::action_id).collect();
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "ActionIDs must be unique: {ids:?}");
+        assert!(!ids.contains(&"mine"), "the caller's ActionID is replaced");
+    }
+
+    #[tokio::test]
+    async fn an_error_response_is_a_rejection() {
+        let fake = FakeAmi::start(FakeAmiConfig::default()).await;
+        let mut client = start(settings(&fake));
+        client.logged_in().await;
+        fake.set_reply(
+            "Hangup",
+            action(&[("Response", "Error"), ("Message", "No such channel")]),
+        );
+        let error = client
+            .handle
+            .action(action(&[
+                ("Action", "Hangup"),
+                ("Channel", "PJSIP/x"),
+                ("Cause", "17"),
+            ]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, AmiError::Rejected { action, message, .. } if action == "Hangup" && message == "No such channel"),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_action_with_a_line_break_is_refused_and_the_connection_stays() {
+        let fake = FakeAmi::start(FakeAmiConfig::default()).await;
+        let mut client = start(settings(&fake));
+        client.logged_in().await;
+        let evil = action(&[("Action", "Setvar"), ("Value", "1\r\nAction: Originate")]);
+        let error = client.handle.action(evil).await.unwrap_err();
+        assert!(matches!(error, AmiError::InvalidAction { .. }), "{error:?}");
+        assert!(named(&fake.actions(), "Setvar").next().is_none());
+        let ping = client
+            .handle
+            .action(action(&[("Action", "Ping")]))
+            .await
+            .unwrap();
+        assert_eq!(ping.get("Ping"), Some("Pong"));
+        assert_eq!(fake.connections(), 1);
+    }
+
+    fn channel(name: &str, uniqueid: &str) -> AmiMessage {
+        action(&[
+            ("Channel", name),
+            ("ChannelState", "6"),
+            ("Uniqueid", uniqueid),
+            ("Linkedid", "1795596369.0"),
+        ])
+    }
+
+    #[tokio::test]
+    async fn core_show_channels_collects_the_list_without_forwarding_it() {
+        let fake = FakeAmi::start(FakeAmiConfig::default()).await;
+        let mut client = start(settings(&fake));
+        client.logged_in().await;
+        fake.set_channels(vec![
+            channel("PJSIP/trunk-00000001", "1795596369.0"),
+            channel("PJSIP/201-00000002", "1795596369.1"),
+        ]);
+        let list = client
+            .handle
+            .list_action(action(&[("Action", "CoreShowChannels")]))
+            .await
+            .unwrap();
+        let channels: Vec<_> = list.iter().map(|e| (e.event(), e.get("Channel"))).collect();
+        assert_eq!(
+            channels,
+            [
+                (Some("CoreShowChannel"), Some("PJSIP/trunk-00000001")),
+                (Some("CoreShowChannel"), Some("PJSIP/201-00000002")),
+            ]
+        );
+
+        fake.set_channels(Vec::new());
+        let empty = client
+            .handle
+            .list_action(action(&[("Action", "CoreShowChannels")]))
+            .await
+            .unwrap();
+        assert!(empty.is_empty(), "{empty:?}");
+
+        // Nothing of the lists reached the event channel: the next event is this one.
+        assert!(fake.send_raw(&b"Event: Marker\r\nPrivilege: user,all\r\n\r\n"[..]));
+        assert_eq!(client.next_event().await.event(), Some("Marker"));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_fails_the_waiter_and_the_client_logs_in_again() {
+        let fake = FakeAmi::start(FakeAmiConfig::default()).await;
+        let mut client = start(settings(&fake));
+        client.logged_in().await;
+        fake.set_silent_actions(&["Hangup"]);
+        let handle = client.handle.clone();
+        let waiter = tokio::spawn(async move {
+            handle
+                .action(action(&[("Action", "Hangup"), ("Channel", "PJSIP/x")]))
+                .await
+        });
+        tokio::time::timeout(WAIT, async {
+            while named(&fake.actions(), "Hangup").next().is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the Hangup reached the fake");
+        assert!(fake.drop_connection());
+
+        let result = waiter.await.unwrap();
+        assert!(
+            matches!(&result, Err(AmiError::Disconnected { action }) if action == "Hangup"),
+            "{result:?}"
+        );
+        assert_eq!(client.next().await, AmiInput::Disconnected);
+        client.logged_in().await;
+        assert_eq!(fake.logins(), 2);
+        assert_eq!(fake.connections(), 2);
+        let ping = client
+            .handle
+            .action(action(&[("Action", "Ping")]))
+            .await
+            .unwrap();
+        assert_eq!(ping.get("Ping"), Some("Pong"));
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_ping_drops_the_connection_and_reconnects() {
+        let fake = FakeAmi::start(FakeAmiConfig {
+            silent_actions: vec!["Ping".into()],
+            ..FakeAmiConfig::default()
+        })
+        .await;
+        let mut settings = settings(&fake);
+        settings.ping_interval = Duration::from_millis(100);
+        settings.ping_timeout = Duration::from_millis(100);
+        let mut client = start(settings);
+        client.logged_in().await;
+        assert_eq!(client.next().await, AmiInput::Disconnected);
+        client.logged_in().await;
+        assert!(fake.connections() >= 2);
+        assert!(named(&fake.actions(), "Ping").next().is_some());
+    }
+
+    #[tokio::test]
+    async fn answered_pings_keep_the_connection() {
+        let fake = FakeAmi::start(FakeAmiConfig::default()).await;
+        let mut settings = settings(&fake);
+        settings.ping_interval = Duration::from_millis(50);
+        settings.ping_timeout = Duration::from_millis(100);
+        let mut client = start(settings);
+        client.logged_in().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(named(&fake.actions(), "Ping").count() >= 3);
+        assert_eq!(fake.connections(), 1);
+        assert!(client.inputs.try_recv().is_err(), "no Disconnected");
+    }
+
+    #[tokio::test]
+    async fn cancelling_logs_off_and_ends_the_task() {
+        let fake = FakeAmi::start(FakeAmiConfig::default()).await;
+        let mut client = start(settings(&fake));
+        client.logged_in().await;
+        client.cancel.cancel();
+        tokio::time::timeout(WAIT, &mut client.task)
+            .await
+            .expect("the task ends")
+            .unwrap();
+        assert_eq!(client.next().await, AmiInput::Disconnected);
+        tokio::time::timeout(WAIT, async {
+            while named(&fake.actions(), "Logoff").next().is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("a Logoff");
+        let error = client
+            .handle
+            .action(action(&[("Action", "Ping")]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, AmiError::NotConnected { .. } | AmiError::Stopped),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_address_backs_off() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let mut settings = AmiSettings::new(address, "bridge", SecretString::from("x"));
+        settings.backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(40), 0.0);
+        let mut client = start(settings);
+        client.wait_status(AmiStatus::Backoff).await;
+        let error = client
+            .handle
+            .action(action(&[("Action", "Ping")]))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, AmiError::NotConnected { .. }), "{error:?}");
+    }
+}
