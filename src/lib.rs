@@ -17,6 +17,7 @@ pub mod config;
 pub mod cti;
 pub mod daemon;
 pub mod delivery;
+pub mod fake_ami;
 pub mod fake_zammad;
 pub mod observability;
 pub mod policy;
