@@ -943,6 +943,9 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Environment variables of a test case.
+    type Env<'a> = &'a [(&'a str, &'a str)];
+
     /// Loads `toml` with `env` as the environment; an error comes back as its message,
     /// after checking what every config error must be: exit code 78, no secret inside.
     fn check(toml: &str, env: &[(&str, &str)]) -> Result<Config, String> {
@@ -1102,7 +1105,7 @@ mod tests {
 
     #[test]
     fn file_and_environment_set_values() {
-        let cases: &[(&str, &[(&str, &str)], &str, &str)] = &[
+        let cases: &[(&str, Env, &str, &str)] = &[
             ("[log]\nlevel = \"warn\"", &[], "log.level", r#""warn""#),
             (
                 "[log]\nlevel = \"warn\"",
@@ -1287,7 +1290,7 @@ mod tests {
 
     #[test]
     fn bad_keys_and_values_are_named() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        let cases: &[(&str, Env, &str)] = &[
             ("colour = 1", &[], r#"unknown key "colour""#),
             (
                 "[amy]\naddress = \"x:1\"",
@@ -1571,7 +1574,7 @@ mod tests {
 
     #[test]
     fn connections_are_required_for_run_and_check() {
-        let cases: &[(&str, &[(&str, &str)], Result<(), &str>)] = &[
+        let cases: &[(&str, Env, Result<(), &str>)] = &[
             (
                 "",
                 &[],

@@ -7,6 +7,7 @@
 
 use crate::config::{LogConfig, LogFormat};
 use std::fmt;
+use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -52,20 +53,21 @@ impl<T: fmt::Debug> fmt::Debug for Redact<T> {
     }
 }
 
-/// Installs the global subscriber writing to stdout (journald reads it), and sets the
-/// [`Redact`] switch. Fails if a subscriber is already installed.
+/// Installs the global subscriber writing to stdout (journald reads it; colours only on a
+/// terminal), and sets the [`Redact`] switch. Fails if a subscriber is already installed.
 pub fn init_tracing(log: &LogConfig) -> Result<(), tracing_subscriber::util::TryInitError> {
-    init_tracing_to(log, std::io::stdout)
+    init_tracing_to(log, std::io::stdout, std::io::stdout().is_terminal())
 }
 
 /// As [`init_tracing`], writing to stderr: for commands whose stdout is data (`replay`).
 pub fn init_tracing_stderr(log: &LogConfig) -> Result<(), tracing_subscriber::util::TryInitError> {
-    init_tracing_to(log, std::io::stderr)
+    init_tracing_to(log, std::io::stderr, std::io::stderr().is_terminal())
 }
 
 fn init_tracing_to<W>(
     log: &LogConfig,
     writer: W,
+    ansi: bool,
 ) -> Result<(), tracing_subscriber::util::TryInitError>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -75,7 +77,8 @@ where
     let (filter, bad_rust_log) = env_filter(rust_log.as_deref(), &log.level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(writer)
+        .with_ansi(ansi);
     match log.format {
         LogFormat::Text => builder.finish().try_init()?,
         LogFormat::Json => builder.json().flatten_event(true).finish().try_init()?,

@@ -1,5 +1,7 @@
 //! Integration tests, one binary, one module per area.
 
+mod cli;
+mod daemon;
 mod replay;
 mod support;
 mod tracker;
