@@ -224,7 +224,10 @@ async fn a_hundred_concurrent_calls_stay_apart() {
     assert_eq!(got.len(), 100);
     for i in 0..100 {
         let events = &got[&format!("1900000000.{}", i * 2)];
-        let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+        let names: Vec<&str> = events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["newCall", "answer", "hangup"], "call {i}");
         for e in events {
             assert_eq!(e["from"], format!("1555000{i:04}"), "call {i}");
