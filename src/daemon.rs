@@ -19,6 +19,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.ami.tls,
+        "ami.tls = true: AMI over TLS is not supported yet; use loopback or an stunnel"
+    );
     let settings = TrackerSettings::from_config(&config).context("invalid [calls] patterns")?;
     let url = config.zammad.url.clone().context("zammad.url is not set")?;
     let zammad = ZammadClient::new(url, config.zammad.timeout)
