@@ -661,7 +661,7 @@ impl Connection {
                 items.push(event);
                 return;
             }
-            if let Some(Pending::List { items, reply, .. }) = self.pending.remove(&id.to_owned()) {
+            if let Some(Pending::List { items, reply, .. }) = self.pending.remove(id) {
                 let _ = reply.send(Ok(items));
             }
             return;
