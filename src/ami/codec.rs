@@ -113,12 +113,14 @@ impl AmiCodec {
             let bad_key = memchr::memchr3(b'\r', b'\n', b':', key.as_bytes()).is_some();
             let bad_value = memchr::memchr2(b'\r', b'\n', value.as_bytes()).is_some();
             if bad_key || bad_value {
-                let what = if bad_key { "key" } else { "value" };
+                let what = if bad_key {
+                    "key contains CR, LF or a colon"
+                } else {
+                    "value contains CR or LF"
+                };
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!(
-                        "refusing to write AMI header {key:?}: its {what} contains CR, LF or a colon"
-                    ),
+                    format!("refusing to write AMI header {key:?}: its {what}"),
                 ));
             }
         }
