@@ -1112,11 +1112,12 @@ mod tests {
         let fake = FakeAmi::start(FakeAmiConfig::default()).await;
         let mut settings = settings(&fake);
         settings.ping_interval = Duration::from_millis(50);
-        settings.ping_timeout = Duration::from_millis(100);
+        settings.ping_timeout = Duration::from_millis(300);
         let mut client = start(settings);
         client.logged_in().await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(named(&fake.actions(), "Ping").count() >= 3);
+        // Longer than ping_timeout: a pong the client failed to match would show.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(named(&fake.actions(), "Ping").count() >= 5);
         assert_eq!(fake.connections(), 1);
         assert!(client.inputs.try_recv().is_err(), "no Disconnected");
     }

@@ -6,6 +6,10 @@
 //! the CR/LF guard on everything we write. The socket and what frames mean belong to
 //! `client`.
 //!
+//! The banner is recognised wherever a frame could start (a line beginning with
+//! `Asterisk Call Manager`), so the decoder needs no state for it and a recording made of
+//! several connections decodes too.
+//!
 //! Bad input never ends the stream (a `Decoder` error would): it comes out as
 //! [`AmiFrame::Skipped`] and decoding goes on.
 //!
@@ -53,8 +57,6 @@ pub enum FrameError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Nothing read yet: the first line may be the banner.
-    Banner,
     /// Reading `Key: Value` lines.
     Frame,
     /// Dropping an oversized frame up to the next blank line. `mid_line` is true when the
@@ -93,7 +95,7 @@ impl AmiCodec {
     pub fn with_max_frame(max_frame: usize) -> Self {
         Self {
             max_frame,
-            state: State::Banner,
+            state: State::Frame,
             scan: 0,
             line_ends: Vec::with_capacity(32),
             pending: None,
@@ -111,35 +113,18 @@ impl AmiCodec {
             let bad_key = memchr::memchr3(b'\r', b'\n', b':', key.as_bytes()).is_some();
             let bad_value = memchr::memchr2(b'\r', b'\n', value.as_bytes()).is_some();
             if bad_key || bad_value {
-                let what = if bad_key { "key" } else { "value" };
+                let what = if bad_key {
+                    "key contains CR, LF or a colon"
+                } else {
+                    "value contains CR or LF"
+                };
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!(
-                        "refusing to write AMI header {key:?}: its {what} contains CR, LF or a colon"
-                    ),
+                    format!("refusing to write AMI header {key:?}: its {what}"),
                 ));
             }
         }
         Ok(())
-    }
-
-    fn decode_banner(&mut self, buf: &mut BytesMut) -> Option<AmiFrame> {
-        let Some(nl) = memchr::memchr(b'\n', buf) else {
-            if buf.len() > self.max_frame
-                || !BANNER_PREFIX.starts_with(&buf[..buf.len().min(BANNER_PREFIX.len())])
-            {
-                self.state = State::Frame;
-            }
-            return None;
-        };
-        self.state = State::Frame;
-        let line = strip_cr(&buf[..nl]);
-        if !line.starts_with(BANNER_PREFIX) {
-            return None;
-        }
-        let banner = String::from_utf8_lossy(line).into_owned();
-        buf.advance(nl + 1);
-        Some(AmiFrame::Banner(banner))
     }
 
     /// Drops bytes up to and including the next blank line. True once resynchronised.
@@ -169,7 +154,16 @@ impl AmiCodec {
         let mut start = self.scan;
         while let Some(offset) = memchr::memchr(b'\n', &buf[start..]) {
             let nl = start + offset;
-            if !strip_cr(&buf[start..nl]).is_empty() {
+            let line = strip_cr(&buf[start..nl]);
+            if self.line_ends.is_empty() && line.starts_with(BANNER_PREFIX) {
+                // The greeting: a line of its own, without a blank line after it. Looked
+                // for at every frame start, so concatenated recordings decode too.
+                let banner = String::from_utf8_lossy(line).into_owned();
+                buf.advance(nl + 1);
+                self.scan = 0;
+                return Some(AmiFrame::Banner(banner));
+            }
+            if !line.is_empty() {
                 self.line_ends.push(nl);
                 start = nl + 1;
                 continue;
@@ -234,14 +228,6 @@ impl Decoder for AmiCodec {
         }
         loop {
             match self.state {
-                State::Banner => {
-                    if let Some(banner) = self.decode_banner(buf) {
-                        return Ok(Some(banner));
-                    }
-                    if self.state == State::Banner {
-                        return Ok(None);
-                    }
-                }
                 State::Discard { mid_line } => {
                     if !self.discard(buf, mid_line) {
                         return Ok(None);
@@ -481,6 +467,19 @@ Event: Hangup\r\nPrivilege: call,all\r\nCause: 16\r\n\r\n";
                 ]),
             ]
         );
+    }
+
+    #[test]
+    fn a_banner_at_any_frame_start_is_a_banner_but_not_inside_a_frame() {
+        let bytes = b"Asterisk Call Manager/2.10.4\r\nEvent: A\r\n\r\nAsterisk Call Manager/11.0.0\r\nEvent: B\r\nAsterisk Call Manager: x\r\n\r\n";
+        let expected = [
+            AmiFrame::Banner("Asterisk Call Manager/2.10.4".into()),
+            msg(&[("Event", "A")]),
+            AmiFrame::Banner("Asterisk Call Manager/11.0.0".into()),
+            msg(&[("Event", "B"), ("Asterisk Call Manager", "x")]),
+        ];
+        assert_eq!(decode_all(bytes), expected);
+        assert_eq!(decode_bytewise(&mut AmiCodec::new(), bytes), expected);
     }
 
     #[test]

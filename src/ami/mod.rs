@@ -1,8 +1,19 @@
-//! Asterisk Manager Interface: the wire codec and the connection that owns the socket.
+//! Asterisk Manager Interface: the only module that speaks to AMI.
+//!
+//! - [`message`]: `AmiMessage`, one frame as an ordered multimap of headers.
+//! - [`codec`]: bytes ⇄ frames (banner, escapes, size limit, CR/LF guard); no I/O.
+//! - [`client`]: the task that owns the socket (login, ActionID map, ping, reconnect) and
+//!   the cloneable `AmiHandle`.
+//! - [`backoff`]: the reconnect delays.
+//!
+//! What events mean for calls is the tracker's business, not this module's.
 
 pub mod backoff;
 pub mod client;
 pub mod codec;
 pub mod message;
 
+pub use backoff::Backoff;
+pub use client::{AmiError, AmiHandle, AmiInput, AmiSettings, AmiStatus, spawn};
+pub use codec::{AmiCodec, AmiFrame, FrameError};
 pub use message::{AmiKind, AmiMessage};
