@@ -346,16 +346,18 @@ impl Tracker {
             .then(|| ext.into())
     }
 
+    /// The dialed channel of a Dial/queue event and the caller's call (both channel blocks
+    /// refreshed). `None` without a caller block (Originate, call files): such a dial
+    /// belongs to no call yet.
+    fn dial_parties(&mut self, msg: &AmiMessage) -> Option<(Box<str>, Box<str>)> {
+        let caller = self.touch(msg, "");
+        let dest = self.touch(msg, "Dest");
+        let key = self.call_of(caller.as_deref()?)?;
+        Some((dest?, key))
+    }
+
     fn on_dial_begin(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
-        // Without a caller block (Originate, call files) the dial belongs to no call yet.
-        let Some(caller) = self.touch(msg, "") else {
-            self.touch(msg, "Dest");
-            return;
-        };
-        let Some(dest) = self.touch(msg, "Dest") else {
-            return;
-        };
-        let Some(key) = self.call_of(&caller) else {
+        let Some((dest, key)) = self.dial_parties(msg) else {
             return;
         };
         let dest_name = msg.get("DestChannel").unwrap_or("");
@@ -422,14 +424,7 @@ impl Tracker {
     }
 
     fn on_dial_end(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
-        let Some(caller) = self.touch(msg, "") else {
-            self.touch(msg, "Dest");
-            return;
-        };
-        let Some(dest) = self.touch(msg, "Dest") else {
-            return;
-        };
-        let Some(key) = self.call_of(&caller) else {
+        let Some((dest, key)) = self.dial_parties(msg) else {
             return;
         };
         let status = msg.get("DialStatus").and_then(DialOutcome::parse);
@@ -459,13 +454,7 @@ impl Tracker {
     }
 
     fn on_agent_called(&mut self, msg: &AmiMessage) {
-        let Some(caller) = self.touch(msg, "") else {
-            return;
-        };
-        let Some(dest) = self.touch(msg, "Dest") else {
-            return;
-        };
-        let Some(key) = self.call_of(&caller) else {
+        let Some((dest, key)) = self.dial_parties(msg) else {
             return;
         };
         let extension = msg
@@ -529,7 +518,7 @@ impl Tracker {
 
     /// `Pickup`: the channel in the main block picked up the ringing leg in `Target*`.
     fn on_pickup(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
-        let picker = self.touch(msg, "");
+        self.touch(msg, "");
         let Some(target) = self.touch(msg, "Target") else {
             return;
         };
@@ -538,14 +527,7 @@ impl Tracker {
         };
         let extension = msg.get("Channel").and_then(|n| self.extension_of(n));
         self.report_new_call(&key, out);
-        self.report_answer(
-            &key,
-            AnsweredBy::Picker {
-                uniqueid: picker,
-                extension,
-            },
-            out,
-        );
+        self.report_answer(&key, AnsweredBy::Picker { extension }, out);
     }
 
     fn on_hangup_request(&mut self, msg: &AmiMessage) {
@@ -750,7 +732,7 @@ impl Tracker {
                 let ext = leg.and_then(|l| l.extension.as_deref());
                 self.answering(ext, leg.and_then(|l| l.member_name.as_deref()))
             }
-            (Direction::In, AnsweredBy::Picker { extension, .. }) => {
+            (Direction::In, AnsweredBy::Picker { extension }) => {
                 self.answering(extension.as_deref(), None)
             }
         };
@@ -815,10 +797,6 @@ impl Tracker {
 
 enum AnsweredBy {
     Leg(Box<str>),
-    Picker {
-        #[allow(dead_code)]
-        uniqueid: Option<Box<str>>,
-        extension: Option<Box<str>>,
-    },
+    Picker { extension: Option<Box<str>> },
     Voicemail,
 }
