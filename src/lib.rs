@@ -2,9 +2,11 @@
 //!
 //! Modules, in the order data flows through them (see ARCHITECTURE.md):
 //! - [`ami`]: the AMI codec and the connection task (login, actions, reconnect).
+//! - [`agi`]: the FastAGI server and its `newcall` script (the dialplan asks Zammad).
 //! - [`tracker`]: the pure call state machine, AMI events in, CTI requests out.
 //! - [`policy`]: number normalisation and cause mapping, pure functions.
 //! - [`cti`]: the request bodies and Zammad's replies, as values.
+//! - [`decision`]: Zammad's reject/dial answers as AGI commands and AMI actions, guarded.
 //! - [`delivery`]: the outbox: per-call ordered, different calls concurrent.
 //! - [`zammad`]: the one HTTP client that talks to Zammad.
 //! - [`replay`]: recorded AMI streams through the tracker, printed as JSON.
@@ -12,10 +14,12 @@
 //! - [`config`]: the typed config tree.
 //! - [`fake_zammad`]: an in-process stand-in for Zammad, for tests and the demo.
 
+pub mod agi;
 pub mod ami;
 pub mod config;
 pub mod cti;
 pub mod daemon;
+pub mod decision;
 pub mod delivery;
 pub mod fake_ami;
 pub mod fake_zammad;
