@@ -19,6 +19,7 @@ use crate::delivery::{DecisionSender, Outbox};
 use crate::tracker::{ClaimOutcome, DecisionTarget, Tracker, TrackerSettings};
 use crate::zammad::{ZammadClient, ZammadError};
 use anyhow::Context;
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -27,8 +28,24 @@ use tracing::{info, warn};
 /// How long shutdown waits for requests still in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// The addresses the daemon listens on, once they are bound.
+#[derive(Debug, Clone, Default)]
+pub struct Listening {
+    pub agi: Option<SocketAddr>,
+}
+
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_reporting(config, shutdown, None).await
+}
+
+/// Like [`run`]; tells `ready` where it listens once every listener is bound (ports chosen
+/// by the system with `:0` become known this way).
+pub async fn run_reporting(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<Listening>>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         !config.ami.tls,
         "ami.tls = true: AMI over TLS is not supported yet; use loopback or an stunnel"
@@ -49,6 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (ami, mut inputs, _status, ami_task) = client::spawn(ami_settings, shutdown.clone());
     let outbox = Outbox::new(zammad, shutdown.clone());
     let (claims_tx, mut claims) = mpsc::unbounded_channel::<Claim>();
+    let agi_addr = agi.as_ref().map(AgiServer::local_addr);
     let agi_task = agi.map(|server| {
         let script = NewcallScript::new(&config.agi, claims_tx.clone());
         let grace = config.agi.decision_timeout + Duration::from_secs(1);
@@ -56,6 +74,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     let mut tracker = Tracker::new(settings);
     let mut requests = Vec::new();
+    if let Some(ready) = ready {
+        let _ = ready.send(Listening { agi: agi_addr });
+    }
 
     loop {
         tokio::select! {

@@ -12,6 +12,7 @@
 //! - [`replay`]: recorded AMI streams through the tracker, printed as JSON.
 //! - [`daemon`]: `run`, wiring the parts together.
 //! - [`config`]: the typed config tree.
+//! - [`fake_agi`]: Asterisk's side of a FastAGI session, for tests, benchmarks and the demo.
 //! - [`fake_zammad`]: an in-process stand-in for Zammad, for tests and the demo.
 
 pub mod agi;
@@ -21,6 +22,7 @@ pub mod cti;
 pub mod daemon;
 pub mod decision;
 pub mod delivery;
+pub mod fake_agi;
 pub mod fake_ami;
 pub mod fake_zammad;
 pub mod observability;
