@@ -101,8 +101,8 @@ struct Call {
     answered: bool,
     ended: bool,
     outcome: CallOutcome,
-    /// Channels of this call still alive.
-    live: u32,
+    /// Uniqueids of this call's channels still alive.
+    members: Vec<Box<str>>,
 }
 
 /// What a FastAGI `newcall` session learned about its call: the dialplan claims the call,
@@ -210,7 +210,8 @@ impl Tracker {
             }
             None => {
                 let key = self.call_key_for(&claim.linkedid);
-                self.calls.get_mut(&*key).expect("just made").live += 1;
+                let call = self.calls.get_mut(&*key).expect("just made");
+                call.members.push(uid.into());
                 self.channels.insert(
                     uid.into(),
                     Channel {
@@ -364,7 +365,8 @@ impl Tracker {
             }
             None => {
                 let key = self.call_key_for(linkedid);
-                self.calls.get_mut(&*key).expect("just made").live += 1;
+                let call = self.calls.get_mut(&*key).expect("just made");
+                call.members.push(uniqueid.into());
                 self.channels.insert(
                     uniqueid.into(),
                     Channel {
@@ -404,19 +406,19 @@ impl Tracker {
         key
     }
 
-    /// Moves a channel's live count from call `old` to its new call; an emptied old call is
-    /// dropped (a merged consult call) and its Linkedid aliased to the new one.
+    /// Moves a channel from call `old` to its new call; an emptied old call is dropped
+    /// (a merged consult call) and its Linkedid aliased to the new one.
     fn rehome(&mut self, uniqueid: &str, old: &str) {
         let Some(new) = self.channels.get(uniqueid).map(|c| c.call.clone()) else {
             return;
         };
         if let Some(call) = self.calls.get_mut(&*new) {
-            call.live += 1;
+            call.members.push(uniqueid.into());
         }
         let emptied = match self.calls.get_mut(old) {
             Some(call) => {
-                call.live = call.live.saturating_sub(1);
-                call.live == 0
+                call.members.retain(|m| &**m != uniqueid);
+                call.members.is_empty()
             }
             None => false,
         };
@@ -728,7 +730,7 @@ impl Tracker {
         let Some(call) = self.calls.get_mut(&*key) else {
             return;
         };
-        call.live = call.live.saturating_sub(1);
+        call.members.retain(|m| &**m != uid);
         for leg in call.legs.iter_mut().filter(|l| &*l.uniqueid == uid) {
             leg.alive = false;
         }
@@ -743,7 +745,7 @@ impl Tracker {
                 !origin_alive && !call.legs.iter().any(|l| l.alive)
             }
             None => false,
-        } || call.live == 0;
+        } || call.members.is_empty();
         if ends && !call.ended {
             if is_origin || call.outcome.q850.is_none() {
                 call.outcome.q850 = cause;
@@ -754,7 +756,7 @@ impl Tracker {
             self.report_hangup(&key, out);
         }
         let call = self.calls.get(&*key).expect("still here");
-        if call.live == 0 {
+        if call.members.is_empty() {
             self.calls.remove(&*key);
             self.aliases.retain(|_, v| **v != *key);
         }
@@ -858,17 +860,11 @@ impl Tracker {
             }
         }
         // Legs of a parallel Dial that exist but were not dialed yet (Down, not the origin).
-        let key = call
-            .origin
-            .as_deref()
-            .and_then(|o| self.channels.get(o))
-            .map(|c| &c.call);
-        for (uid, ch) in &self.channels {
-            if Some(&ch.call) != key
-                || ch.state != 0
-                || call.origin.as_deref() == Some(&**uid)
-                || Self::is_leg(call, uid)
-            {
+        for uid in &call.members {
+            let Some(ch) = self.channels.get(uid) else {
+                continue;
+            };
+            if ch.state != 0 || call.origin.as_deref() == Some(&**uid) || Self::is_leg(call, uid) {
                 continue;
             }
             let ext = self.extension_of(&ch.name);
