@@ -1710,6 +1710,7 @@ mod tests {
     }
 
     const EXAMPLE: &str = include_str!("../asterisk-examples/config.toml");
+    const EXAMPLE_FREEPBX: &str = include_str!("../asterisk-examples/config-freepbx.toml");
 
     #[test]
     fn shipped_example_parses_with_the_defaults_of_section_3() {
@@ -1730,21 +1731,24 @@ mod tests {
     }
 
     #[test]
-    fn shipped_example_mentions_every_key() {
-        let lines: Vec<&str> = EXAMPLE
-            .lines()
-            .map(|l| l.trim_start_matches(['#', ' ']))
-            .collect();
-        for (section, keys) in SCHEMA {
-            assert!(
-                lines.contains(&format!("[{section}]").as_str()),
-                "[{section}]"
-            );
-            for key in *keys {
+    fn shipped_examples_mention_every_key() {
+        for example in [EXAMPLE, EXAMPLE_FREEPBX] {
+            check(example, &[]).unwrap();
+            let lines: Vec<&str> = example
+                .lines()
+                .map(|l| l.trim_start_matches(['#', ' ']))
+                .collect();
+            for (section, keys) in SCHEMA {
                 assert!(
-                    lines.iter().any(|l| l.starts_with(&format!("{key} ="))),
-                    "{section}.{key}"
+                    lines.contains(&format!("[{section}]").as_str()),
+                    "[{section}]"
                 );
+                for key in *keys {
+                    assert!(
+                        lines.iter().any(|l| l.starts_with(&format!("{key} ="))),
+                        "{section}.{key}"
+                    );
+                }
             }
         }
     }

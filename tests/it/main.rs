@@ -3,6 +3,7 @@
 mod agi;
 mod cli;
 mod daemon;
+mod examples;
 mod replay;
 mod support;
 mod tracker;
