@@ -81,6 +81,7 @@ pub async fn run_reporting(
     loop {
         tokio::select! {
             biased;
+            _ = shutdown.cancelled() => break,
             Some(claim) = claims.recv() => on_claim(&mut tracker, &outbox, claim),
             input = inputs.recv() => match input {
                 Some(AmiInput::Event(msg)) => {
@@ -93,8 +94,13 @@ pub async fn run_reporting(
                 Some(AmiInput::Disconnected) => warn!("ami connection lost; reconnecting"),
                 None => break,
             },
-            _ = shutdown.cancelled() => break,
         }
+    }
+    // Claims already made still get their newCall queued; sessions that claim from now on
+    // are told the daemon is stopping, and their calls go on.
+    claims.close();
+    while let Ok(claim) = claims.try_recv() {
+        on_claim(&mut tracker, &outbox, claim);
     }
     drop(claims_tx);
     if let Some(task) = agi_task {

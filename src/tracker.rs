@@ -26,7 +26,7 @@ use crate::cti::{CallId, CtiEventKind, CtiRequest, Direction, Users};
 use crate::policy::cause::{CallOutcome, DialOutcome, zammad_cause};
 use crate::policy::number::{NumberPlan, is_withheld};
 use regex::Regex;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// Everything the tracker needs from the config, compiled once.
 #[derive(Debug, Clone)]
@@ -160,6 +160,35 @@ pub struct Tracker {
     calls: HashMap<Box<str>, Call>,
     /// Linkedids adopted by a call other than their own (after merges), to that call's key.
     aliases: HashMap<Box<str>, Box<str>>,
+    /// Keys of the last calls that ended (oldest first), so that a FastAGI claim arriving
+    /// after its call's last AMI event does not bring the call back.
+    ended: RecentlyEnded,
+}
+
+/// The last [`RecentlyEnded::CAPACITY`] ended call keys.
+#[derive(Debug, Default)]
+struct RecentlyEnded {
+    order: VecDeque<Box<str>>,
+    keys: HashSet<Box<str>>,
+}
+
+impl RecentlyEnded {
+    const CAPACITY: usize = 4096;
+
+    fn insert(&mut self, key: Box<str>) {
+        if self.keys.insert(key.clone()) {
+            self.order.push_back(key);
+            if self.order.len() > Self::CAPACITY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.keys.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.keys.contains(key)
+    }
 }
 
 /// The header prefix of a channel block inside an event (`Dest`, `Target`, ...).
@@ -183,6 +212,7 @@ impl Tracker {
             channels: HashMap::new(),
             calls: HashMap::new(),
             aliases: HashMap::new(),
+            ended: RecentlyEnded::default(),
         }
     }
 
@@ -200,6 +230,14 @@ impl Tracker {
     /// will not send another one.
     pub fn claim(&mut self, claim: &CallClaim) -> ClaimOutcome {
         let uid: &str = &claim.uniqueid;
+        if !self.channels.contains_key(uid) && self.ended.contains(&claim.linkedid) {
+            // The call ended on AMI while its FastAGI session was still talking.
+            let call_id = CallId(format!(
+                "{}{}",
+                self.settings.call_id_prefix, claim.linkedid
+            ));
+            return ClaimOutcome::NotReported(call_id);
+        }
         let caller = claim.caller_num.as_deref().filter(|c| !is_withheld(c));
         let key = match self.channels.get_mut(uid) {
             Some(ch) => {
@@ -759,6 +797,7 @@ impl Tracker {
         if call.members.is_empty() {
             self.calls.remove(&*key);
             self.aliases.retain(|_, v| **v != *key);
+            self.ended.insert(key);
         }
     }
 
