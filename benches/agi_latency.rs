@@ -89,6 +89,11 @@ async fn bench(
     config.ami.username = "bridge".into();
     config.ami.secret = Some("bridge-secret".to_string().into());
     config.zammad.url = Some(zammad.url().into());
+    config.state.dir = std::env::temp_dir().join(format!(
+        "azb-bench-agi-{}-{}",
+        std::process::id(),
+        zammad_delay.as_millis()
+    ));
     let shutdown = CancellationToken::new();
     let (ready, listening) = tokio::sync::oneshot::channel();
     let daemon = daemon_rt.spawn(daemon::run_reporting(config, shutdown.clone(), Some(ready)));
@@ -170,6 +175,11 @@ async fn bench(
     );
     shutdown.cancel();
     let _ = daemon.await;
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!(
+        "azb-bench-agi-{}-{}",
+        std::process::id(),
+        zammad_delay.as_millis()
+    )));
 }
 
 /// AMI `Hangup` events for the session's channel and its caller's half.

@@ -49,6 +49,8 @@ pub enum Record {
     Item { seq: u64, request: CtiRequest },
     /// The event is being sent: after a crash its fate is unknown.
     Sending { seq: u64 },
+    /// The attempt certainly did not reach Zammad: the event is plain pending again.
+    Unsent { seq: u64 },
     /// The event is done with (delivered, or given up for good).
     Done { seq: u64 },
 }
@@ -89,6 +91,11 @@ impl State {
             Record::Sending { seq } => {
                 if let Some(item) = self.items.get_mut(&seq) {
                     item.sending = true;
+                }
+            }
+            Record::Unsent { seq } => {
+                if let Some(item) = self.items.get_mut(&seq) {
+                    item.sending = false;
                 }
             }
             Record::Done { seq } => {
@@ -133,6 +140,8 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    #[error("state.dir {dir:?} is in use by another asterisk-zammad-bridge; give each its own")]
+    InUse { dir: PathBuf },
     #[error("writing the state journal failed: {0}")]
     Write(#[source] io::Error),
     #[error("the state journal is closed (the daemon is stopping)")]
@@ -142,6 +151,8 @@ pub enum StoreError {
 /// The journal file and the live state it holds.
 pub struct Journal {
     dir: PathBuf,
+    /// Held locked while the journal is open: one daemon per state dir.
+    _lock: File,
     file: File,
     state: State,
     bytes: u64,
@@ -159,6 +170,23 @@ impl Journal {
             }
         };
         std::fs::create_dir_all(dir).map_err(dir_err("cannot create it"))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(dir_err("not writable"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::InUse {
+                    dir: dir.to_owned(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(dir_err("cannot lock it")(e));
+            }
+        }
         let path = dir.join(JOURNAL);
         let state = match File::open(&path) {
             Ok(file) => load(file, dir)?,
@@ -169,6 +197,7 @@ impl Journal {
             write_compacted(dir, &state).map_err(dir_err("cannot write the journal"))?;
         Ok(Journal {
             dir: dir.to_owned(),
+            _lock: lock,
             file,
             state,
             bytes,
@@ -374,6 +403,18 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Returns once everything sent before is written (the journal thread works in order).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Commit {
+                records: Vec::new(),
+                done: Some(done),
+            })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Writes `records` without waiting (for `Done` marks: losing one only means the event
     /// is looked at again after a crash).
     pub fn record(&self, records: Vec<Record>) {
@@ -555,6 +596,20 @@ mod tests {
         assert!(err.starts_with("state.dir "), "{err}");
         assert!(err.contains("cannot create it"), "{err}");
         std::fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
+    fn one_daemon_per_state_dir() {
+        let dir = temp_dir("lock");
+        let first = Journal::open(&dir).unwrap();
+        let err = Journal::open(&dir)
+            .err()
+            .expect("the second is refused")
+            .to_string();
+        assert!(err.contains("in use by another"), "{err}");
+        drop(first);
+        Journal::open(&dir).expect("free again");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
