@@ -151,3 +151,113 @@ fn arguments_follow_design_section_2() {
     check(&["check", "--online"], None, 2, "", "--online");
     check(&["--help"], None, 0, "replay", "");
 }
+
+#[test]
+fn run_names_an_unusable_state_dir_and_exits_1() {
+    // A regular file where the state directory should be.
+    let file = TempConfig::new("not a directory");
+    let config = format!(
+        "{MINIMAL}[agi]\nlisten = \"\"\n[admin]\nlisten = \"\"\n[state]\ndir = \"{}/sub\"\n",
+        file.0.display()
+    );
+    check(&["run", "-c", "{}"], Some(&config), 1, "", "state.dir ");
+}
+
+/// The real binary on loopback, stopped by SIGTERM mid-call: it exits 0 and a new one on
+/// the same state dir sends the call's remaining events, under the same callId.
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_the_next_start_goes_on() {
+    use crate::support::{call_events, temp_dir};
+    use asterisk_zammad_bridge::ami::codec::AmiCodec;
+    use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
+    use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
+    use tokio_util::codec::Encoder;
+
+    let zammad = FakeZammad::start(FakeZammadConfig::default())
+        .await
+        .unwrap();
+    let ami = FakeAmi::start(FakeAmiConfig::default()).await;
+    let state = temp_dir("sigterm");
+    let config = TempConfig::new(&format!(
+        "[ami]\naddress = \"{}\"\nusername = \"bridge\"\nsecret = \"bridge-secret\"\n\
+         [zammad]\nurl = \"{}\"\n[agi]\nlisten = \"\"\n[admin]\nlisten = \"\"\n\
+         [calls]\ninbound_contexts = [\"from-trunk\"]\n[numbers]\ncountry_code = \"1\"\n\
+         [state]\ndir = \"{}\"\n",
+        ami.addr(),
+        zammad.url(),
+        state.display()
+    ));
+    let start = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"))
+            .args(["run", "-c"])
+            .arg(&config.0)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let encode = |events: &[asterisk_zammad_bridge::ami::AmiMessage]| {
+        let mut buf = bytes::BytesMut::new();
+        for e in events {
+            AmiCodec::new().encode(e, &mut buf).unwrap();
+        }
+        buf.freeze()
+    };
+    let accepted = |zammad: &FakeZammad| {
+        zammad
+            .requests()
+            .iter()
+            .filter(|r| r.status == Some(200))
+            .map(|r| r.event().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    let events = call_events(7);
+    let first = start();
+    tokio::time::timeout(std::time::Duration::from_secs(10), ami.wait_logins(1))
+        .await
+        .expect("logs in");
+    ami.send_raw(encode(&events[..5]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while accepted(&zammad).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "newCall and answer");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pid = first.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), first.wait_with_output())
+        .await
+        .expect("stops in time")
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+    // The call is still up when the next daemon starts.
+    ami.set_channels(crate::recovery::live_channels(7));
+    let second = start();
+    tokio::time::timeout(std::time::Duration::from_secs(10), ami.wait_logins(2))
+        .await
+        .expect("logs in again");
+    ami.send_raw(encode(&events[5..]));
+    while accepted(&zammad).len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "the hangup");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted(&zammad), ["newCall", "answer", "hangup"]);
+    assert_eq!(zammad.violations(), Vec::<String>::new());
+    let pid = second.id().unwrap().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = second.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(state);
+}

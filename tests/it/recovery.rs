@@ -23,7 +23,7 @@ fn encode(events: &[AmiMessage]) -> bytes::Bytes {
 
 /// The channels of `call_events(i)` as `CoreShowChannels` lists them while the call is
 /// answered: the trunk and the phone, up and in one bridge.
-fn live_channels(i: usize) -> Vec<AmiMessage> {
+pub fn live_channels(i: usize) -> Vec<AmiMessage> {
     let t = format!("1900000000.{}", i * 2);
     let a = format!("1900000000.{}", i * 2 + 1);
     let bridge = format!("bridge-{i}");
