@@ -210,6 +210,7 @@ pub async fn run_reporting(
     if let Err(e) = d.store.flush().await {
         error!(error = %e, "could not write the last of the state journal");
     }
+    d.store.close().await;
     let _ = ami_task.await;
     Ok(())
 }

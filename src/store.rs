@@ -353,6 +353,8 @@ enum Command {
         records: Vec<Record>,
         done: Option<oneshot::Sender<Result<(), StoreError>>>,
     },
+    /// Write what came before, then close the journal (and free the state dir's lock).
+    Close(oneshot::Sender<()>),
 }
 
 /// Cloneable handle to the journal's thread.
@@ -415,6 +417,15 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Writes what was sent before, then closes the journal and frees the state dir for
+    /// the next daemon. Later commits fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Command::Close(done)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Writes `records` without waiting (for `Done` marks: losing one only means the event
     /// is looked at again after a crash).
     pub fn record(&self, records: Vec<Record>) {
@@ -426,28 +437,34 @@ impl Store {
 }
 
 /// The journal thread: takes every pending commit, writes them with one sync, answers.
-fn run(mut journal: Journal, mut rx: mpsc::UnboundedReceiver<Command>) {
+fn run(journal: Journal, mut rx: mpsc::UnboundedReceiver<Command>) {
+    let mut journal = Some(journal);
     let mut failing = false;
     while let Some(first) = rx.blocking_recv() {
         let mut records = Vec::new();
         let mut waiters = Vec::new();
+        let mut closers = Vec::new();
         let mut take = |cmd: Command| match cmd {
             Command::Commit { records: r, done } => {
                 records.extend(r);
                 waiters.extend(done);
             }
+            Command::Close(done) => closers.push(done),
         };
         take(first);
         while let Ok(cmd) = rx.try_recv() {
             take(cmd);
         }
-        let result = journal.append(records);
+        let result = match &mut journal {
+            Some(j) => j.append(records).map_err(StoreError::Write),
+            None => Err(StoreError::Closed),
+        };
         match &result {
             Ok(()) if failing => {
                 info!("state journal writable again");
                 failing = false;
             }
-            Ok(()) => {}
+            Ok(()) | Err(StoreError::Closed) => {}
             Err(e) if !failing => {
                 error!(error = %e, "cannot write the state journal: calls go on, but what happens now would not survive a restart");
                 failing = true;
@@ -457,8 +474,17 @@ fn run(mut journal: Journal, mut rx: mpsc::UnboundedReceiver<Command>) {
         for waiter in waiters {
             let _ = waiter.send(match &result {
                 Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Write(io::Error::new(e.kind(), e.to_string()))),
+                Err(StoreError::Write(e)) => {
+                    Err(StoreError::Write(io::Error::new(e.kind(), e.to_string())))
+                }
+                Err(_) => Err(StoreError::Closed),
             });
+        }
+        if !closers.is_empty() {
+            journal = None;
+            for done in closers {
+                let _ = done.send(());
+            }
         }
     }
     if failing {

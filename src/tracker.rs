@@ -196,6 +196,9 @@ pub struct Tracker {
     /// Keys of the last calls that ended (oldest first), so that a FastAGI claim arriving
     /// after its call's last AMI event does not bring the call back.
     ended: RecentlyEnded,
+    /// Uniqueids of the last channels that hung up, so that a channel list taken before
+    /// their hangup does not bring them back.
+    hung_up: RecentlyEnded,
     /// Events handled so far.
     events: u64,
     /// The time the daemon last told ([`Tracker::set_now`]), in seconds.
@@ -208,7 +211,7 @@ pub struct Tracker {
     persisting: bool,
 }
 
-/// The last [`RecentlyEnded::CAPACITY`] ended call keys.
+/// The last [`RecentlyEnded::CAPACITY`] keys of something that ended (calls, channels).
 #[derive(Debug, Default)]
 struct RecentlyEnded {
     order: VecDeque<Box<str>>,
@@ -256,6 +259,7 @@ impl Tracker {
             calls: HashMap::new(),
             aliases: HashMap::new(),
             ended: RecentlyEnded::default(),
+            hung_up: RecentlyEnded::default(),
             events: 0,
             now: 0,
             dirty: HashSet::new(),
@@ -549,6 +553,11 @@ impl Tracker {
                 continue;
             };
             let known = self.channels.contains_key(uid);
+            let linkedid = snapshot.get("Linkedid").unwrap_or(uid);
+            if !known && (self.hung_up.contains(uid) || self.ended.contains(linkedid)) {
+                // Listed before its hangup reached us: gone already.
+                continue;
+            }
             self.touch(snapshot, "");
             if !known && let Some(key) = self.call_of(uid) {
                 self.adopt(snapshot, uid, &key);
@@ -1085,6 +1094,7 @@ impl Tracker {
         let Some(ch) = self.channels.remove(uid) else {
             return;
         };
+        self.hung_up.insert(uid.into());
         let key = ch.call;
         self.mark(&key);
         let cause = msg.get("Cause").and_then(|c| c.parse::<u16>().ok());

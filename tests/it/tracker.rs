@@ -536,3 +536,126 @@ fn a_claim_after_the_call_ended_on_ami_does_not_bring_it_back() {
     assert_eq!(pbx.tracker.active_calls(), 0);
     assert_eq!(pbx.tracker.active_channels(), 0);
 }
+
+#[test]
+fn a_channel_list_taken_before_a_hangup_does_not_bring_the_call_back() {
+    let mut pbx = Pbx::new();
+    pbx.ev(
+        "Newchannel",
+        (T, "11.1", "11.1", 4, "from-trunk", "4930100", "+4930555"),
+        &[],
+    );
+    // The daemon asks for the channel list now...
+    let since = pbx.tracker.events_seen();
+    // ...the caller hangs up before the list arrives...
+    pbx.ev(
+        "Hangup",
+        (T, "11.1", "11.1", 6, "from-trunk", "4930100", "+4930555"),
+        &[("Cause", "16")],
+    );
+    assert_eq!(names(&pbx.sent()), ["newCall", "hangup"]);
+    // ...and the list, taken earlier, still shows the channel up.
+    let stale = AmiMessage::from_pairs([
+        ("Event", "CoreShowChannel"),
+        ("Channel", T),
+        ("ChannelState", "6"),
+        ("CallerIDNum", "+4930555"),
+        ("Context", "from-trunk"),
+        ("Exten", "4930100"),
+        ("Uniqueid", "11.1"),
+        ("Linkedid", "11.1"),
+        ("BridgeId", "b1"),
+    ]);
+    pbx.tracker.reconcile(&[stale], since, &mut pbx.out);
+    assert_eq!(pbx.sent(), Vec::<Value>::new());
+    assert_eq!(pbx.tracker.active_channels(), 0);
+}
+
+#[test]
+fn reconcile_ends_vanished_calls_and_adopts_unknown_ones() {
+    let mut pbx = Pbx::new();
+    // Known and reported (a leg rang), then the AMI connection is lost.
+    pbx.ev(
+        "Newchannel",
+        (T, "12.1", "12.1", 4, "from-trunk", "4930100", "+4930555"),
+        &[],
+    );
+    pbx.ev(
+        "Newchannel",
+        (
+            "PJSIP/201-05",
+            "12.2",
+            "12.1",
+            0,
+            "from-internal",
+            "s",
+            "201",
+        ),
+        &[],
+    );
+    pbx.ev(
+        "DialBegin",
+        (T, "12.1", "12.1", 4, "from-trunk", "4930100", "+4930555"),
+        &[
+            ("DestChannel", "PJSIP/201-05"),
+            ("DestUniqueid", "12.2"),
+            ("DestLinkedid", "12.1"),
+        ],
+    );
+    pbx.ev(
+        "Newstate",
+        (
+            "PJSIP/201-05",
+            "12.2",
+            "12.1",
+            5,
+            "from-internal",
+            "s",
+            "201",
+        ),
+        &[],
+    );
+    assert_eq!(names(&pbx.sent()), ["newCall"]);
+    let since = pbx.tracker.events_seen();
+    // After the reconnect Asterisk lists only a call we never saw, answered by 203.
+    let up = |ch: &str, uid: &str, ctx: &str| {
+        AmiMessage::from_pairs([
+            ("Event", "CoreShowChannel"),
+            ("Channel", ch),
+            ("ChannelState", "6"),
+            ("CallerIDNum", "+4930777"),
+            ("Context", ctx),
+            ("Exten", "4930200"),
+            ("Uniqueid", uid),
+            ("Linkedid", "13.1"),
+            ("BridgeId", "b2"),
+        ])
+    };
+    let live = [
+        up("PJSIP/trunk-06", "13.1", "from-trunk"),
+        up("PJSIP/203-07", "13.2", "from-internal"),
+    ];
+    pbx.tracker.reconcile(&live, since, &mut pbx.out);
+    let sent = pbx.sent();
+    let summary: Vec<(String, String)> = sent
+        .iter()
+        .map(|r| {
+            (
+                r["callId"].as_str().unwrap().into(),
+                r["event"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("12.1".into(), "hangup".into()),
+            ("13.1".into(), "newCall".into()),
+            ("13.1".into(), "answer".into()),
+        ]
+    );
+    // The vanished call rang and nobody was seen answering: the caller most likely gave up.
+    assert_eq!(sent[0]["cause"], "cancel");
+    assert_eq!(sent[1]["from"], "4930777");
+    assert_eq!(sent[2]["user"], "Carol");
+}
