@@ -2,6 +2,7 @@
 
 mod cli;
 mod daemon;
+mod e2e;
 mod replay;
 mod support;
 mod tracker;

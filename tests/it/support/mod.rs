@@ -1,5 +1,7 @@
 //! Shared test support: the lab's config, fixture paths, Zammad's invariants.
 
+pub mod lab;
+
 use asterisk_zammad_bridge::config::Config;
 use serde_json::Value;
 use std::collections::HashMap;
