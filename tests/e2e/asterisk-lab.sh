@@ -42,6 +42,14 @@ log() {
     echo "asterisk-lab: $*" >&2
 }
 
+# die, quoting the last lines of a log file.
+die_log() {
+    local file="$1"
+    shift
+    die "$*; the end of $file:
+$(tail -n 5 "$file" 2>/dev/null)"
+}
+
 cmd_check() {
     [[ "$(uname -s)" == Linux ]] || die "needs Linux (chroot, mount namespaces); this is $(uname -s)"
     [[ "$(id -u)" == 0 ]] || die "needs root (debootstrap, chroot and mount namespaces); running as uid $(id -u)"
@@ -60,22 +68,27 @@ cmd_check() {
 cmd_prepare() {
     cmd_check
     mkdir -p "$cache"
-    exec 9>"$cache/lock"
-    flock 9
-    if [[ -e "$stamp" ]]; then
-        return 0
-    fi
+    # A subshell holds the lock, so that no process started later inherits it.
+    (
+        flock 9
+        if [[ ! -e "$stamp" ]]; then
+            build_chroot
+        fi
+    ) 9>"$cache/lock"
+}
+
+build_chroot() {
     local started=$SECONDS
     if ! command -v debootstrap >/dev/null; then
         log "installing debootstrap with apt-get"
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; } \
             >"$cache/apt-debootstrap.log" 2>&1 ||
-            die "could not install debootstrap with apt-get (no network to the Debian mirror?); see $cache/apt-debootstrap.log"
+            die_log "$cache/apt-debootstrap.log" "could not install debootstrap with apt-get (no network to the Debian mirror?)"
     fi
     log "building a Debian sid chroot with Asterisk in $root (once; about a minute)"
     rm -rf "$root"
     debootstrap --variant=minbase sid "$root" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
-        die "debootstrap of Debian sid from $mirror failed (no network to the mirror?); see $cache/debootstrap.log"
+        die_log "$cache/debootstrap.log" "debootstrap of Debian sid from $mirror failed (no network to the mirror?)"
     # sid's Release file may be past its Valid-Until date on a dated mirror.
     echo 'Acquire::Check-Valid-Until "false";' >"$root/etc/apt/apt.conf.d/99azb-lab"
     # Installing asterisk must not start it (there is no init in the chroot anyway).
@@ -83,7 +96,7 @@ cmd_prepare() {
     chmod 755 "$root/usr/sbin/policy-rc.d"
     in_chroot /bin/sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends asterisk' \
         >"$cache/apt-asterisk.log" 2>&1 ||
-        die "apt-get install asterisk in the sid chroot failed (no network to the mirror?); see $cache/apt-asterisk.log"
+        die_log "$cache/apt-asterisk.log" "apt-get install asterisk in the sid chroot failed (no network to the mirror?)"
     in_chroot /bin/sh -c 'apt-get clean'
     mkdir -p "$root$lab_mount"
     local version
