@@ -147,6 +147,11 @@ pub struct AgiConfig {
     #[serde(with = "humantime_serde")]
     pub decision_timeout: Duration,
     pub reject: RejectMode,
+    /// Most FastAGI sessions at once; more are closed at once (their calls go on).
+    pub max_sessions: usize,
+    /// Longest wait for Asterisk's next line in a FastAGI session.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for AgiConfig {
@@ -155,6 +160,8 @@ impl Default for AgiConfig {
             listen: "127.0.0.1:4573".into(),
             decision_timeout: Duration::from_secs(2),
             reject: RejectMode::Hangup,
+            max_sessions: 512,
+            idle_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -355,7 +362,16 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "ping_interval",
         ],
     ),
-    ("agi", &["listen", "decision_timeout", "reject"]),
+    (
+        "agi",
+        &[
+            "listen",
+            "decision_timeout",
+            "reject",
+            "max_sessions",
+            "idle_timeout",
+        ],
+    ),
     ("zammad", &["url", "url_file", "timeout", "call_id_prefix"]),
     (
         "numbers",
@@ -379,6 +395,7 @@ const AGENT_KEYS: &[&str] = &["name", "number"];
 const DURATION_KEYS: &[&str] = &[
     "ami.ping_interval",
     "agi.decision_timeout",
+    "agi.idle_timeout",
     "zammad.timeout",
 ];
 /// Keys whose environment value is a comma-separated list.
@@ -497,6 +514,13 @@ impl Config {
         positive("ami.ping_interval", self.ami.ping_interval)?;
         check_listen("agi.listen", &self.agi.listen, "127.0.0.1:4573")?;
         positive("agi.decision_timeout", self.agi.decision_timeout)?;
+        positive("agi.idle_timeout", self.agi.idle_timeout)?;
+        if self.agi.max_sessions == 0 {
+            return Err(ConfigError::invalid(
+                "agi.max_sessions",
+                "must be at least 1 (use agi.listen = \"\" to turn FastAGI off)",
+            ));
+        }
         if let Some(url) = &self.zammad.url {
             let key = if self.zammad.url_file.is_some() {
                 "zammad.url_file"
@@ -986,6 +1010,8 @@ mod tests {
                 RejectMode::Hangup => "hangup",
                 RejectMode::Variable => "variable",
             }),
+            "agi.max_sessions" => c.agi.max_sessions.to_string(),
+            "agi.idle_timeout" => d(c.agi.idle_timeout),
             "zammad.url" => secret(&c.zammad.url),
             "zammad.url_file" => path(&c.zammad.url_file),
             "zammad.timeout" => d(c.zammad.timeout),
@@ -1031,6 +1057,8 @@ mod tests {
         ("agi.listen", r#""127.0.0.1:4573""#),
         ("agi.decision_timeout", r#""2s""#),
         ("agi.reject", r#""hangup""#),
+        ("agi.max_sessions", "512"),
+        ("agi.idle_timeout", r#""10s""#),
         ("zammad.url", "<unset>"),
         ("zammad.url_file", "<unset>"),
         ("zammad.timeout", r#""5s""#),

@@ -122,7 +122,15 @@ enum Outcome {
 impl Worker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Item>) {
         let mut refused = false;
-        while let Some(item) = rx.recv().await {
+        loop {
+            // At shutdown, what is queued still gets its try; then the worker ends
+            // instead of waiting for events that will not come.
+            let item = tokio::select! {
+                biased;
+                item = rx.recv() => item,
+                _ = self.cancel.cancelled() => rx.try_recv().ok(),
+            };
+            let Some(item) = item else { break };
             let event = item.request.event;
             if refused {
                 warn!(

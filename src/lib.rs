@@ -2,21 +2,27 @@
 //!
 //! Modules, in the order data flows through them (see ARCHITECTURE.md):
 //! - [`ami`]: the AMI codec and the connection task (login, actions, reconnect).
+//! - [`agi`]: the FastAGI server and its `newcall` script (the dialplan asks Zammad).
 //! - [`tracker`]: the pure call state machine, AMI events in, CTI requests out.
 //! - [`policy`]: number normalisation and cause mapping, pure functions.
 //! - [`cti`]: the request bodies and Zammad's replies, as values.
+//! - [`decision`]: Zammad's reject/dial answers as AGI commands and AMI actions, guarded.
 //! - [`delivery`]: the outbox: per-call ordered, different calls concurrent.
 //! - [`zammad`]: the one HTTP client that talks to Zammad.
 //! - [`replay`]: recorded AMI streams through the tracker, printed as JSON.
 //! - [`daemon`]: `run`, wiring the parts together.
 //! - [`config`]: the typed config tree.
+//! - [`fake_agi`]: Asterisk's side of a FastAGI session, for tests, benchmarks and the demo.
 //! - [`fake_zammad`]: an in-process stand-in for Zammad, for tests and the demo.
 
+pub mod agi;
 pub mod ami;
 pub mod config;
 pub mod cti;
 pub mod daemon;
+pub mod decision;
 pub mod delivery;
+pub mod fake_agi;
 pub mod fake_ami;
 pub mod fake_zammad;
 pub mod observability;

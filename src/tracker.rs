@@ -90,6 +90,10 @@ struct Call {
     to: String,
     queue: Option<String>,
     in_queue: bool,
+    /// Outbound: the calling agent's extension.
+    agent: Option<Box<str>>,
+    /// Inbound: who rings, as the dialplan told the FastAGI `newcall` (`user=`).
+    claimed_users: Vec<String>,
     legs: Vec<Leg>,
     /// Both ends are internal: never reported.
     internal: bool,
@@ -99,6 +103,53 @@ struct Call {
     outcome: CallOutcome,
     /// Channels of this call still alive.
     live: u32,
+}
+
+/// What a FastAGI `newcall` session learned about its call: the dialplan claims the call,
+/// so its `newCall` goes out now (and Zammad's answer can steer the call) and the tracker
+/// never sends a second one.
+#[derive(Debug, Clone, Default)]
+pub struct CallClaim {
+    /// `CHANNEL(linkedid)` of the channel running the AGI.
+    pub linkedid: String,
+    pub uniqueid: String,
+    pub channel: String,
+    /// `direction=` of the AGI URL; without it the context decides, as for AMI calls.
+    pub direction: Option<Direction>,
+    pub context: String,
+    pub exten: String,
+    /// The dialed number as the channel driver saw it, when Asterisk knows it.
+    pub dnid: Option<String>,
+    /// The channel's caller number, when known.
+    pub caller_num: Option<String>,
+    /// `from=` and `to=` of the URL: what the dialplan says is the caller and the callee
+    /// (inside a subroutine the channel's own caller ID or extension can be wrong).
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub queue: Option<String>,
+    /// `user=`: who will ring (inbound) or who calls (outbound).
+    pub users: Vec<String>,
+}
+
+/// What the tracker made of a [`CallClaim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Send this `newCall` now; the tracker will not send another for the call.
+    New(CtiRequest),
+    /// Zammad already heard of this call (its `newCall` went out before the AGI ran).
+    Known(CallId),
+    /// Not a call Zammad hears of: internal, ended, or no direction applies.
+    NotReported(CallId),
+}
+
+/// The channel Zammad's decision acts on over AMI, as known when the `newCall` went out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionTarget {
+    pub direction: Direction,
+    /// Inbound: the caller's channel (to hang up). Outbound: the calling phone's channel.
+    pub channel: String,
+    /// The call already dialed out, so a new caller ID comes too late for this call.
+    pub dialed: bool,
 }
 
 /// The call state machine. Feed it every AMI event with [`Tracker::handle`].
@@ -142,6 +193,119 @@ impl Tracker {
 
     pub fn active_channels(&self) -> usize {
         self.channels.len()
+    }
+
+    /// The dialplan's FastAGI `newcall` claims the call of `claim.linkedid`: its `newCall`
+    /// is built now (even before the AMI events of the channel arrive) and the tracker
+    /// will not send another one.
+    pub fn claim(&mut self, claim: &CallClaim) -> ClaimOutcome {
+        let uid: &str = &claim.uniqueid;
+        let caller = claim.caller_num.as_deref().filter(|c| !is_withheld(c));
+        let key = match self.channels.get_mut(uid) {
+            Some(ch) => {
+                if let Some(c) = caller {
+                    ch.caller_num = Some(c.into());
+                }
+                ch.call.clone()
+            }
+            None => {
+                let key = self.call_key_for(&claim.linkedid);
+                self.calls.get_mut(&*key).expect("just made").live += 1;
+                self.channels.insert(
+                    uid.into(),
+                    Channel {
+                        name: claim.channel.as_str().into(),
+                        call: key.clone(),
+                        linkedid: claim.linkedid.as_str().into(),
+                        state: 4,
+                        caller_num: caller.map(Into::into),
+                    },
+                );
+                key
+            }
+        };
+        let call_id = CallId(format!("{}{}", self.settings.call_id_prefix, key));
+        let call = self.calls.get(&*key).expect("a channel's call exists");
+        if call.reported {
+            return ClaimOutcome::Known(call.call_id.clone().unwrap_or(call_id));
+        }
+        let by_context = if self.settings.inbound_contexts.contains(&claim.context) {
+            Some(Direction::In)
+        } else if self.settings.outbound_contexts.contains(&claim.context) {
+            Some(Direction::Out)
+        } else {
+            None
+        };
+        let Some(direction) = claim.direction.or(call.direction).or(by_context) else {
+            return ClaimOutcome::NotReported(call_id);
+        };
+        if call.internal || call.ended {
+            return ClaimOutcome::NotReported(call_id);
+        }
+        let dialed = claim
+            .to
+            .as_deref()
+            .or(Some(claim.exten.as_str()).filter(|e| !e.is_empty() && *e != "s"))
+            .or(claim.dnid.as_deref())
+            .unwrap_or("");
+        let to = if dialed.is_empty() {
+            String::new()
+        } else {
+            self.settings.plan.normalise(dialed)
+        };
+        let agent: Option<Box<str>> = claim.from.as_deref().or(caller).map(Into::into);
+        let from = match direction {
+            Direction::In => claim
+                .from
+                .as_deref()
+                .map(|f| self.settings.plan.normalise(f))
+                .unwrap_or_default(),
+            Direction::Out => self.outbound_from(agent.as_deref().unwrap_or("")),
+        };
+        if direction == Direction::Out && self.settings.plan.is_extension(&to) {
+            let call = self.calls.get_mut(&*key).expect("checked above");
+            call.internal = true;
+            return ClaimOutcome::NotReported(call_id);
+        }
+        let call = self.calls.get_mut(&*key).expect("checked above");
+        call.direction = Some(direction);
+        call.origin = Some(uid.into());
+        call.to = to;
+        call.from = from;
+        if direction == Direction::Out {
+            call.agent = agent;
+        }
+        if claim.queue.is_some() {
+            call.queue = claim.queue.clone();
+        }
+        call.claimed_users = claim.users.clone();
+        let mut out = Vec::with_capacity(1);
+        self.report_new_call(&key, &mut out);
+        match out.pop() {
+            Some(request) => ClaimOutcome::New(request),
+            None => ClaimOutcome::NotReported(call_id),
+        }
+    }
+
+    /// Where Zammad's answer to the `newCall` of `call_id` would act over AMI.
+    pub fn decision_target(&self, call_id: &CallId) -> Option<DecisionTarget> {
+        let key = call_id.0.strip_prefix(&*self.settings.call_id_prefix)?;
+        let call = self.calls.get(key)?;
+        let origin = call.origin.as_deref()?;
+        Some(DecisionTarget {
+            direction: call.direction?,
+            channel: self.channels.get(origin)?.name.to_string(),
+            dialed: !call.legs.is_empty(),
+        })
+    }
+
+    /// `from` of an outbound call placed by `agent` (an extension or a number): the
+    /// agent's configured `number`, else the number itself, normalised.
+    fn outbound_from(&self, agent: &str) -> String {
+        match self.settings.agents.get(agent).and_then(AgentEntry::number) {
+            Some(n) => n.to_string(),
+            None => self.settings.plan.normalise(agent),
+        }
     }
 
     /// Applies one AMI event; appends the CTI requests it causes to `out`, in order.
@@ -398,17 +562,15 @@ impl Tracker {
         };
         call.direction = Some(Direction::Out);
         call.origin = Some(origin.clone());
-        let caller_num = self
+        call.to = self.settings.plan.normalise(&number);
+        let agent = self
             .channels
             .get(&*origin)
             .and_then(|c| c.caller_num.clone());
-        let agent_ext = caller_num.as_deref().unwrap_or("");
-        let agent = self.settings.agents.get(agent_ext);
-        call.from = match agent.and_then(AgentEntry::number) {
-            Some(n) => n.to_string(),
-            None => self.settings.plan.normalise(agent_ext),
-        };
-        call.to = self.settings.plan.normalise(&number);
+        let from = self.outbound_from(agent.as_deref().unwrap_or(""));
+        let call = self.calls.get_mut(&*key).expect("a channel's call exists");
+        call.from = from;
+        call.agent = agent;
         self.report_new_call(&key, out);
     }
 
@@ -617,22 +779,31 @@ impl Tracker {
                     .and_then(|o| self.channels.get(o))
                     .and_then(|c| c.caller_num.as_deref())
                     .unwrap_or("");
-                let from = self.settings.plan.normalise(caller);
-                (from, Users::from_names(self.ringing_names(call)))
+                let from = if call.from.is_empty() {
+                    self.settings.plan.normalise(caller)
+                } else {
+                    call.from.clone()
+                };
+                let mut names = call.claimed_users.clone();
+                for name in self.ringing_names(call) {
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                (from, Users::from_names(names))
             }
             Direction::Out => {
-                let ext = call
-                    .origin
+                let user = call
+                    .agent
                     .as_deref()
-                    .and_then(|o| self.channels.get(o))
-                    .and_then(|c| c.caller_num.as_deref())
-                    .unwrap_or("");
-                let user = self
-                    .settings
-                    .agents
-                    .get(ext)
-                    .map(|a| Users::One(a.name().to_string()));
-                (call.from.clone(), user)
+                    .and_then(|ext| self.settings.agents.get(ext))
+                    .map(|a| a.name().to_string());
+                let names = if call.claimed_users.is_empty() {
+                    user.into_iter().collect()
+                } else {
+                    call.claimed_users.clone()
+                };
+                (call.from.clone(), Users::from_names(names))
             }
         };
         let mut to = call.to.clone();

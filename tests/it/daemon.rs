@@ -4,93 +4,21 @@
 //! What Zammad receives must be what `replay` prints for the same bytes (one code path),
 //! per call in order, with none of Zammad's invariants broken.
 
+use crate::support::harness::Harness;
 use crate::support::{assert_invariants, fixture, lab_config};
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::ami::codec::AmiCodec;
-use asterisk_zammad_bridge::daemon;
-use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
-use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
+use asterisk_zammad_bridge::fake_zammad::FakeZammadConfig;
 use asterisk_zammad_bridge::replay::replay_files;
 use bytes::BytesMut;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::task::JoinHandle;
 use tokio_util::codec::Encoder;
-use tokio_util::sync::CancellationToken;
-
-struct Harness {
-    ami: FakeAmi,
-    zammad: FakeZammad,
-    shutdown: CancellationToken,
-    daemon: JoinHandle<anyhow::Result<()>>,
-}
 
 async fn spawn_daemon() -> Harness {
-    let zammad = FakeZammad::start(FakeZammadConfig::default())
-        .await
-        .expect("the stand-in zammad starts");
-    let ami = FakeAmi::start(FakeAmiConfig {
-        username: "zammad".into(),
-        secret: "s3cret".into(),
-        ..FakeAmiConfig::default()
-    })
-    .await;
-    let mut config = lab_config();
-    config.ami.address = ami.addr().to_string();
-    config.ami.username = "zammad".into();
-    config.ami.secret = Some("s3cret".to_string().into());
-    config.zammad.url = Some(zammad.url().into());
-    let shutdown = CancellationToken::new();
-    let daemon = tokio::spawn(daemon::run(config, shutdown.clone()));
-    tokio::time::timeout(Duration::from_secs(10), ami.wait_logged_in())
-        .await
-        .expect("the daemon logs in to AMI");
-    Harness {
-        ami,
-        zammad,
-        shutdown,
-        daemon,
-    }
-}
-
-impl Harness {
-    /// Waits until Zammad has answered `n` hangups; returns every request body per callId.
-    async fn requests_after_hangups(&self, n: usize) -> BTreeMap<String, Vec<Value>> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let requests = self.zammad.requests();
-            let done = requests
-                .iter()
-                .filter(|r| r.event() == Some("hangup") && r.status.is_some())
-                .count();
-            if done >= n {
-                let mut per_call: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-                for r in requests {
-                    per_call
-                        .entry(r.call_id().expect("a callId"))
-                        .or_default()
-                        .push(r.params.clone());
-                }
-                return per_call;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {done} of {n} hangups arrived"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(10), self.daemon)
-            .await
-            .expect("the daemon stops in time")
-            .expect("the daemon does not panic");
-        result.expect("the daemon ends cleanly");
-    }
+    Harness::start(FakeZammadConfig::default(), |_| {}).await
 }
 
 /// What `replay` prints for these transcripts, per callId.

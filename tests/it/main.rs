@@ -1,5 +1,6 @@
 //! Integration tests, one binary, one module per area.
 
+mod agi;
 mod cli;
 mod daemon;
 mod e2e;

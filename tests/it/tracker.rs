@@ -4,8 +4,8 @@
 
 use crate::support::lab_config;
 use asterisk_zammad_bridge::ami::AmiMessage;
-use asterisk_zammad_bridge::cti::CtiRequest;
-use asterisk_zammad_bridge::tracker::{Tracker, TrackerSettings};
+use asterisk_zammad_bridge::cti::{CallId, CtiRequest, Direction};
+use asterisk_zammad_bridge::tracker::{CallClaim, ClaimOutcome, Tracker, TrackerSettings};
 use serde_json::{Value, json};
 
 struct Pbx {
@@ -355,4 +355,158 @@ fn internal_calls_are_not_reported() {
     );
     assert!(pbx.sent().is_empty());
     assert_eq!(pbx.tracker.active_calls(), 0);
+}
+
+fn claim(linkedid: &str, uniqueid: &str, context: &str, exten: &str, caller: &str) -> CallClaim {
+    CallClaim {
+        linkedid: linkedid.into(),
+        uniqueid: uniqueid.into(),
+        channel: T.into(),
+        context: context.into(),
+        exten: exten.into(),
+        caller_num: Some(caller.into()),
+        ..CallClaim::default()
+    }
+}
+
+fn body(outcome: ClaimOutcome) -> Value {
+    match outcome {
+        ClaimOutcome::New(r) => serde_json::from_str(&r.to_json()).unwrap(),
+        other => panic!("expected a newCall, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_claim_before_the_channel_is_seen_on_ami_is_the_calls_only_newcall() {
+    let mut pbx = Pbx::new();
+    // The FastAGI session is faster than the AMI events of its own channel.
+    let mut c = claim("9.1", "9.2", "from-trunk", "4930100", "+4930555");
+    c.users = vec!["Alice".into(), "Carol".into()];
+    c.queue = Some("support".into());
+    assert_eq!(
+        body(pbx.tracker.claim(&c)),
+        json!({"event":"newCall","direction":"in","callId":"9.1","from":"4930555","to":"4930100",
+               "user":["Alice","Carol"],"queue":"support"})
+    );
+    // Now AMI catches up: the channels, a leg that rings and answers, the hangup.
+    pbx.ev(
+        "Newchannel",
+        (T, "9.2", "9.1", 4, "from-trunk", "4930100", "+4930555"),
+        &[],
+    );
+    pbx.ev(
+        "Newchannel",
+        ("PJSIP/201-03", "9.3", "9.1", 0, "from-internal", "s", "201"),
+        &[],
+    );
+    let dest = [
+        ("DestChannel", "PJSIP/201-03"),
+        ("DestUniqueid", "9.3"),
+        ("DestLinkedid", "9.1"),
+    ];
+    pbx.ev(
+        "DialBegin",
+        (T, "9.2", "9.1", 4, "from-trunk", "4930100", "+4930555"),
+        &dest,
+    );
+    pbx.ev(
+        "Newstate",
+        ("PJSIP/201-03", "9.3", "9.1", 5, "from-internal", "s", "201"),
+        &[],
+    );
+    let mut answered = dest.to_vec();
+    answered.push(("DialStatus", "ANSWER"));
+    pbx.ev(
+        "DialEnd",
+        (T, "9.2", "9.1", 4, "from-trunk", "4930100", "+4930555"),
+        &answered,
+    );
+    pbx.ev(
+        "Hangup",
+        ("PJSIP/201-03", "9.3", "9.1", 6, "from-internal", "s", "201"),
+        &[("Cause", "16")],
+    );
+    pbx.ev(
+        "Hangup",
+        (T, "9.2", "9.1", 6, "from-trunk", "4930100", "+4930555"),
+        &[("Cause", "16")],
+    );
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["answer", "hangup"], "no second newCall");
+    assert_eq!(sent[0]["user"], "Alice");
+    assert_eq!(sent[1]["cause"], "normalClearing");
+    assert_eq!(pbx.tracker.active_calls(), 0);
+}
+
+#[test]
+fn a_claim_for_a_call_already_reported_sends_nothing() {
+    let mut pbx = Pbx::new();
+    pbx.ev(
+        "Newchannel",
+        (T, "8.1", "8.1", 4, "from-trunk", "4930100", "+4930555"),
+        &[],
+    );
+    pbx.ev(
+        "HangupRequest",
+        (T, "8.1", "8.1", 4, "from-trunk", "4930100", "+4930555"),
+        &[],
+    );
+    // Not reported yet (nobody rang): a claim now is the newCall.
+    let first = pbx
+        .tracker
+        .claim(&claim("8.1", "8.1", "from-trunk", "4930100", "+4930555"));
+    assert!(matches!(first, ClaimOutcome::New(_)));
+    // A second AGI on the same call (e.g. after a transfer) finds it known.
+    let again = pbx
+        .tracker
+        .claim(&claim("8.1", "8.1", "from-trunk", "4930100", "+4930555"));
+    assert_eq!(again, ClaimOutcome::Known(CallId("8.1".into())));
+    assert_eq!(pbx.sent(), Vec::<Value>::new());
+}
+
+#[test]
+fn claims_follow_direction_and_internal_rules() {
+    let mut pbx = Pbx::new();
+    // Outbound by context: Alice's configured number is the from, her name the user.
+    let out = body(
+        pbx.tracker
+            .claim(&claim("7.1", "7.2", "from-internal", "+15555550199", "201")),
+    );
+    assert_eq!(
+        out,
+        json!({"event":"newCall","direction":"out","callId":"7.1","from":"4930123456201",
+               "to":"15555550199","user":"Alice"})
+    );
+    // FreePBX's predial hook: EXTEN is "s", the number and the agent come as parameters.
+    let mut hook = claim(
+        "7.5",
+        "7.6",
+        "macro-dialout-trunk-predial-hook",
+        "s",
+        "4930999",
+    );
+    hook.direction = Some(Direction::Out);
+    hook.to = Some("0301234".into());
+    hook.from = Some("202".into());
+    let out = body(pbx.tracker.claim(&hook));
+    assert_eq!(out["from"], "202");
+    assert_eq!(out["to"], "1301234", "national prefix 0 replaced by country code 1");
+    assert_eq!(out["user"], "Bob");
+    // An outbound "call" to an internal extension is not reported.
+    assert_eq!(
+        pbx.tracker
+            .claim(&claim("6.1", "6.2", "from-internal", "203", "201")),
+        ClaimOutcome::NotReported(CallId("6.1".into()))
+    );
+    // A context that is neither inbound nor outbound, without direction=: not reported.
+    assert_eq!(
+        pbx.tracker
+            .claim(&claim("5.1", "5.2", "ivr", "4930100", "+4930555")),
+        ClaimOutcome::NotReported(CallId("5.1".into()))
+    );
+    // The same with direction=in is an inbound call.
+    let mut forced = claim("4.1", "4.2", "ivr", "4930100", "+4930555");
+    forced.direction = Some(Direction::In);
+    assert_eq!(body(pbx.tracker.claim(&forced))["direction"], "in");
+    assert_eq!(pbx.sent(), Vec::<Value>::new());
 }

@@ -1,0 +1,247 @@
+//! `FakeAgiCall`: Asterisk's side of one FastAGI session, for tests, benchmarks and the
+//! demo. It connects like `AGI(agi://HOST:PORT/SCRIPT)` does, sends the `agi_*`
+//! environment block, answers each command the way Asterisk's `res_agi` does, and
+//! records every command line byte for byte.
+//!
+//! Answers: `GET VARIABLE` of `CHANNEL(linkedid)` or of a variable set earlier
+//! (`200 result=1 (value)`, `200 result=0` when unset), `SET VARIABLE` with exactly two
+//! arguments (`200 result=1`, else 520), `EXEC Hangup <cause>` (hangs the channel up:
+//! `200 result=-1`, then a bare `HANGUP` line), `VERBOSE`, `NOOP`; anything else `510`.
+//! After a hangup only the dead-capable commands run; others get `511`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// One channel running `AGI(agi://.../SCRIPT)`.
+#[derive(Debug, Clone)]
+pub struct FakeAgiCall {
+    /// After the host in the URL: `newcall?direction=in`.
+    pub script: String,
+    pub channel: String,
+    pub uniqueid: String,
+    pub linkedid: String,
+    pub callerid: String,
+    pub context: String,
+    pub extension: String,
+    /// Send a bare `HANGUP` line (the caller hung up) before answering command `n` (0 is
+    /// the first command).
+    pub hangup_before_command: Option<usize>,
+    /// Close the connection instead of answering command `n`.
+    pub close_at_command: Option<usize>,
+}
+
+/// What the bridge did in one session.
+#[derive(Debug, Clone, Default)]
+pub struct AgiTranscript {
+    /// Every command line the bridge sent, without its `\n`.
+    pub commands: Vec<String>,
+    /// Channel variables after the session (`SET VARIABLE`), by name.
+    pub variables: BTreeMap<String, String>,
+    /// The cause of an `EXEC Hangup`, if the bridge hung the channel up.
+    pub hangup_cause: Option<String>,
+    /// From the end of the environment block to the bridge closing the connection.
+    pub elapsed: Duration,
+}
+
+impl FakeAgiCall {
+    /// An inbound call's trunk channel `uniqueid` in context `from-trunk`, dialing `did`.
+    pub fn inbound(linkedid: &str, uniqueid: &str, callerid: &str, did: &str) -> Self {
+        Self {
+            script: "newcall".into(),
+            channel: format!("Local/{did}@from-trunk-{};2", channel_suffix(uniqueid)),
+            uniqueid: uniqueid.into(),
+            linkedid: linkedid.into(),
+            callerid: callerid.into(),
+            context: "from-trunk".into(),
+            extension: did.into(),
+            hangup_before_command: None,
+            close_at_command: None,
+        }
+    }
+
+    /// A phone's channel `uniqueid` (`callerid` = its extension) in `from-internal`
+    /// dialing `number`.
+    pub fn outbound(linkedid: &str, uniqueid: &str, extension: &str, number: &str) -> Self {
+        Self {
+            script: "newcall".into(),
+            channel: format!("PJSIP/{extension}-{}", channel_suffix(uniqueid)),
+            uniqueid: uniqueid.into(),
+            linkedid: linkedid.into(),
+            callerid: extension.into(),
+            context: "from-internal".into(),
+            extension: number.into(),
+            hangup_before_command: None,
+            close_at_command: None,
+        }
+    }
+
+    /// The environment block as Asterisk 22 sends it (LF line ends, blank line last).
+    pub fn environment(&self, server: SocketAddr) -> String {
+        let lines = [
+            ("network", "yes".to_string()),
+            ("network_script", self.script.clone()),
+            ("request", format!("agi://{server}/{}", self.script)),
+            ("channel", self.channel.clone()),
+            ("language", "en".into()),
+            ("type", "Local".into()),
+            ("uniqueid", self.uniqueid.clone()),
+            ("version", "22.10.1+dfsg+~cs6.17.60671434-1".into()),
+            ("callerid", self.callerid.clone()),
+            ("calleridname", "unknown".into()),
+            ("callingpres", "0".into()),
+            ("callingani2", "0".into()),
+            ("callington", "0".into()),
+            ("callingtns", "0".into()),
+            ("dnid", "unknown".into()),
+            ("rdnis", "unknown".into()),
+            ("context", self.context.clone()),
+            ("extension", self.extension.clone()),
+            ("priority", "1".into()),
+            ("enhanced", "0.0".into()),
+            ("accountcode", String::new()),
+            ("threadid", "140578475525824".into()),
+        ];
+        let mut env = String::new();
+        for (k, v) in lines {
+            env.push_str("agi_");
+            env.push_str(k);
+            env.push_str(": ");
+            env.push_str(&v);
+            env.push('\n');
+        }
+        env.push('\n');
+        env
+    }
+
+    /// Runs the session against the FastAGI server at `server` until the server closes it
+    /// (or this side does, see `close_at_command`).
+    pub async fn run(&self, server: SocketAddr) -> std::io::Result<AgiTranscript> {
+        let stream = TcpStream::connect(server).await?;
+        stream.set_nodelay(true)?;
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        write.write_all(self.environment(server).as_bytes()).await?;
+        let started = Instant::now();
+        let mut t = AgiTranscript::default();
+        let mut dead = false;
+        while let Some(line) = lines.next_line().await? {
+            let n = t.commands.len();
+            t.commands.push(line.clone());
+            if self.close_at_command == Some(n) {
+                break;
+            }
+            if self.hangup_before_command == Some(n) {
+                dead = true;
+                write.write_all(b"HANGUP\n").await?;
+            }
+            let reply = self.answer(&line, &mut t, &mut dead);
+            write.write_all(reply.as_bytes()).await?;
+        }
+        t.elapsed = started.elapsed();
+        Ok(t)
+    }
+
+    fn answer(&self, line: &str, t: &mut AgiTranscript, dead: &mut bool) -> String {
+        let words = split_words(line);
+        let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+        let first = |n: usize| upper.iter().take(n).map(String::as_str).collect::<Vec<_>>();
+        match first(2).as_slice() {
+            ["GET", "VARIABLE"] if words.len() == 3 => {
+                let value = if words[2] == "CHANNEL(linkedid)" {
+                    Some(self.linkedid.clone())
+                } else {
+                    t.variables.get(&words[2]).cloned()
+                };
+                match value {
+                    Some(v) => format!("200 result=1 ({v})\n"),
+                    None => "200 result=0\n".into(),
+                }
+            }
+            ["SET", "VARIABLE"] if words.len() == 4 => {
+                t.variables.insert(words[2].clone(), words[3].clone());
+                "200 result=1\n".into()
+            }
+            ["SET", "VARIABLE"] | ["GET", "VARIABLE"] => {
+                "520-Invalid command syntax.  Proper usage follows:\n Usage: SET VARIABLE <variablename> <value>\n520 End of proper usage.\n".into()
+            }
+            ["EXEC", ..] if words.len() >= 2 => {
+                if words[1].eq_ignore_ascii_case("Hangup") {
+                    t.hangup_cause = Some(words.get(2).cloned().unwrap_or_default());
+                    *dead = true;
+                    "200 result=-1\nHANGUP\n".into()
+                } else {
+                    "200 result=0\n".into()
+                }
+            }
+            ["VERBOSE", ..] | ["NOOP", ..] => "200 result=1\n".into(),
+            _ if *dead => "511 Command Not Permitted on a dead channel or intercept routine\n".into(),
+            _ => "510 Invalid or unknown command\n".into(),
+        }
+    }
+}
+
+/// Eight hex digits from a uniqueid's sequence number, as Asterisk names channels.
+fn channel_suffix(uniqueid: &str) -> String {
+    let seq: u64 = uniqueid
+        .rsplit('.')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    format!("{seq:08x}")
+}
+
+/// Splits a command line like `res_agi` does: spaces and tabs separate words, `"` groups,
+/// `\` escapes the next character.
+pub fn split_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    word.push(next);
+                }
+                in_word = true;
+            }
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            ' ' | '\t' if !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_like_res_agi() {
+        assert_eq!(
+            split_words(r#"SET VARIABLE "CALLERID(num)" "a \"b\" \\c""#),
+            ["SET", "VARIABLE", "CALLERID(num)", r#"a "b" \c"#]
+        );
+        assert_eq!(split_words("GET  VARIABLE\tX"), ["GET", "VARIABLE", "X"]);
+        assert_eq!(split_words(r#"EXEC Hangup """#), ["EXEC", "Hangup", ""]);
+    }
+}
