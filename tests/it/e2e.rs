@@ -14,7 +14,7 @@
 
 use crate::support::lab::{self, Asterisk, Daemon, Driver, Originate, cti_of, tail};
 use asterisk_zammad_bridge::ami::AmiMessage;
-use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
+use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig, Route};
 use futures_util::future::{LocalBoxFuture, join_all};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -25,6 +25,12 @@ use tokio::time::Instant;
 const PREFIX: &str = "pbx1-";
 const CALLER: &str = r#""PSTN Caller" <+15555550100>"#;
 const CALLER_DIGITS: &str = "15555550100";
+/// A caller on Zammad's block list (`inbound.block_caller_ids`).
+const BLOCKED: &str = r#""Blocked Caller" <+15555550666>"#;
+const BLOCKED_DIGITS: &str = "15555550666";
+/// An outside number Zammad's routing table gives its own caller ID.
+const ROUTED_DIGITS: &str = "15555550177";
+const ROUTED_CALLER_ID: &str = "4930123456999";
 /// Alice's phone as Zammad knows it (`[agents]` number).
 const ALICE_NUMBER: &str = "4930123456201";
 /// How long a scenario may take, from its Originate to its hangup at Zammad.
@@ -195,6 +201,51 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// The value the dialplan variable `name` was set to on channel `uniqueid` (VarSet).
+    async fn var_set(&self, id: &str, uniqueid: &str, name: &str) -> Result<String, String> {
+        let set = self
+            .event(id, &format!("VarSet {name} on {uniqueid}"), |e| {
+                e.event() == Some("VarSet")
+                    && e.get("Uniqueid") == Some(uniqueid)
+                    && e.get("Variable") == Some(name)
+            })
+            .await?;
+        Ok(set.get("Value").unwrap_or_default().to_string())
+    }
+
+    /// Checks the Q.850 cause of channel `uniqueid`'s `Hangup` event.
+    async fn hangup_cause(&self, id: &str, uniqueid: &str, cause: &str) -> Result<(), String> {
+        let hangup = self
+            .event(id, &format!("Hangup of {uniqueid}"), |e| {
+                e.event() == Some("Hangup") && e.get("Uniqueid") == Some(uniqueid)
+            })
+            .await?;
+        match hangup.get("Cause") {
+            Some(c) if c == cause => Ok(()),
+            other => Err(format!(
+                "Hangup of {uniqueid}: Cause {other:?}, not {cause}"
+            )),
+        }
+    }
+
+    /// Fails if the call ever dialed a leg (a rejected call rings nobody).
+    fn dialed_nobody(&self, id: &str) -> Result<(), String> {
+        match self
+            .driver
+            .events()
+            .iter()
+            .find(|e| e.event() == Some("DialBegin") && e.get("Linkedid") == Some(id))
+        {
+            Some(dial) => Err(format!(
+                "the rejected call dialed {:?}",
+                dial.get("DestChannel")
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 fn compare(expected: &Expected, got: &[Value]) -> Result<(), String> {
     if got == expected.requests.as_slice() {
         return Ok(());
@@ -230,9 +281,18 @@ async fn inbound_answered(lab: &Lab) -> Result<Expected, String> {
         .send(&lab.driver)
         .await?;
     lab.dial_end(id, "Local/201@phones-", "ANSWER").await?;
+    // The FastAGI newcall told the dialplan the callId and to go on.
+    let trunk = format!("{id};2");
+    let call_id = lab.var_set(id, &trunk, "ZAMMAD_CALLID").await?;
+    let action = lab.var_set(id, &trunk, "ZAMMAD_ACTION").await?;
+    if (call_id.as_str(), action.as_str()) != (&*format!("{PREFIX}{id}"), "continue") {
+        return Err(format!(
+            "ZAMMAD_CALLID={call_id:?}, ZAMMAD_ACTION={action:?}"
+        ));
+    }
     let call = Call::inbound(id, "4930123456201");
     let requests = vec![
-        call.event("newCall", json!({"user": "Alice"})),
+        call.event("newCall", json!({})),
         call.event(
             "answer",
             json!({"user": "Alice", "answeringNumber": ALICE_NUMBER}),
@@ -266,7 +326,7 @@ async fn busy(lab: &Lab) -> Result<Expected, String> {
     lab.dial_end(id, "Local/202@phones-", "BUSY").await?;
     let call = Call::inbound(id, "4930123456202");
     let requests = vec![
-        call.event("newCall", json!({"user": "Bob"})),
+        call.event("newCall", json!({})),
         call.event("hangup", json!({"cause": "busy"})),
     ];
     lab.check(call.expect(requests)).await
@@ -281,7 +341,7 @@ async fn caller_gives_up(lab: &Lab) -> Result<Expected, String> {
     lab.dial_end(id, "Local/203@phones-", "CANCEL").await?;
     let call = Call::inbound(id, "4930123456203");
     let requests = vec![
-        call.event("newCall", json!({"user": "Carol"})),
+        call.event("newCall", json!({})),
         call.event("hangup", json!({"cause": "cancel"})),
     ];
     lab.check(call.expect(requests)).await
@@ -296,7 +356,7 @@ async fn no_answer(lab: &Lab) -> Result<Expected, String> {
     lab.dial_end(id, "Local/206@phones-", "NOANSWER").await?;
     let call = Call::inbound(id, "4930123456206");
     let requests = vec![
-        call.event("newCall", json!({"user": "Frank"})),
+        call.event("newCall", json!({})),
         call.event("hangup", json!({"cause": "noAnswer"})),
     ];
     lab.check(call.expect(requests)).await
@@ -312,7 +372,7 @@ async fn ring_group(lab: &Lab) -> Result<Expected, String> {
     lab.dial_end(id, "Local/203@phones-", "CANCEL").await?;
     let call = Call::inbound(id, "4930123456600");
     let requests = vec![
-        call.event("newCall", json!({"user": ["Alice", "Carol"]})),
+        call.event("newCall", json!({})),
         call.event(
             "answer",
             json!({"user": "Alice", "answeringNumber": ALICE_NUMBER}),
@@ -322,10 +382,13 @@ async fn ring_group(lab: &Lab) -> Result<Expected, String> {
     lab.check(call.expect(requests)).await
 }
 
-/// DID 700 enters queue `support` (ringall: 201 and 203); 201 answers.
-async fn queue_answered(lab: &Lab) -> Result<Expected, String> {
-    let id = "e2e-queue";
-    inbound(id, "from-trunk", "4930123456700", 30, 30_000)
+/// DID 700 enters queue `support` (ringall: 201 and 203); 201 answers. Through
+/// `from-trunk` the FastAGI reports the call before it reaches the queue, so its `newCall`
+/// names neither agents nor queue; through `from-pstn` (AMI only) it names both.
+async fn queue_answered(lab: &Lab, context: &str) -> Result<Expected, String> {
+    let id = format!("e2e-queue-{context}");
+    let id = id.as_str();
+    inbound(id, context, "4930123456700", 30, 30_000)
         .send(&lab.driver)
         .await?;
     let connect = lab
@@ -338,11 +401,13 @@ async fn queue_answered(lab: &Lab) -> Result<Expected, String> {
         ));
     }
     let call = Call::inbound(id, "4930123456700");
+    let new_call = if context == "from-trunk" {
+        json!({})
+    } else {
+        json!({"user": ["Alice", "Carol"], "queue": "support"})
+    };
     let requests = vec![
-        call.event(
-            "newCall",
-            json!({"user": ["Alice", "Carol"], "queue": "support"}),
-        ),
+        call.event("newCall", new_call),
         call.event(
             "answer",
             json!({"user": "Alice", "answeringNumber": ALICE_NUMBER}),
@@ -404,7 +469,7 @@ async fn blind_transfer(lab: &Lab) -> Result<Expected, String> {
     lab.dial_end(id, "Local/204@phones-", "ANSWER").await?;
     let call = Call::inbound(id, "4930123456201");
     let requests = vec![
-        call.event("newCall", json!({"user": "Alice"})),
+        call.event("newCall", json!({})),
         call.event(
             "answer",
             json!({"user": "Alice", "answeringNumber": ALICE_NUMBER}),
@@ -449,7 +514,7 @@ async fn attended_transfer(lab: &Lab) -> Result<Expected, String> {
     }
     let call = Call::inbound(id, "4930123456201");
     let requests = vec![
-        call.event("newCall", json!({"user": "Alice"})),
+        call.event("newCall", json!({})),
         call.event(
             "answer",
             json!({"user": "Alice", "answeringNumber": ALICE_NUMBER}),
@@ -493,8 +558,94 @@ async fn pickup(lab: &Lab) -> Result<Expected, String> {
         .await?;
     let call = Call::inbound(id, "4930123456207");
     let requests = vec![
-        call.event("newCall", json!({"user": "Grace"})),
+        call.event("newCall", json!({})),
         call.event("answer", json!({"user": "Dave", "answeringNumber": "204"})),
+        call.event("hangup", json!({"cause": "normalClearing"})),
+    ];
+    lab.check(call.expect(requests)).await
+}
+
+/// A blocked caller dials in through `from-trunk`: the FastAGI `newcall` gets Zammad's
+/// reject and hangs the trunk channel up with cause 17 (busy) before anyone rings.
+async fn blocked_via_agi(lab: &Lab) -> Result<Expected, String> {
+    let id = "e2e-blocked-agi";
+    let mut spec = inbound(id, "from-trunk", "4930123456201", 30, 30_000);
+    spec.caller_id = BLOCKED;
+    spec.send(&lab.driver).await?;
+    let trunk = format!("{id};2");
+    lab.hangup_cause(id, &trunk, "17").await?;
+    let call_id = lab.var_set(id, &trunk, "ZAMMAD_CALLID").await?;
+    if call_id != format!("{PREFIX}{id}") {
+        return Err(format!("ZAMMAD_CALLID={call_id:?}"));
+    }
+    lab.dialed_nobody(id)?;
+    let mut call = Call::inbound(id, "4930123456201");
+    call.from = BLOCKED_DIGITS.into();
+    let requests = vec![
+        call.event("newCall", json!({})),
+        call.event("hangup", json!({"cause": "busy"})),
+    ];
+    lab.check(call.expect(requests)).await
+}
+
+/// A blocked caller dials in through `from-pstn`, which has no FastAGI: the daemon sees
+/// the call on AMI only, and rejects it with AMI `Hangup` (Cause 17) while 203 rings.
+async fn blocked_via_ami(lab: &Lab) -> Result<Expected, String> {
+    let id = "e2e-blocked-ami";
+    let mut spec = inbound(id, "from-pstn", "4930123456203", 30, 30_000);
+    spec.caller_id = BLOCKED;
+    spec.send(&lab.driver).await?;
+    lab.hangup_cause(id, &format!("{id};2"), "17").await?;
+    let mut call = Call::inbound(id, "4930123456203");
+    call.from = BLOCKED_DIGITS.into();
+    let requests = vec![
+        call.event("newCall", json!({"user": "Carol"})),
+        call.event("hangup", json!({"cause": "busy"})),
+    ];
+    lab.check(call.expect(requests)).await
+}
+
+/// Phone 201 dials a number for which Zammad's routing table names a caller ID: the
+/// FastAGI sets it as CALLERID(num) before the Dial, so the far end sees it.
+async fn outbound_caller_id(lab: &Lab) -> Result<Expected, String> {
+    let id = "e2e-outbound-caller-id";
+    Originate {
+        id,
+        channel: format!("Local/+{ROUTED_DIGITS}@from-internal"),
+        caller_id: r#""Alice" <201>"#,
+        wait: 30,
+        timeout_ms: 30_000,
+        vars: Vec::new(),
+    }
+    .send(&lab.driver)
+    .await?;
+    let far_end = format!("Local/+{ROUTED_DIGITS}@pstn-");
+    let up = lab
+        .event(id, "the far end answering", |e| {
+            e.event() == Some("Newstate")
+                && e.get("ChannelState") == Some("6")
+                && e.get("Channel")
+                    .is_some_and(|c| c.starts_with(&far_end) && c.ends_with(";2"))
+        })
+        .await?;
+    if up.get("CallerIDNum") != Some(ROUTED_CALLER_ID) {
+        return Err(format!(
+            "the far end sees CallerIDNum {:?}, not Zammad's {ROUTED_CALLER_ID}",
+            up.get("CallerIDNum")
+        ));
+    }
+    let phone = format!("{id};2");
+    let action = lab.var_set(id, &phone, "ZAMMAD_ACTION").await?;
+    let caller_id = lab.var_set(id, &phone, "ZAMMAD_CALLERID").await?;
+    if (action.as_str(), caller_id.as_str()) != ("dial", ROUTED_CALLER_ID) {
+        return Err(format!(
+            "ZAMMAD_ACTION={action:?}, ZAMMAD_CALLERID={caller_id:?}"
+        ));
+    }
+    let call = Call::outbound(id, ALICE_NUMBER, ROUTED_DIGITS);
+    let requests = vec![
+        call.event("newCall", json!({"user": "Alice"})),
+        call.event("answer", json!({})),
         call.event("hangup", json!({"cause": "normalClearing"})),
     ];
     lab.check(call.expect(requests)).await
@@ -513,11 +664,27 @@ fn scenarios(lab: &Lab) -> Vec<Scenario<'_>> {
         ("caller gives up", Box::pin(caller_gives_up(lab))),
         ("no answer (timeout)", Box::pin(no_answer(lab))),
         ("ring group", Box::pin(ring_group(lab))),
-        ("queue answered", Box::pin(queue_answered(lab))),
+        (
+            "queue answered",
+            Box::pin(queue_answered(lab, "from-trunk")),
+        ),
+        (
+            "queue answered, AMI-only context",
+            Box::pin(queue_answered(lab, "from-pstn")),
+        ),
         ("outbound answered", Box::pin(outbound_answered(lab))),
         ("blind transfer", Box::pin(blind_transfer(lab))),
         ("attended transfer", Box::pin(attended_transfer(lab))),
         ("pickup", Box::pin(pickup(lab))),
+        ("blocked caller, FastAGI", Box::pin(blocked_via_agi(lab))),
+        (
+            "blocked caller, AMI-only context",
+            Box::pin(blocked_via_ami(lab)),
+        ),
+        (
+            "outbound caller ID, FastAGI",
+            Box::pin(outbound_caller_id(lab)),
+        ),
     ];
     let only = std::env::var("AZB_E2E_ONLY").unwrap_or_default();
     let words: Vec<&str> = only.split(',').filter(|w| !w.is_empty()).collect();
@@ -543,9 +710,13 @@ async fn run_all() {
     let started = Instant::now();
     let run_dir = lab::run_dir("calls");
     let asterisk = Asterisk::start(&run_dir).unwrap_or_else(|e| panic!("{e}"));
-    let zammad = FakeZammad::start(FakeZammadConfig::default())
-        .await
-        .expect("the stand-in Zammad starts");
+    let zammad = FakeZammad::start(FakeZammadConfig {
+        blocked: vec![BLOCKED_DIGITS.into()],
+        routes: vec![Route::new(ROUTED_DIGITS, ROUTED_CALLER_ID)],
+        ..FakeZammadConfig::default()
+    })
+    .await
+    .expect("the stand-in Zammad starts");
     let logs = || {
         format!(
             "\n--- daemon log (tail) ---\n{}\n--- asterisk log (tail) ---\n{}\n(run dir kept: {})",

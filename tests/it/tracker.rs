@@ -490,7 +490,10 @@ fn claims_follow_direction_and_internal_rules() {
     hook.from = Some("202".into());
     let out = body(pbx.tracker.claim(&hook));
     assert_eq!(out["from"], "202");
-    assert_eq!(out["to"], "1301234", "national prefix 0 replaced by country code 1");
+    assert_eq!(
+        out["to"], "1301234",
+        "national prefix 0 replaced by country code 1"
+    );
     assert_eq!(out["user"], "Bob");
     // An outbound "call" to an internal extension is not reported.
     assert_eq!(

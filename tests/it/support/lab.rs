@@ -274,6 +274,11 @@ impl Driver {
         }
     }
 
+    /// Every event so far.
+    pub fn events(&self) -> Vec<AmiMessage> {
+        self.log.events.lock().unwrap().clone()
+    }
+
     /// Waits until the daemon's AMI user (`zammad`) is logged in.
     pub async fn wait_manager_user(&self, user: &str, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
