@@ -419,7 +419,7 @@ async fn queue_answered(lab: &Lab, context: &str) -> Result<Expected, String> {
 
 /// Phone 201 dials an external number through `from-internal`; the far end answers.
 async fn outbound_answered(lab: &Lab) -> Result<Expected, String> {
-    let id = "e2e-outbound";
+    let id = "e2e-outbound-answered";
     Originate {
         id,
         channel: "Local/+15555550199@from-internal".into(),
@@ -540,9 +540,9 @@ async fn pickup(lab: &Lab) -> Result<Expected, String> {
         })
         .await?;
     let target = ringing.get("Channel").unwrap_or_default().to_string();
-    let picker_id = format!("{id}-picker");
+    let picker_id = "e2e-picker";
     Originate {
-        id: &picker_id,
+        id: picker_id,
         channel: "Local/204@phones-pickup".into(),
         caller_id: r#""Dave" <204>"#,
         wait: 4,

@@ -207,6 +207,8 @@ pub struct Driver {
     ami: AmiHandle,
     log: Arc<EventLog>,
     cancel: CancellationToken,
+    /// The `ChannelId`s originated so far (see [`Originate`] on why they matter).
+    ids: Mutex<Vec<String>>,
 }
 
 impl Driver {
@@ -234,7 +236,12 @@ impl Driver {
                 }
             }
         });
-        let driver = Driver { ami, log, cancel };
+        let driver = Driver {
+            ami,
+            log,
+            cancel,
+            ids: Mutex::default(),
+        };
         let left = deadline.saturating_duration_since(Instant::now());
         tokio::time::timeout(left, status.wait_for(|s| *s == AmiStatus::LoggedIn))
             .await
@@ -330,6 +337,8 @@ impl Drop for Driver {
 /// An AMI `Originate` of a Local channel running `Wait(wait)` once answered: the external
 /// caller, or a phone placing a call. Its `;1` half gets the Uniqueid `id` (`ChannelId`),
 /// which becomes the Linkedid of the whole call (and so the callId, after the prefix).
+/// Asterisk refuses an id that is a prefix of a live channel's Uniqueid (it compares
+/// case-insensitively, up to the new id's length): no id may start another.
 pub struct Originate<'a> {
     pub id: &'a str,
     pub channel: String,
@@ -343,6 +352,20 @@ pub struct Originate<'a> {
 
 impl Originate<'_> {
     pub async fn send(&self, driver: &Driver) -> Result<(), String> {
+        {
+            let mut ids = driver.ids.lock().unwrap();
+            let new = self.id.to_ascii_lowercase();
+            if let Some(old) = ids
+                .iter()
+                .find(|o| o.starts_with(&new) || new.starts_with(*o))
+            {
+                return Err(format!(
+                    "ChannelId {:?} clashes with {old:?}: Asterisk matches ids by prefix",
+                    self.id
+                ));
+            }
+            ids.push(new);
+        }
         let wait = self.wait.to_string();
         let timeout = self.timeout_ms.to_string();
         let vars: Vec<String> = self.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
