@@ -95,6 +95,8 @@ struct Lab {
 struct Expected {
     call_id: String,
     requests: Vec<Value>,
+    /// Another exact sequence that is also right, where a race in Asterisk decides.
+    or: Option<Vec<Value>>,
 }
 
 /// Builds the expected request bodies of one call.
@@ -144,6 +146,7 @@ impl Call {
         Expected {
             call_id: self.call_id,
             requests,
+            or: None,
         }
     }
 }
@@ -247,12 +250,16 @@ impl Lab {
 }
 
 fn compare(expected: &Expected, got: &[Value]) -> Result<(), String> {
-    if got == expected.requests.as_slice() {
+    if got == expected.requests.as_slice() || expected.or.as_deref() == Some(got) {
         return Ok(());
     }
     let pretty = |v: &[Value]| serde_json::to_string_pretty(v).unwrap_or_default();
+    let or = match &expected.or {
+        Some(or) => format!("\nor\n{}", pretty(or)),
+        None => String::new(),
+    };
     Err(format!(
-        "callId {}: Zammad was told\n{}\nexpected\n{}",
+        "callId {}: Zammad was told\n{}\nexpected\n{}{or}",
         expected.call_id,
         pretty(got),
         pretty(&expected.requests)
@@ -401,20 +408,28 @@ async fn queue_answered(lab: &Lab, context: &str) -> Result<Expected, String> {
         ));
     }
     let call = Call::inbound(id, "4930123456700");
-    let new_call = if context == "from-trunk" {
-        json!({})
-    } else {
-        json!({"user": ["Alice", "Carol"], "queue": "support"})
+    let requests = |new_call: Value| {
+        vec![
+            call.event("newCall", new_call),
+            call.event(
+                "answer",
+                json!({"user": "Alice", "answeringNumber": ALICE_NUMBER}),
+            ),
+            call.event("hangup", json!({"cause": "normalClearing"})),
+        ]
     };
-    let requests = vec![
-        call.event("newCall", new_call),
-        call.event(
-            "answer",
-            json!({"user": "Alice", "answeringNumber": ALICE_NUMBER}),
-        ),
-        call.event("hangup", json!({"cause": "normalClearing"})),
-    ];
-    lab.check(call.expect(requests)).await
+    if context == "from-trunk" {
+        let requests = requests(json!({}));
+        return lab.check(call.expect(requests)).await;
+    }
+    // app_queue calls the members one after the other, and 201's leg may report ringing
+    // (which sends newCall) before the queue has even requested 203's: then only Alice
+    // is known to ring. A race in Asterisk, seen about once in ten runs.
+    let both = requests(json!({"user": ["Alice", "Carol"], "queue": "support"}));
+    let first = requests(json!({"user": "Alice", "queue": "support"}));
+    let mut expected = call.expect(both);
+    expected.or = Some(first);
+    lab.check(expected).await
 }
 
 /// Phone 201 dials an external number through `from-internal`; the far end answers.
