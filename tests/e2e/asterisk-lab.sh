@@ -107,8 +107,11 @@ build_chroot() {
 }
 
 # Runs a command in the chroot with /proc and /dev mounted in a private mount namespace,
-# so the mounts vanish with the process and nothing is left to unmount.
+# so the mounts vanish with the process and nothing is left to unmount. (Asterisk itself
+# also starts without them, on the device nodes debootstrap made; apt's maintainer
+# scripts expect them.)
 in_chroot() {
+    # shellcheck disable=SC2016 # expanded by the inner shell
     unshare --mount --propagation private /bin/sh -c '
         root="$1"; shift
         mount -t proc proc "$root/proc"
@@ -338,6 +341,7 @@ cmd_start() {
     run_dir="$(cd "$run_dir" && pwd)"
     write_config "$run_dir" "$ami_port" "$agi_port"
     # unshare and chroot exec, so $! is Asterisk's own PID. -f: no fork, -n: no colours.
+    # shellcheck disable=SC2016 # expanded by the inner shell
     unshare --mount --propagation private /bin/sh -c '
         root="$1"; run_dir="$2"; lab="$3"
         mount -t proc proc "$root/proc"
