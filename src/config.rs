@@ -115,6 +115,10 @@ pub struct AmiConfig {
     pub tls: bool,
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// How often the daemon asks Asterisk for its channels (`CoreShowChannels`) besides
+    /// after every (re)connect, to end calls whose hangup it missed.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
 }
 
 impl Default for AmiConfig {
@@ -126,6 +130,7 @@ impl Default for AmiConfig {
             secret_file: None,
             tls: false,
             ping_interval: Duration::from_secs(15),
+            reconcile_interval: Duration::from_secs(300),
         }
     }
 }
@@ -223,6 +228,9 @@ pub struct CallsConfig {
     /// Optional regex of channel names that are the provider trunk; empty is the same as
     /// not set.
     pub trunk_channel: Option<String>,
+    /// A call with no AMI event for this long is ended (its hangup sent).
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
 }
 
 impl Default for CallsConfig {
@@ -236,6 +244,7 @@ impl Default for CallsConfig {
             outbound_contexts: vec!["from-internal".into()],
             extension_pattern: "^[0-9]{2,5}$".into(),
             trunk_channel: None,
+            stale_after: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -311,12 +320,20 @@ impl Default for AdminConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     pub dir: PathBuf,
+    /// Most undelivered events kept; past it, new calls are not reported.
+    pub max_outbox: usize,
+    /// How long a stopping daemon (SIGTERM) goes on delivering before it exits; what is
+    /// left is delivered after the next start.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("/var/lib/asterisk-zammad-bridge"),
+            max_outbox: 100_000,
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -360,6 +377,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "secret_file",
             "tls",
             "ping_interval",
+            "reconcile_interval",
         ],
     ),
     (
@@ -384,11 +402,12 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "outbound_contexts",
             "extension_pattern",
             "trunk_channel",
+            "stale_after",
         ],
     ),
     ("agents", &[]),
     ("admin", &["listen"]),
-    ("state", &["dir"]),
+    ("state", &["dir", "max_outbox", "shutdown_grace"]),
     ("log", &["format", "level", "show_numbers"]),
 ];
 const AGENT_KEYS: &[&str] = &["name", "number"];
@@ -397,6 +416,9 @@ const DURATION_KEYS: &[&str] = &[
     "agi.decision_timeout",
     "agi.idle_timeout",
     "zammad.timeout",
+    "ami.reconcile_interval",
+    "calls.stale_after",
+    "state.shutdown_grace",
 ];
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &["calls.inbound_contexts", "calls.outbound_contexts"];
@@ -512,6 +534,15 @@ impl Config {
         }
         non_empty("ami.username", &self.ami.username)?;
         positive("ami.ping_interval", self.ami.ping_interval)?;
+        positive("ami.reconcile_interval", self.ami.reconcile_interval)?;
+        positive("calls.stale_after", self.calls.stale_after)?;
+        positive("state.shutdown_grace", self.state.shutdown_grace)?;
+        if self.state.max_outbox == 0 {
+            return Err(ConfigError::invalid(
+                "state.max_outbox",
+                "must be at least 1",
+            ));
+        }
         check_listen("agi.listen", &self.agi.listen, "127.0.0.1:4573")?;
         positive("agi.decision_timeout", self.agi.decision_timeout)?;
         positive("agi.idle_timeout", self.agi.idle_timeout)?;
@@ -1004,6 +1035,7 @@ mod tests {
             "ami.secret_file" => path(&c.ami.secret_file),
             "ami.tls" => c.ami.tls.to_string(),
             "ami.ping_interval" => d(c.ami.ping_interval),
+            "ami.reconcile_interval" => d(c.ami.reconcile_interval),
             "agi.listen" => s(&c.agi.listen),
             "agi.decision_timeout" => d(c.agi.decision_timeout),
             "agi.reject" => s(match c.agi.reject {
@@ -1023,6 +1055,7 @@ mod tests {
             "calls.outbound_contexts" => list(&c.calls.outbound_contexts),
             "calls.extension_pattern" => s(&c.calls.extension_pattern),
             "calls.trunk_channel" => c.calls.trunk_channel.as_deref().map_or("<unset>".into(), s),
+            "calls.stale_after" => d(c.calls.stale_after),
             "agents" => {
                 let items: Vec<String> = c
                     .agents
@@ -1036,6 +1069,8 @@ mod tests {
             }
             "admin.listen" => s(&c.admin.listen),
             "state.dir" => format!("{:?}", c.state.dir),
+            "state.max_outbox" => c.state.max_outbox.to_string(),
+            "state.shutdown_grace" => d(c.state.shutdown_grace),
             "log.format" => s(match c.log.format {
                 LogFormat::Text => "text",
                 LogFormat::Json => "json",
@@ -1054,6 +1089,7 @@ mod tests {
         ("ami.secret_file", "<unset>"),
         ("ami.tls", "false"),
         ("ami.ping_interval", r#""15s""#),
+        ("ami.reconcile_interval", r#""5m""#),
         ("agi.listen", r#""127.0.0.1:4573""#),
         ("agi.decision_timeout", r#""2s""#),
         ("agi.reject", r#""hangup""#),
@@ -1073,9 +1109,12 @@ mod tests {
         ("calls.outbound_contexts", r#"["from-internal"]"#),
         ("calls.extension_pattern", r#""^[0-9]{2,5}$""#),
         ("calls.trunk_channel", "<unset>"),
+        ("calls.stale_after", r#""12h""#),
         ("agents", "{}"),
         ("admin.listen", r#""127.0.0.1:9137""#),
         ("state.dir", r#""/var/lib/asterisk-zammad-bridge""#),
+        ("state.max_outbox", "100000"),
+        ("state.shutdown_grace", r#""5s""#),
         ("log.format", r#""text""#),
         ("log.level", r#""info""#),
         ("log.show_numbers", "false"),
@@ -1710,6 +1749,7 @@ mod tests {
     }
 
     const EXAMPLE: &str = include_str!("../asterisk-examples/config.toml");
+    const EXAMPLE_FREEPBX: &str = include_str!("../asterisk-examples/config-freepbx.toml");
 
     #[test]
     fn shipped_example_parses_with_the_defaults_of_section_3() {
@@ -1730,21 +1770,24 @@ mod tests {
     }
 
     #[test]
-    fn shipped_example_mentions_every_key() {
-        let lines: Vec<&str> = EXAMPLE
-            .lines()
-            .map(|l| l.trim_start_matches(['#', ' ']))
-            .collect();
-        for (section, keys) in SCHEMA {
-            assert!(
-                lines.contains(&format!("[{section}]").as_str()),
-                "[{section}]"
-            );
-            for key in *keys {
+    fn shipped_examples_mention_every_key() {
+        for example in [EXAMPLE, EXAMPLE_FREEPBX] {
+            check(example, &[]).unwrap();
+            let lines: Vec<&str> = example
+                .lines()
+                .map(|l| l.trim_start_matches(['#', ' ']))
+                .collect();
+            for (section, keys) in SCHEMA {
                 assert!(
-                    lines.iter().any(|l| l.starts_with(&format!("{key} ="))),
-                    "{section}.{key}"
+                    lines.contains(&format!("[{section}]").as_str()),
+                    "[{section}]"
                 );
+                for key in *keys {
+                    assert!(
+                        lines.iter().any(|l| l.starts_with(&format!("{key} ="))),
+                        "{section}.{key}"
+                    );
+                }
             }
         }
     }

@@ -1,32 +1,42 @@
 //! `run`: wires the parts together. The AMI connection task and the FastAGI sessions feed
-//! one tracker task, which turns AMI events and FastAGI claims into CTI requests for the
-//! outbox; the outbox talks to Zammad. Zammad's answer to a `newCall` goes back to the
-//! FastAGI session that claimed the call, or, for a call seen only on AMI, becomes an AMI
-//! action here (DESIGN.md §6).
+//! one tracker task, which turns AMI events and FastAGI claims into CTI requests; those
+//! are written to the state journal and then handed to the outbox, which talks to Zammad.
+//! Zammad's answer to a `newCall` goes back to the FastAGI session that claimed the call,
+//! or, for a call seen only on AMI, becomes an AMI action here (DESIGN.md §6).
 //!
 //! The tracker runs here, not in the socket reader: the reader only decodes and forwards,
 //! so Asterisk never waits on us. Claims are taken before AMI events, so a claimed call's
-//! `newCall` is queued before anything the tracker learns about it later.
+//! `newCall` is queued before anything the tracker learns about it later. Inputs are taken
+//! in batches (whatever is ready), and one journal commit covers a batch.
+//!
+//! Recovery (DESIGN.md §5): at start-up the tracker and the outbox take back what the
+//! state dir kept; after every AMI login, and every `ami.reconcile_interval`, the daemon
+//! asks Asterisk for its channels (`CoreShowChannels`) and the tracker ends the calls that
+//! vanished and adopts the ones it did not know; calls silent for `calls.stale_after` are
+//! swept. On shutdown the FastAGI listener stops, what is queued gets
+//! `state.shutdown_grace` to be delivered, and the rest stays in the journal.
 
 use crate::agi::AgiServer;
 use crate::agi::newcall::{Claim, ClaimReply, NewcallScript};
-use crate::ami::client::{self, AmiHandle, AmiInput, AmiSettings};
+use crate::ami::AmiMessage;
+use crate::ami::client::{self, AmiError, AmiHandle, AmiInput, AmiSettings, AmiStatus};
 use crate::config::Config;
-use crate::cti::ZammadDecision;
-use crate::cti::{CallId, CtiEventKind, CtiRequest};
+use crate::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
 use crate::decision::{self, CallAction};
 use crate::delivery::{DecisionSender, Outbox};
+use crate::store::{Record, Store};
 use crate::tracker::{ClaimOutcome, DecisionTarget, Tracker, TrackerSettings};
 use crate::zammad::{ZammadClient, ZammadError};
 use anyhow::Context;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, interval_at};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-/// How long shutdown waits for requests still in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Most inputs taken into one batch (one journal commit).
+const MAX_BATCH: usize = 512;
 
 /// The addresses the daemon listens on, once they are bound.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +47,34 @@ pub struct Listening {
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     run_reporting(config, shutdown, None).await
+}
+
+/// A request on its way to the outbox, with who waits for Zammad's answer to it.
+struct Pending {
+    request: CtiRequest,
+    /// A FastAGI session's claim.
+    decision: Option<DecisionSender>,
+    /// A `newCall` seen only on AMI: where Zammad's answer acts.
+    ami_target: Option<DecisionTarget>,
+}
+
+/// A `CoreShowChannels` answer, and the tracker's event count when it was asked for.
+struct Snapshot {
+    since: u64,
+    channels: Result<Vec<AmiMessage>, AmiError>,
+}
+
+/// The daemon's task state.
+struct Daemon {
+    tracker: Tracker,
+    outbox: Outbox,
+    store: Store,
+    ami: AmiHandle,
+    next_seq: u64,
+    pending: Vec<Pending>,
+    requests: Vec<CtiRequest>,
+    snapshots: mpsc::UnboundedSender<Snapshot>,
+    stale_after: Duration,
 }
 
 /// Like [`run`]; tells `ready` where it listens once every listener is bound (ports chosen
@@ -54,7 +92,15 @@ pub async fn run_reporting(
     let url = config.zammad.url.clone().context("zammad.url is not set")?;
     let zammad = ZammadClient::new(url, config.zammad.timeout)
         .context("failed to set up the zammad client")?;
-    info!(zammad = %zammad.redacted_url(), ami = %config.ami.address, "starting");
+    let (store, state, _journal_thread) = Store::open(&config.state.dir)?;
+    info!(
+        zammad = %zammad.redacted_url(),
+        ami = %config.ami.address,
+        state_dir = %config.state.dir.display(),
+        open_calls = state.calls.len(),
+        undelivered = state.items.len(),
+        "starting"
+    );
     let agi = AgiServer::bind(&config.agi).await.with_context(|| {
         format!(
             "failed to listen for FastAGI on agi.listen = {:?}",
@@ -64,7 +110,19 @@ pub async fn run_reporting(
     let secret = config.ami.secret.clone().context("ami.secret is not set")?;
     let ami_settings = AmiSettings::from_config(&config.ami, secret);
     let (ami, mut inputs, _status, ami_task) = client::spawn(ami_settings, shutdown.clone());
-    let outbox = Outbox::new(zammad, shutdown.clone());
+    let outbox = Outbox::with_store(
+        zammad,
+        shutdown.clone(),
+        Some(store.clone()),
+        config.state.max_outbox,
+    );
+    let mut tracker = Tracker::new(settings);
+    tracker.persist_changes();
+    tracker.set_now(unix_now());
+    let next_seq = state.next_seq();
+    tracker.restore(state.calls);
+    outbox.restore(state.items);
+
     let (claims_tx, mut claims) = mpsc::unbounded_channel::<Claim>();
     let agi_addr = agi.as_ref().map(AgiServer::local_addr);
     let agi_task = agi.map(|server| {
@@ -72,92 +130,250 @@ pub async fn run_reporting(
         let grace = config.agi.decision_timeout + Duration::from_secs(1);
         tokio::spawn(server.run(script, shutdown.clone(), grace))
     });
-    let mut tracker = Tracker::new(settings);
-    let mut requests = Vec::new();
+    let (snapshots, mut snapshot_rx) = mpsc::unbounded_channel();
+    let mut d = Daemon {
+        tracker,
+        outbox,
+        store,
+        ami,
+        next_seq,
+        pending: Vec::new(),
+        requests: Vec::new(),
+        snapshots,
+        stale_after: config.calls.stale_after,
+    };
+    let every = config.ami.reconcile_interval;
+    let mut reconcile_timer = interval_at(Instant::now() + every, every);
+    let sweep_every = (config.calls.stale_after / 4).min(Duration::from_secs(60));
+    let mut sweep_timer = interval_at(Instant::now() + sweep_every, sweep_every);
     if let Some(ready) = ready {
         let _ = ready.send(Listening { agi: agi_addr });
     }
 
     loop {
+        d.tracker.set_now(unix_now());
         tokio::select! {
             biased;
-            Some(claim) = claims.recv() => on_claim(&mut tracker, &outbox, claim),
+            _ = shutdown.cancelled() => break,
+            Some(claim) = claims.recv() => d.on_claim(claim),
+            Some(snapshot) = snapshot_rx.recv() => d.on_snapshot(snapshot),
             input = inputs.recv() => match input {
-                Some(AmiInput::Event(msg)) => {
-                    tracker.handle(&msg, &mut requests);
-                    for request in requests.drain(..) {
-                        send(&tracker, &outbox, &ami, request);
-                    }
-                }
-                Some(AmiInput::LoggedIn) => info!("ami logged in; following calls"),
-                Some(AmiInput::Disconnected) => warn!("ami connection lost; reconnecting"),
+                Some(input) => d.on_input(input),
                 None => break,
             },
-            _ = shutdown.cancelled() => break,
+            _ = reconcile_timer.tick() => {
+                if d.ami.status() == AmiStatus::LoggedIn {
+                    d.ask_for_channels();
+                }
+            }
+            _ = sweep_timer.tick() => d.sweep(),
         }
+        // Whatever else is ready joins this batch.
+        for _ in 0..MAX_BATCH {
+            if let Ok(claim) = claims.try_recv() {
+                d.on_claim(claim);
+            } else if let Ok(input) = inputs.try_recv() {
+                d.on_input(input);
+            } else {
+                break;
+            }
+        }
+        d.flush().await;
     }
+
+    // Stopping: claims already made and events already read still count.
+    claims.close();
+    while let Ok(claim) = claims.try_recv() {
+        d.on_claim(claim);
+    }
+    while let Ok(input) = inputs.try_recv() {
+        d.on_input(input);
+    }
+    d.flush().await;
     drop(claims_tx);
     if let Some(task) = agi_task {
         let _ = task.await;
     }
-    info!(open_calls = outbox.open_calls(), "shutting down");
-    if !outbox.close(SHUTDOWN_GRACE).await {
+    let grace = config.state.shutdown_grace;
+    info!(
+        open_calls = d.outbox.open_calls(),
+        undelivered = d.outbox.depth(),
+        "shutting down"
+    );
+    if !d.outbox.close(grace).await {
         warn!(
-            open_calls = outbox.open_calls(),
-            "shutdown grace period over with requests undelivered"
+            undelivered = d.outbox.depth(),
+            "shutdown grace period (state.shutdown_grace) over: the rest stays in the state \
+             dir and is delivered after the next start"
         );
+    }
+    if let Err(e) = d.store.flush().await {
+        error!(error = %e, "could not write the last of the state journal");
     }
     let _ = ami_task.await;
     Ok(())
 }
 
-/// Queues a request the tracker made from AMI events. Zammad's answer to a `newCall` acts
-/// on the call over AMI.
-fn send(tracker: &Tracker, outbox: &Outbox, ami: &AmiHandle, request: CtiRequest) {
-    if request.event != CtiEventKind::NewCall {
-        outbox.push(request);
-        return;
-    }
-    let Some(target) = tracker.decision_target(&request.call_id) else {
-        outbox.push(request);
-        return;
-    };
-    let (tx, rx): (DecisionSender, _) = oneshot::channel();
-    let call_id = request.call_id.clone();
-    outbox.push_with_decision(request, tx);
-    tokio::spawn(act_over_ami(ami.clone(), call_id, target, rx));
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-/// A FastAGI session claims its call: the tracker builds the `newCall` (or says Zammad
-/// already knows the call) and the session gets Zammad's answer to wait for.
-fn on_claim(tracker: &mut Tracker, outbox: &Outbox, claim: Claim) {
-    let reply = match tracker.claim(&claim.claim) {
-        ClaimOutcome::New(request) => {
-            let (tx, rx) = oneshot::channel();
-            let reply = ClaimReply {
-                call_id: request.call_id.clone(),
-                direction: Some(request.direction),
-                decision: Some(rx),
-            };
-            outbox.push_with_decision(request, tx);
-            reply
+impl Daemon {
+    fn on_input(&mut self, input: AmiInput) {
+        match input {
+            AmiInput::Event(msg) => {
+                self.tracker.handle(&msg, &mut self.requests);
+                self.take_requests();
+            }
+            AmiInput::LoggedIn => {
+                info!("ami logged in; following calls");
+                self.ask_for_channels();
+            }
+            AmiInput::Disconnected => warn!("ami connection lost; reconnecting"),
         }
-        ClaimOutcome::Known(call_id) => {
-            info!(call_id = %call_id, event = "agi.newcall",
-                "zammad already heard of this call from AMI; FastAGI cannot steer it any more");
-            ClaimReply {
-                direction: tracker.decision_target(&call_id).map(|t| t.direction),
-                call_id,
+    }
+
+    /// Moves the tracker's requests to `pending`; a `newCall` gets its AMI decision target.
+    fn take_requests(&mut self) {
+        for request in self.requests.drain(..) {
+            let ami_target = (request.event == CtiEventKind::NewCall)
+                .then(|| self.tracker.decision_target(&request.call_id))
+                .flatten();
+            self.pending.push(Pending {
+                request,
                 decision: None,
+                ami_target,
+            });
+        }
+    }
+
+    /// A FastAGI session claims its call: the tracker builds the `newCall` (or says
+    /// Zammad already knows the call) and the session gets Zammad's answer to wait for.
+    fn on_claim(&mut self, claim: Claim) {
+        let reply = match self.tracker.claim(&claim.claim) {
+            ClaimOutcome::New(request) => {
+                let (tx, rx) = oneshot::channel();
+                let reply = ClaimReply {
+                    call_id: request.call_id.clone(),
+                    direction: Some(request.direction),
+                    decision: Some(rx),
+                };
+                self.pending.push(Pending {
+                    request,
+                    decision: Some(tx),
+                    ami_target: None,
+                });
+                reply
+            }
+            ClaimOutcome::Known(call_id) => {
+                info!(call_id = %call_id, event = "agi.newcall",
+                    "zammad already heard of this call from AMI; FastAGI cannot steer it any more");
+                ClaimReply {
+                    direction: self.tracker.decision_target(&call_id).map(|t| t.direction),
+                    call_id,
+                    decision: None,
+                }
+            }
+            ClaimOutcome::NotReported(call_id) => ClaimReply {
+                call_id,
+                direction: None,
+                decision: None,
+            },
+        };
+        let _ = claim.reply.send(reply);
+    }
+
+    /// Asks Asterisk for its channels; the answer comes back as a [`Snapshot`].
+    fn ask_for_channels(&self) {
+        let since = self.tracker.events_seen();
+        let ami = self.ami.clone();
+        let snapshots = self.snapshots.clone();
+        tokio::spawn(async move {
+            let action = AmiMessage::from_pairs([("Action", "CoreShowChannels")]);
+            let channels = ami.list_action(action).await;
+            let _ = snapshots.send(Snapshot { since, channels });
+        });
+    }
+
+    fn on_snapshot(&mut self, snapshot: Snapshot) {
+        let channels = match snapshot.channels {
+            Ok(channels) => channels,
+            Err(e) => {
+                warn!(error = %e, "could not list asterisk's channels (CoreShowChannels; the AMI \
+                    user needs write = reporting): calls that ended unseen are ended at the next \
+                    try or after calls.stale_after");
+                return;
+            }
+        };
+        self.tracker
+            .reconcile(&channels, snapshot.since, &mut self.requests);
+        let count = |kind| self.requests.iter().filter(|r| r.event == kind).count();
+        let (ended, adopted) = (count(CtiEventKind::Hangup), count(CtiEventKind::NewCall));
+        if ended + adopted > 0 {
+            info!(
+                live_channels = channels.len(),
+                ended, adopted, "reconciled with asterisk's channels"
+            );
+        }
+        self.take_requests();
+    }
+
+    fn sweep(&mut self) {
+        self.tracker
+            .sweep(self.stale_after.as_secs(), &mut self.requests);
+        for r in &self.requests {
+            if r.event == CtiEventKind::Hangup {
+                warn!(call_id = %r.call_id, direction = r.direction.as_str(), event = "hangup",
+                    "no event for longer than calls.stale_after: call ended");
             }
         }
-        ClaimOutcome::NotReported(call_id) => ClaimReply {
-            call_id,
-            direction: None,
-            decision: None,
-        },
-    };
-    let _ = claim.reply.send(reply);
+        self.take_requests();
+    }
+
+    /// Writes the batch (changed calls, new events) to the journal, then queues the events.
+    async fn flush(&mut self) {
+        let mut records: Vec<Record> = self
+            .tracker
+            .take_changes()
+            .into_iter()
+            .map(|(key, call)| match call {
+                Some(call) => Record::Call {
+                    key,
+                    call: Box::new(call),
+                },
+                None => Record::End { key },
+            })
+            .collect();
+        let mut staged = Vec::with_capacity(self.pending.len());
+        for p in self.pending.drain(..) {
+            if !self.outbox.admit(&p.request) {
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            records.push(Record::Item {
+                seq,
+                request: p.request.clone(),
+            });
+            staged.push((seq, p));
+        }
+        // A failed write is logged by the journal; the calls go on in memory.
+        let _ = self.store.commit(records).await;
+        for (seq, p) in staged {
+            match (p.decision, p.ami_target) {
+                (Some(tx), _) => self.outbox.push_with_decision(seq, p.request, tx),
+                (None, Some(target)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let call_id = p.request.call_id.clone();
+                    self.outbox.push_with_decision(seq, p.request, tx);
+                    tokio::spawn(act_over_ami(self.ami.clone(), call_id, target, rx));
+                }
+                (None, None) => self.outbox.push(seq, p.request),
+            }
+        }
+    }
 }
 
 /// Zammad's answer for a call seen only on AMI: a reject hangs the caller's channel up

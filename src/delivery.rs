@@ -5,14 +5,25 @@
 //! counts as delivered, an unknown callId is permanent, a `hangup` is only retried when it
 //! certainly did not reach Zammad) and what happens to a call whose `newCall` Zammad
 //! refused (its later events are dropped: Zammad would answer them with 500s). `push`
-//! never blocks, so the AMI side never waits on HTTP. The queues live in memory: keeping
-//! them across restarts is a later step, which is why this is a piece of its own.
+//! never blocks, so the AMI side never waits on HTTP.
+//!
+//! With a [`Store`], every event comes in already written to the state journal (the
+//! daemon commits it before pushing), an `answer` or `hangup` is marked as being sent
+//! before it goes out, and each event is marked done once delivered or given up. After a
+//! restart, [`Outbox::restore`] sends what was left: a `newCall` again even if it may have
+//! gone out (a duplicate only gets "already exists"), but not an `answer` or `hangup`
+//! whose sending had started (Zammad most likely has it, and a second hangup turns a
+//! missed call into a handled one). The outbox is bounded: past `max_items` undelivered
+//! events, new calls are not taken ([`Outbox::admit`]); calls already in it go on.
 
 use crate::ami::backoff::Backoff;
 use crate::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
+use crate::store::{Record, Store, StoredItem};
 use crate::zammad::{ZammadClient, ZammadError};
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +34,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 pub type DecisionSender = oneshot::Sender<Result<ZammadDecision, ZammadError>>;
 
 struct Item {
+    /// The event's number in the state journal (0 without a store).
+    seq: u64,
     request: CtiRequest,
     decision: Option<DecisionSender>,
 }
@@ -37,36 +50,117 @@ pub struct Outbox {
     tasks: TaskTracker,
     cancel: CancellationToken,
     retry: Backoff,
+    store: Option<Store>,
+    /// Events queued and not yet done with.
+    depth: Arc<AtomicUsize>,
+    max_items: usize,
+    /// Calls not taken because the outbox was full; their later events are dropped too.
+    refused: Arc<DashSet<CallId>>,
 }
 
 impl Outbox {
+    /// An outbox without a state journal (tests, `replay`-like uses).
     pub fn new(client: ZammadClient, cancel: CancellationToken) -> Self {
+        Self::with_store(client, cancel, None, usize::MAX)
+    }
+
+    /// An outbox that marks its progress in `store` and takes at most `max_items`
+    /// undelivered events (see [`Outbox::admit`]).
+    pub fn with_store(
+        client: ZammadClient,
+        cancel: CancellationToken,
+        store: Option<Store>,
+        max_items: usize,
+    ) -> Self {
         Self {
             client: Arc::new(client),
             queues: Arc::new(DashMap::new()),
             tasks: TaskTracker::new(),
             cancel,
             retry: Backoff::new(Duration::from_millis(250), Duration::from_secs(30), 0.2),
+            store,
+            depth: Arc::new(AtomicUsize::new(0)),
+            max_items,
+            refused: Arc::new(DashSet::new()),
         }
     }
 
-    /// Queues a request behind the earlier ones of the same call. Never blocks.
-    pub fn push(&self, request: CtiRequest) {
+    /// Whether to take `request`: a `newCall` is refused while the outbox is full (the
+    /// call is then not reported at all: its later events are refused too). Logs refusals.
+    pub fn admit(&self, request: &CtiRequest) -> bool {
+        let id = &request.call_id;
+        if request.event == CtiEventKind::NewCall
+            && self.depth.load(Ordering::Relaxed) >= self.max_items
+        {
+            error!(
+                call_id = %id,
+                direction = request.direction.as_str(),
+                event = "newCall",
+                max_items = self.max_items,
+                "outbox full (state.max_outbox): zammad is not taking events fast enough; \
+                 this call is not reported"
+            );
+            self.refused.insert(id.clone());
+            return false;
+        }
+        if self.refused.contains(id) {
+            if request.event == CtiEventKind::Hangup {
+                self.refused.remove(id);
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Events queued and not yet delivered or given up.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Queues a request behind the earlier ones of the same call. Never blocks. `seq` is
+    /// its number in the state journal, where it must already be (0 without a store).
+    pub fn push(&self, seq: u64, request: CtiRequest) {
         self.push_item(Item {
+            seq,
             request,
             decision: None,
         });
     }
 
     /// Queues a `newCall` and hands Zammad's decision to `decision` once it is known.
-    pub fn push_with_decision(&self, request: CtiRequest, decision: DecisionSender) {
+    pub fn push_with_decision(&self, seq: u64, request: CtiRequest, decision: DecisionSender) {
         self.push_item(Item {
+            seq,
             request,
             decision: Some(decision),
         });
     }
 
+    /// Queues what the state journal held at start-up, in order (see the module doc).
+    pub fn restore(&self, items: BTreeMap<u64, StoredItem>) {
+        let mut dropped = Vec::new();
+        for (seq, item) in items {
+            let event = item.request.event;
+            if item.sending && event != CtiEventKind::NewCall {
+                warn!(
+                    call_id = %item.request.call_id,
+                    direction = item.request.direction.as_str(),
+                    event = event.as_str(),
+                    "was being sent when the daemon stopped: zammad most likely has it; \
+                     not sent again"
+                );
+                dropped.push(Record::Done { seq });
+                continue;
+            }
+            self.push(seq, item.request);
+        }
+        if let Some(store) = &self.store {
+            store.record(dropped);
+        }
+    }
+
     fn push_item(&self, item: Item) {
+        self.depth.fetch_add(1, Ordering::Relaxed);
         let id = item.request.call_id.clone();
         let mut item = Some(item);
         if let Some(queue) = self.queues.get(&id) {
@@ -86,6 +180,8 @@ impl Outbox {
             cancel: self.cancel.clone(),
             retry: self.retry.clone(),
             call_id: id.clone(),
+            store: self.store.clone(),
+            depth: self.depth.clone(),
         };
         self.tasks
             .spawn(worker.run(rx).instrument(info_span!("call", call_id = %id)));
@@ -109,6 +205,8 @@ struct Worker {
     cancel: CancellationToken,
     retry: Backoff,
     call_id: CallId,
+    store: Option<Store>,
+    depth: Arc<AtomicUsize>,
 }
 
 /// What became of one request.
@@ -117,11 +215,14 @@ enum Outcome {
     /// Zammad will not take this call's later events either.
     CallRefused,
     Dropped,
+    /// Not delivered and not given up: the daemon is stopping (kept in the journal).
+    Kept,
 }
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Item>) {
         let mut refused = false;
+        let mut stopped = false;
         loop {
             // At shutdown, what is queued still gets its try; then the worker ends
             // instead of waiting for events that will not come.
@@ -132,6 +233,7 @@ impl Worker {
             };
             let Some(item) = item else { break };
             let event = item.request.event;
+            let seq = item.seq;
             if refused {
                 warn!(
                     event = event.as_str(),
@@ -141,35 +243,90 @@ impl Worker {
                 match self.deliver(item).await {
                     Outcome::Delivered | Outcome::Dropped => {}
                     Outcome::CallRefused => refused = true,
+                    Outcome::Kept => {
+                        // Stopping while Zammad cannot take it: it stays in the journal.
+                        self.depth.fetch_sub(1, Ordering::Relaxed);
+                        stopped = true;
+                        break;
+                    }
                 }
             }
+            self.done(seq);
             if event == CtiEventKind::Hangup {
                 break;
             }
         }
         self.queues.remove(&self.call_id);
         rx.close();
-        // Anything that raced in after the hangup is dropped with a warning.
+        let stopping = stopped || self.cancel.is_cancelled();
         while let Ok(item) = rx.try_recv() {
-            warn!(
-                event = item.request.event.as_str(),
-                "dropped: event after the call's hangup"
-            );
+            if stopping {
+                // Left in the journal for the next start.
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                warn!(
+                    event = item.request.event.as_str(),
+                    "dropped: event after the call's hangup"
+                );
+                self.done(item.seq);
+            }
+        }
+    }
+
+    /// The event is done with: count it out and mark it in the journal.
+    fn done(&self, seq: u64) {
+        self.depth.fetch_sub(1, Ordering::Relaxed);
+        if let Some(store) = &self.store
+            && seq != 0
+        {
+            store.record(vec![Record::Done { seq }]);
         }
     }
 
     async fn deliver(&mut self, item: Item) -> Outcome {
-        let Item { request, decision } = item;
+        let Item {
+            seq,
+            request,
+            decision,
+        } = item;
         let event = request.event;
         self.retry.reset();
+        // An answer or hangup is marked as being sent before each attempt, and unmarked
+        // when an attempt certainly did not reach Zammad, so that after a crash the
+        // journal tells whether Zammad may have it.
+        let journal = self
+            .store
+            .clone()
+            .filter(|_| seq != 0 && event != CtiEventKind::NewCall);
+        let mut marked = false;
         loop {
+            if let Some(store) = &journal
+                && !marked
+            {
+                if let Err(e) = store.commit(vec![Record::Sending { seq }]).await {
+                    warn!(event = event.as_str(), error = %e, "could not mark the event as being sent");
+                }
+                marked = true;
+            }
             let result = self.client.send(&request).await;
             let outcome = match &result {
                 Ok(_) => Some(Outcome::Delivered),
                 Err(e) if e.counts_as_delivered(event) => Some(Outcome::Delivered),
                 Err(e) if e.retryable(event) && !self.cancel.is_cancelled() => None,
+                Err(e) if e.retryable(event) && self.store.is_some() && seq != 0 => {
+                    Some(Outcome::Kept)
+                }
                 Err(e) => Some(self.give_up(event, e)),
             };
+            if let (Some(store), Err(e)) = (&journal, &result)
+                && e.certainly_not_processed()
+                && matches!(outcome, None | Some(Outcome::Kept))
+            {
+                if let Err(e) = store.commit(vec![Record::Unsent { seq }]).await {
+                    warn!(event = event.as_str(), error = %e, "could not unmark the event");
+                }
+                marked = false;
+            }
             match outcome {
                 Some(outcome) => {
                     if let Outcome::Delivered = outcome {

@@ -44,6 +44,10 @@ pub struct AgiTranscript {
     pub hangup_cause: Option<String>,
     /// From the end of the environment block to the bridge closing the connection.
     pub elapsed: Duration,
+    /// The bridge's share of `elapsed`: for each command, from this side's previous write
+    /// (the environment block or a reply) to the command's arrival. Asterisk's own time to
+    /// answer is not in it; the time the bridge waits for Zammad is.
+    pub bridge_time: Duration,
 }
 
 impl FakeAgiCall {
@@ -125,9 +129,11 @@ impl FakeAgiCall {
         let mut lines = BufReader::new(read).lines();
         write.write_all(self.environment(server).as_bytes()).await?;
         let started = Instant::now();
+        let mut last_write = started;
         let mut t = AgiTranscript::default();
         let mut dead = false;
         while let Some(line) = lines.next_line().await? {
+            t.bridge_time += last_write.elapsed();
             let n = t.commands.len();
             t.commands.push(line.clone());
             if self.close_at_command == Some(n) {
@@ -139,6 +145,7 @@ impl FakeAgiCall {
             }
             let reply = self.answer(&line, &mut t, &mut dead);
             write.write_all(reply.as_bytes()).await?;
+            last_write = Instant::now();
         }
         t.elapsed = started.elapsed();
         Ok(t)

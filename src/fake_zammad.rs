@@ -152,6 +152,8 @@ pub struct RecordedRequest {
     pub params: Value,
     /// `None` while the request is still being handled.
     pub status: Option<u16>,
+    /// When the handler finished (`received_at` to this is the stand-in's own time).
+    pub answered_at: Option<Instant>,
     pub response_body: Option<String>,
 }
 
@@ -474,6 +476,7 @@ async fn serve_one(
             body: body_text,
             params: params.clone(),
             status: None,
+            answered_at: None,
             response_body: None,
         });
         if is_cti_post && let Value::Object(map) = &params {
@@ -518,6 +521,7 @@ async fn serve_one(
         }
         if let Some(rec) = state.requests.get_mut(seq) {
             rec.status = Some(status);
+            rec.answered_at = Some(Instant::now());
             rec.response_body = Some(body.clone());
         }
         state.answered += 1;

@@ -10,6 +10,7 @@
 //! - [`delivery`]: the outbox: per-call ordered, different calls concurrent.
 //! - [`zammad`]: the one HTTP client that talks to Zammad.
 //! - [`replay`]: recorded AMI streams through the tracker, printed as JSON.
+//! - [`store`]: the state dir's journal: open calls and undelivered events across restarts.
 //! - [`daemon`]: `run`, wiring the parts together.
 //! - [`config`]: the typed config tree.
 //! - [`fake_agi`]: Asterisk's side of a FastAGI session, for tests, benchmarks and the demo.
@@ -28,5 +29,6 @@ pub mod fake_zammad;
 pub mod observability;
 pub mod policy;
 pub mod replay;
+pub mod store;
 pub mod tracker;
 pub mod zammad;

@@ -26,7 +26,8 @@ use crate::cti::{CallId, CtiEventKind, CtiRequest, Direction, Users};
 use crate::policy::cause::{CallOutcome, DialOutcome, zammad_cause};
 use crate::policy::number::{NumberPlan, is_withheld};
 use regex::Regex;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// Everything the tracker needs from the config, compiled once.
 #[derive(Debug, Clone)]
@@ -64,10 +65,12 @@ struct Channel {
     linkedid: Box<str>,
     state: u8,
     caller_num: Option<Box<str>>,
+    /// The tracker's event count when the channel was first seen (0: restored).
+    seen_at: u64,
 }
 
 /// One leg dialed (or called by a queue) on behalf of a call.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Leg {
     uniqueid: Box<str>,
     /// The agent's extension, if the leg goes to an internal phone.
@@ -101,8 +104,38 @@ struct Call {
     answered: bool,
     ended: bool,
     outcome: CallOutcome,
-    /// Channels of this call still alive.
-    live: u32,
+    /// Uniqueids of this call's channels still alive.
+    members: Vec<Box<str>>,
+    /// The time ([`Tracker::set_now`]) of the call's last event.
+    last_event_at: u64,
+}
+
+/// A reported call as the state dir keeps it: what the tracker needs to go on with it
+/// after a restart (its callId, what Zammad was told, its live channels).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    call_id: CallId,
+    direction: Direction,
+    origin: Option<Box<str>>,
+    from: String,
+    to: String,
+    queue: Option<String>,
+    in_queue: bool,
+    agent: Option<Box<str>>,
+    legs: Vec<Leg>,
+    answered: bool,
+    outcome: CallOutcome,
+    channels: Vec<ChannelRecord>,
+    last_event_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ChannelRecord {
+    uniqueid: Box<str>,
+    name: Box<str>,
+    linkedid: Box<str>,
+    state: u8,
+    caller_num: Option<Box<str>>,
 }
 
 /// What a FastAGI `newcall` session learned about its call: the dialplan claims the call,
@@ -160,6 +193,45 @@ pub struct Tracker {
     calls: HashMap<Box<str>, Call>,
     /// Linkedids adopted by a call other than their own (after merges), to that call's key.
     aliases: HashMap<Box<str>, Box<str>>,
+    /// Keys of the last calls that ended (oldest first), so that a FastAGI claim arriving
+    /// after its call's last AMI event does not bring the call back.
+    ended: RecentlyEnded,
+    /// Events handled so far.
+    events: u64,
+    /// The time the daemon last told ([`Tracker::set_now`]), in seconds.
+    now: u64,
+    /// Calls changed since the last [`Tracker::take_changes`].
+    dirty: HashSet<Box<str>>,
+    /// Calls whose record the state dir holds.
+    stored: HashSet<Box<str>>,
+    /// Whether [`Tracker::take_changes`] is used (the daemon); `replay` leaves it off.
+    persisting: bool,
+}
+
+/// The last [`RecentlyEnded::CAPACITY`] ended call keys.
+#[derive(Debug, Default)]
+struct RecentlyEnded {
+    order: VecDeque<Box<str>>,
+    keys: HashSet<Box<str>>,
+}
+
+impl RecentlyEnded {
+    const CAPACITY: usize = 4096;
+
+    fn insert(&mut self, key: Box<str>) {
+        if self.keys.insert(key.clone()) {
+            self.order.push_back(key);
+            if self.order.len() > Self::CAPACITY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.keys.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.keys.contains(key)
+    }
 }
 
 /// The header prefix of a channel block inside an event (`Dest`, `Target`, ...).
@@ -183,6 +255,12 @@ impl Tracker {
             channels: HashMap::new(),
             calls: HashMap::new(),
             aliases: HashMap::new(),
+            ended: RecentlyEnded::default(),
+            events: 0,
+            now: 0,
+            dirty: HashSet::new(),
+            stored: HashSet::new(),
+            persisting: false,
         }
     }
 
@@ -199,7 +277,16 @@ impl Tracker {
     /// is built now (even before the AMI events of the channel arrive) and the tracker
     /// will not send another one.
     pub fn claim(&mut self, claim: &CallClaim) -> ClaimOutcome {
+        self.events += 1;
         let uid: &str = &claim.uniqueid;
+        if !self.channels.contains_key(uid) && self.ended.contains(&claim.linkedid) {
+            // The call ended on AMI while its FastAGI session was still talking.
+            let call_id = CallId(format!(
+                "{}{}",
+                self.settings.call_id_prefix, claim.linkedid
+            ));
+            return ClaimOutcome::NotReported(call_id);
+        }
         let caller = claim.caller_num.as_deref().filter(|c| !is_withheld(c));
         let key = match self.channels.get_mut(uid) {
             Some(ch) => {
@@ -210,7 +297,8 @@ impl Tracker {
             }
             None => {
                 let key = self.call_key_for(&claim.linkedid);
-                self.calls.get_mut(&*key).expect("just made").live += 1;
+                let call = self.calls.get_mut(&*key).expect("just made");
+                call.members.push(uid.into());
                 self.channels.insert(
                     uid.into(),
                     Channel {
@@ -219,11 +307,13 @@ impl Tracker {
                         linkedid: claim.linkedid.as_str().into(),
                         state: 4,
                         caller_num: caller.map(Into::into),
+                        seen_at: self.events,
                     },
                 );
                 key
             }
         };
+        self.mark(&key);
         let call_id = CallId(format!("{}{}", self.settings.call_id_prefix, key));
         let call = self.calls.get(&*key).expect("a channel's call exists");
         if call.reported {
@@ -287,6 +377,271 @@ impl Tracker {
         }
     }
 
+    /// Tells the tracker the time (seconds on any fixed scale), for [`Tracker::sweep`].
+    /// The tracker reads no clock itself; without this the time stays 0.
+    pub fn set_now(&mut self, now: u64) {
+        self.now = now;
+    }
+
+    /// AMI events handled so far; pass it to [`Tracker::reconcile`] as `since` when asking
+    /// Asterisk for its channels.
+    pub fn events_seen(&self) -> u64 {
+        self.events
+    }
+
+    /// Turns on change tracking for [`Tracker::take_changes`].
+    pub fn persist_changes(&mut self) {
+        self.persisting = true;
+    }
+
+    /// The call of `key` saw an event: note the time, and that its record changed.
+    fn mark(&mut self, key: &str) {
+        let exists = match self.calls.get_mut(key) {
+            Some(call) => {
+                call.last_event_at = self.now;
+                true
+            }
+            None => false,
+        };
+        if self.persisting && (exists || self.stored.contains(key)) && !self.dirty.contains(key) {
+            self.dirty.insert(key.into());
+        }
+    }
+
+    /// The reported calls changed since the last call: `Some(record)` to keep, `None` to
+    /// forget (the call ended, or is no longer one Zammad hears of).
+    pub fn take_changes(&mut self) -> Vec<(String, Option<CallRecord>)> {
+        let mut changes = Vec::with_capacity(self.dirty.len());
+        for key in std::mem::take(&mut self.dirty) {
+            match self.calls.get(&*key).filter(|c| c.reported && !c.ended) {
+                Some(call) => {
+                    changes.push((key.to_string(), Some(self.record_of(call))));
+                    self.stored.insert(key);
+                }
+                None => {
+                    if self.stored.remove(&*key) {
+                        changes.push((key.to_string(), None));
+                    }
+                }
+            }
+        }
+        changes
+    }
+
+    fn record_of(&self, call: &Call) -> CallRecord {
+        CallRecord {
+            call_id: call.call_id.clone().expect("reported calls have an id"),
+            direction: call.direction.expect("reported calls have a direction"),
+            origin: call.origin.clone(),
+            from: call.from.clone(),
+            to: call.to.clone(),
+            queue: call.queue.clone(),
+            in_queue: call.in_queue,
+            agent: call.agent.clone(),
+            legs: call.legs.clone(),
+            answered: call.answered,
+            outcome: call.outcome,
+            channels: call
+                .members
+                .iter()
+                .filter_map(|uid| {
+                    let ch = self.channels.get(uid)?;
+                    Some(ChannelRecord {
+                        uniqueid: uid.clone(),
+                        name: ch.name.clone(),
+                        linkedid: ch.linkedid.clone(),
+                        state: ch.state,
+                        caller_num: ch.caller_num.clone(),
+                    })
+                })
+                .collect(),
+            last_event_at: call.last_event_at,
+        }
+    }
+
+    /// Takes back the calls the state dir kept (at start-up, before any event).
+    pub fn restore(&mut self, records: impl IntoIterator<Item = (String, CallRecord)>) {
+        for (key, r) in records {
+            let key: Box<str> = key.into();
+            let mut call = Call {
+                call_id: Some(r.call_id),
+                direction: Some(r.direction),
+                origin: r.origin,
+                from: r.from,
+                to: r.to,
+                queue: r.queue,
+                in_queue: r.in_queue,
+                agent: r.agent,
+                legs: r.legs,
+                reported: true,
+                answered: r.answered,
+                outcome: r.outcome,
+                last_event_at: r.last_event_at,
+                ..Call::default()
+            };
+            for ch in r.channels {
+                call.members.push(ch.uniqueid.clone());
+                if ch.linkedid != key {
+                    self.aliases.insert(ch.linkedid.clone(), key.clone());
+                }
+                self.channels.insert(
+                    ch.uniqueid,
+                    Channel {
+                        name: ch.name,
+                        call: key.clone(),
+                        linkedid: ch.linkedid,
+                        state: ch.state,
+                        caller_num: ch.caller_num,
+                        seen_at: 0,
+                    },
+                );
+            }
+            if call.members.is_empty() {
+                // Nothing left to follow: the reconciliation ends it.
+                call.members.push(format!("{key}.gone").into());
+            }
+            self.stored.insert(key.clone());
+            self.calls.insert(key, call);
+        }
+    }
+
+    /// Brings the tracker in line with the channels Asterisk has now (`CoreShowChannel`
+    /// events, asked for when [`Tracker::events_seen`] was `since`): channels known
+    /// before that and no longer there hung up while we were not looking (their calls get
+    /// their hangup, with the best cause known); channels we did not know are followed
+    /// from now on, and an inbound call found that way is reported at once ("joined
+    /// late"), answered if its caller is already talking to a phone.
+    pub fn reconcile(&mut self, live: &[AmiMessage], since: u64, out: &mut Vec<CtiRequest>) {
+        let present: HashSet<&str> = live.iter().filter_map(|c| c.get("Uniqueid")).collect();
+        let mut gone: Vec<(Box<str>, Box<str>, Box<str>)> = self
+            .channels
+            .iter()
+            .filter(|(uid, ch)| ch.seen_at <= since && !present.contains(&***uid))
+            .map(|(uid, ch)| (uid.clone(), ch.name.clone(), ch.linkedid.clone()))
+            .collect();
+        // Placeholders of restored calls that had no channel left.
+        for (key, call) in &self.calls {
+            for m in call
+                .members
+                .iter()
+                .filter(|m| !self.channels.contains_key(*m))
+            {
+                gone.push((m.clone(), "".into(), key.clone()));
+            }
+        }
+        gone.sort();
+        for (uid, name, linkedid) in gone {
+            if !self.channels.contains_key(&uid) {
+                self.drop_placeholder(&uid, &linkedid, out);
+                continue;
+            }
+            let hangup = AmiMessage::from_pairs([
+                ("Event", "Hangup"),
+                ("Channel", &*name),
+                ("Uniqueid", &*uid),
+                ("Linkedid", &*linkedid),
+            ]);
+            self.on_hangup(&hangup, out);
+        }
+        let mut adopted: Vec<Box<str>> = Vec::new();
+        for snapshot in live {
+            let Some(uid) = snapshot.get("Uniqueid") else {
+                continue;
+            };
+            let known = self.channels.contains_key(uid);
+            self.touch(snapshot, "");
+            if !known && let Some(key) = self.call_of(uid) {
+                self.adopt(snapshot, uid, &key);
+                adopted.push(key);
+            }
+        }
+        adopted.sort();
+        adopted.dedup();
+        let keys: Vec<Box<str>> = self.calls.keys().cloned().collect();
+        for key in keys {
+            let Some(call) = self.calls.get(&key) else {
+                continue;
+            };
+            if call.direction != Some(Direction::In) || call.answered || call.ended {
+                continue;
+            }
+            let talking = self.talking_to(&key, live);
+            if !call.reported && (adopted.contains(&key) || talking.is_some()) {
+                self.report_new_call(&key, out);
+            }
+            if let Some(extension) = talking {
+                self.report_answer(&key, AnsweredBy::Picker { extension }, out);
+            }
+        }
+    }
+
+    /// A channel found only in a snapshot: an inbound caller up or ringing in an inbound
+    /// context makes its call inbound, as `Newchannel` would have.
+    fn adopt(&mut self, snapshot: &AmiMessage, uid: &str, key: &str) {
+        let state = snapshot.get("ChannelState").unwrap_or("");
+        if state == "6" {
+            self.detect_origin(snapshot, uid, key);
+        }
+    }
+
+    /// For an inbound call whose caller is up and bridged: the extension of the phone in
+    /// the same bridge, if any (`Some(None)` when the other party is no known phone).
+    fn talking_to(&self, key: &str, live: &[AmiMessage]) -> Option<Option<Box<str>>> {
+        let call = self.calls.get(key)?;
+        let origin = call.origin.as_deref()?;
+        let snap = |uid: &str| live.iter().find(|c| c.get("Uniqueid") == Some(uid));
+        let o = snap(origin)?;
+        let bridge = o.get("BridgeId").filter(|b| !b.is_empty())?;
+        if o.get("ChannelState") != Some("6") {
+            return None;
+        }
+        let other = live
+            .iter()
+            .filter(|c| c.get("BridgeId") == Some(bridge) && c.get("Uniqueid") != Some(origin))
+            .find_map(|c| c.get("Channel").and_then(|n| self.extension_of(n)));
+        Some(other)
+    }
+
+    /// A restored call's placeholder member (the call had no live channel when saved).
+    fn drop_placeholder(&mut self, member: &str, key: &str, out: &mut Vec<CtiRequest>) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        call.members.retain(|m| &**m != member);
+        if call.members.is_empty() {
+            self.mark(key);
+            self.report_hangup(key, out);
+            self.calls.remove(key);
+            self.ended.insert(key.into());
+        }
+    }
+
+    /// Ends the calls that saw no event for longer than `max_age` seconds (by the time of
+    /// [`Tracker::set_now`]), as if their channels had hung up.
+    pub fn sweep(&mut self, max_age: u64, out: &mut Vec<CtiRequest>) {
+        let stale: Vec<(Box<str>, Vec<Box<str>>)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| self.now.saturating_sub(c.last_event_at) > max_age)
+            .map(|(k, c)| (k.clone(), c.members.clone()))
+            .collect();
+        for (key, members) in stale {
+            for uid in members {
+                let Some(ch) = self.channels.get(&uid) else {
+                    self.drop_placeholder(&uid, &key, out);
+                    continue;
+                };
+                let hangup = AmiMessage::from_pairs([
+                    ("Event", "Hangup"),
+                    ("Channel", &*ch.name.clone()),
+                    ("Uniqueid", &*uid),
+                    ("Linkedid", &*ch.linkedid.clone()),
+                ]);
+                self.on_hangup(&hangup, out);
+            }
+        }
+    }
+
     /// Where Zammad's answer to the `newCall` of `call_id` would act over AMI.
     pub fn decision_target(&self, call_id: &CallId) -> Option<DecisionTarget> {
         let key = call_id.0.strip_prefix(&*self.settings.call_id_prefix)?;
@@ -311,6 +666,7 @@ impl Tracker {
     /// Applies one AMI event; appends the CTI requests it causes to `out`, in order.
     pub fn handle(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
         let Some(event) = msg.event() else { return };
+        self.events += 1;
         match event {
             "Newchannel" | "Newstate" | "NewCallerid" | "Newexten" | "NewConnectedLine" => {
                 self.on_channel_update(msg, event, out)
@@ -364,7 +720,8 @@ impl Tracker {
             }
             None => {
                 let key = self.call_key_for(linkedid);
-                self.calls.get_mut(&*key).expect("just made").live += 1;
+                let call = self.calls.get_mut(&*key).expect("just made");
+                call.members.push(uniqueid.into());
                 self.channels.insert(
                     uniqueid.into(),
                     Channel {
@@ -373,6 +730,7 @@ impl Tracker {
                         linkedid: linkedid.into(),
                         state,
                         caller_num: caller.map(Into::into),
+                        seen_at: self.events,
                     },
                 );
                 None
@@ -380,7 +738,11 @@ impl Tracker {
         };
         let uid: Box<str> = uniqueid.into();
         if let Some(old) = moved_from {
+            self.mark(&old);
             self.rehome(&uid, &old);
+        }
+        if let Some(key) = self.call_of(&uid) {
+            self.mark(&key);
         }
         if let Some(key) = self
             .call_of(&uid)
@@ -404,19 +766,19 @@ impl Tracker {
         key
     }
 
-    /// Moves a channel's live count from call `old` to its new call; an emptied old call is
-    /// dropped (a merged consult call) and its Linkedid aliased to the new one.
+    /// Moves a channel from call `old` to its new call; an emptied old call is dropped
+    /// (a merged consult call) and its Linkedid aliased to the new one.
     fn rehome(&mut self, uniqueid: &str, old: &str) {
         let Some(new) = self.channels.get(uniqueid).map(|c| c.call.clone()) else {
             return;
         };
         if let Some(call) = self.calls.get_mut(&*new) {
-            call.live += 1;
+            call.members.push(uniqueid.into());
         }
         let emptied = match self.calls.get_mut(old) {
             Some(call) => {
-                call.live = call.live.saturating_sub(1);
-                call.live == 0
+                call.members.retain(|m| &**m != uniqueid);
+                call.members.is_empty()
             }
             None => false,
         };
@@ -724,11 +1086,12 @@ impl Tracker {
             return;
         };
         let key = ch.call;
+        self.mark(&key);
         let cause = msg.get("Cause").and_then(|c| c.parse::<u16>().ok());
         let Some(call) = self.calls.get_mut(&*key) else {
             return;
         };
-        call.live = call.live.saturating_sub(1);
+        call.members.retain(|m| &**m != uid);
         for leg in call.legs.iter_mut().filter(|l| &*l.uniqueid == uid) {
             leg.alive = false;
         }
@@ -743,7 +1106,7 @@ impl Tracker {
                 !origin_alive && !call.legs.iter().any(|l| l.alive)
             }
             None => false,
-        } || call.live == 0;
+        } || call.members.is_empty();
         if ends && !call.ended {
             if is_origin || call.outcome.q850.is_none() {
                 call.outcome.q850 = cause;
@@ -754,14 +1117,16 @@ impl Tracker {
             self.report_hangup(&key, out);
         }
         let call = self.calls.get(&*key).expect("still here");
-        if call.live == 0 {
+        if call.members.is_empty() {
             self.calls.remove(&*key);
             self.aliases.retain(|_, v| **v != *key);
+            self.ended.insert(key);
         }
     }
 
     /// Sends the call's `newCall` if it qualifies and was not sent yet.
     fn report_new_call(&mut self, key: &str, out: &mut Vec<CtiRequest>) {
+        self.mark(key);
         let Some(call) = self.calls.get(key) else {
             return;
         };
@@ -858,17 +1223,11 @@ impl Tracker {
             }
         }
         // Legs of a parallel Dial that exist but were not dialed yet (Down, not the origin).
-        let key = call
-            .origin
-            .as_deref()
-            .and_then(|o| self.channels.get(o))
-            .map(|c| &c.call);
-        for (uid, ch) in &self.channels {
-            if Some(&ch.call) != key
-                || ch.state != 0
-                || call.origin.as_deref() == Some(&**uid)
-                || Self::is_leg(call, uid)
-            {
+        for uid in &call.members {
+            let Some(ch) = self.channels.get(uid) else {
+                continue;
+            };
+            if ch.state != 0 || call.origin.as_deref() == Some(&**uid) || Self::is_leg(call, uid) {
                 continue;
             }
             let ext = self.extension_of(&ch.name);
@@ -886,6 +1245,7 @@ impl Tracker {
     }
 
     fn report_answer(&mut self, key: &str, by: AnsweredBy, out: &mut Vec<CtiRequest>) {
+        self.mark(key);
         let Some(call) = self.calls.get(key) else {
             return;
         };
@@ -941,6 +1301,7 @@ impl Tracker {
     }
 
     fn report_hangup(&mut self, key: &str, out: &mut Vec<CtiRequest>) {
+        self.mark(key);
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };

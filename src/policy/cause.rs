@@ -2,9 +2,10 @@
 //! reported and the Q.850 cause of the channel that ended it (reference/asterisk.md §4.4).
 
 use crate::cti::{Cause, Direction};
+use serde::{Deserialize, Serialize};
 
 /// A Dial leg's outcome (`DialStatus` of `DialEnd`), ranked by how much it tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DialOutcome {
     /// CANCEL: the caller hung up, or the leg lost a race (answered elsewhere).
     Cancel,
@@ -32,7 +33,7 @@ impl DialOutcome {
 }
 
 /// What the tracker knows about a call when it ends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallOutcome {
     /// A person (or voicemail) picked up.
     pub answered: bool,

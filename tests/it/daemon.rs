@@ -5,7 +5,7 @@
 //! per call in order, with none of Zammad's invariants broken.
 
 use crate::support::harness::Harness;
-use crate::support::{assert_invariants, fixture, lab_config};
+use crate::support::{assert_invariants, call_events, fixture, lab_config};
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::ami::codec::AmiCodec;
 use asterisk_zammad_bridge::fake_zammad::FakeZammadConfig;
@@ -91,48 +91,6 @@ async fn daemon_survives_the_ami_peer_closing_the_socket_mid_call() {
     assert_eq!(got, replayed(&[path]));
     assert_eq!(h.zammad.violations(), Vec::<String>::new());
     h.stop().await;
-}
-
-/// Events that bring call `i` through ringing, answer and hangup: an inbound trunk
-/// channel (caller +1555000iiii, DID 700iiii) and a leg to phone 201.
-fn call_events(i: usize) -> Vec<AmiMessage> {
-    let t = format!("1900000000.{}", i * 2);
-    let a = format!("1900000000.{}", i * 2 + 1);
-    let trunk = format!("PJSIP/trunk-{i:08x}");
-    let leg = format!("PJSIP/201-{i:08x}");
-    let caller = format!("+1555000{i:04}");
-    let did = format!("700{i:04}");
-    let block = |ev: &str, ch: &str, uid: &str, state: &str, extra: &[(&str, &str)]| {
-        let mut pairs = vec![
-            ("Event", ev),
-            ("Privilege", "call,all"),
-            ("Channel", ch),
-            ("ChannelState", state),
-            ("CallerIDNum", caller.as_str()),
-            ("Context", "from-trunk"),
-            ("Exten", did.as_str()),
-            ("Uniqueid", uid),
-            ("Linkedid", t.as_str()),
-        ];
-        pairs.extend_from_slice(extra);
-        AmiMessage::from_pairs(pairs)
-    };
-    let dest = [
-        ("DestChannel", leg.as_str()),
-        ("DestUniqueid", a.as_str()),
-        ("DestLinkedid", t.as_str()),
-    ];
-    let mut end = dest.to_vec();
-    end.push(("DialStatus", "ANSWER"));
-    vec![
-        block("Newchannel", &trunk, &t, "4", &[]),
-        block("Newchannel", &leg, &a, "0", &[]),
-        block("DialBegin", &trunk, &t, "4", &dest),
-        block("Newstate", &leg, &a, "5", &[]),
-        block("DialEnd", &trunk, &t, "4", &end),
-        block("Hangup", &leg, &a, "6", &[("Cause", "16")]),
-        block("Hangup", &trunk, &t, "6", &[("Cause", "16")]),
-    ]
 }
 
 #[tokio::test]

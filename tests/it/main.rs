@@ -4,6 +4,8 @@ mod agi;
 mod cli;
 mod daemon;
 mod e2e;
+mod examples;
+mod recovery;
 mod replay;
 mod support;
 mod tracker;

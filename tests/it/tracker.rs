@@ -513,3 +513,26 @@ fn claims_follow_direction_and_internal_rules() {
     assert_eq!(body(pbx.tracker.claim(&forced))["direction"], "in");
     assert_eq!(pbx.sent(), Vec::<Value>::new());
 }
+
+#[test]
+fn a_claim_after_the_call_ended_on_ami_does_not_bring_it_back() {
+    let mut pbx = Pbx::new();
+    // The caller hangs up while the FastAGI session is still asking for the linkedid.
+    pbx.ev(
+        "Newchannel",
+        (T, "10.1", "10.1", 4, "from-trunk", "4930100", "+4930555"),
+        &[],
+    );
+    pbx.ev(
+        "Hangup",
+        (T, "10.1", "10.1", 6, "from-trunk", "4930100", "+4930555"),
+        &[("Cause", "16")],
+    );
+    assert_eq!(names(&pbx.sent()), ["newCall", "hangup"]);
+    let late = pbx
+        .tracker
+        .claim(&claim("10.1", "10.1", "from-trunk", "4930100", "+4930555"));
+    assert_eq!(late, ClaimOutcome::NotReported(CallId("10.1".into())));
+    assert_eq!(pbx.tracker.active_calls(), 0);
+    assert_eq!(pbx.tracker.active_channels(), 0);
+}

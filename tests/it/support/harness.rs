@@ -20,6 +20,8 @@ pub struct Harness {
     pub agi: SocketAddr,
     pub shutdown: CancellationToken,
     pub daemon: JoinHandle<anyhow::Result<()>>,
+    /// The daemon's config (its state dir survives [`Harness::restart`]).
+    pub config: Config,
 }
 
 impl Harness {
@@ -41,28 +43,38 @@ impl Harness {
         config.ami.secret = Some("s3cret".to_string().into());
         config.zammad.url = Some(zammad.url().into());
         config.agi.listen = "127.0.0.1:0".into();
+        config.state.dir = super::temp_dir("state");
         tweak(&mut config);
-        let shutdown = CancellationToken::new();
-        let (ready_tx, ready) = tokio::sync::oneshot::channel();
-        let daemon = tokio::spawn(daemon::run_reporting(
-            config,
-            shutdown.clone(),
-            Some(ready_tx),
-        ));
-        let listening = tokio::time::timeout(Duration::from_secs(10), ready)
-            .await
-            .expect("the daemon binds its listeners")
-            .expect("the daemon starts");
+        let (shutdown, daemon, agi) = launch(config.clone()).await;
         tokio::time::timeout(Duration::from_secs(10), ami.wait_logged_in())
             .await
             .expect("the daemon logs in to AMI");
         Harness {
             ami,
             zammad,
-            agi: listening.agi.expect("FastAGI is on"),
+            agi,
             shutdown,
             daemon,
+            config,
         }
+    }
+
+    /// Stops the daemon (as SIGTERM does) and starts a new one on the same state dir;
+    /// returns once it has logged in to AMI again.
+    pub async fn restart(&mut self) {
+        let logins = self.ami.logins();
+        self.shutdown.cancel();
+        (&mut self.daemon)
+            .await
+            .expect("no panic")
+            .expect("the old daemon ends cleanly");
+        let (shutdown, daemon, agi) = launch(self.config.clone()).await;
+        self.daemon = daemon;
+        self.shutdown = shutdown;
+        self.agi = agi;
+        tokio::time::timeout(Duration::from_secs(10), self.ami.wait_logins(logins + 1))
+            .await
+            .expect("the new daemon logs in to AMI");
     }
 
     /// Waits until Zammad has answered `n` hangups; returns every request body per callId.
@@ -93,11 +105,35 @@ impl Harness {
     }
 
     pub async fn stop(self) {
+        let dir = self.config.state.dir.clone();
         self.shutdown.cancel();
         let result = tokio::time::timeout(Duration::from_secs(10), self.daemon)
             .await
             .expect("the daemon stops in time")
             .expect("the daemon does not panic");
         result.expect("the daemon ends cleanly");
+        let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// Starts `daemon::run_reporting` on `config`; returns once its listeners are bound.
+async fn launch(
+    config: Config,
+) -> (
+    CancellationToken,
+    JoinHandle<anyhow::Result<()>>,
+    SocketAddr,
+) {
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let daemon = tokio::spawn(daemon::run_reporting(
+        config,
+        shutdown.clone(),
+        Some(ready_tx),
+    ));
+    let listening = tokio::time::timeout(Duration::from_secs(10), ready)
+        .await
+        .expect("the daemon binds its listeners")
+        .expect("the daemon starts");
+    (shutdown, daemon, listening.agi.expect("FastAGI is on"))
 }

@@ -3,10 +3,24 @@
 pub mod harness;
 pub mod lab;
 
+use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::config::Config;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
+
+/// A fresh, empty directory under the system's temp dir, unique to this test run.
+pub fn temp_dir(what: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "azb-it-{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
 
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -95,4 +109,46 @@ pub fn assert_invariants(requests: &[Value], context: &str) -> usize {
         }
     }
     calls.len()
+}
+
+/// Events that bring call `i` through ringing, answer and hangup: an inbound trunk
+/// channel (caller +1555000iiii, DID 700iiii) and a leg to phone 201.
+pub fn call_events(i: usize) -> Vec<AmiMessage> {
+    let t = format!("1900000000.{}", i * 2);
+    let a = format!("1900000000.{}", i * 2 + 1);
+    let trunk = format!("PJSIP/trunk-{i:08x}");
+    let leg = format!("PJSIP/201-{i:08x}");
+    let caller = format!("+1555000{i:04}");
+    let did = format!("700{i:04}");
+    let block = |ev: &str, ch: &str, uid: &str, state: &str, extra: &[(&str, &str)]| {
+        let mut pairs = vec![
+            ("Event", ev),
+            ("Privilege", "call,all"),
+            ("Channel", ch),
+            ("ChannelState", state),
+            ("CallerIDNum", caller.as_str()),
+            ("Context", "from-trunk"),
+            ("Exten", did.as_str()),
+            ("Uniqueid", uid),
+            ("Linkedid", t.as_str()),
+        ];
+        pairs.extend_from_slice(extra);
+        AmiMessage::from_pairs(pairs)
+    };
+    let dest = [
+        ("DestChannel", leg.as_str()),
+        ("DestUniqueid", a.as_str()),
+        ("DestLinkedid", t.as_str()),
+    ];
+    let mut end = dest.to_vec();
+    end.push(("DialStatus", "ANSWER"));
+    vec![
+        block("Newchannel", &trunk, &t, "4", &[]),
+        block("Newchannel", &leg, &a, "0", &[]),
+        block("DialBegin", &trunk, &t, "4", &dest),
+        block("Newstate", &leg, &a, "5", &[]),
+        block("DialEnd", &trunk, &t, "4", &end),
+        block("Hangup", &leg, &a, "6", &[("Cause", "16")]),
+        block("Hangup", &trunk, &t, "6", &[("Cause", "16")]),
+    ]
 }

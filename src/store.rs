@@ -1,0 +1,639 @@
+//! The state dir: open calls and undelivered events, kept across restarts and crashes.
+//!
+//! Owns `[state] dir` and the journal in it (`journal`): an append-only file of records,
+//! one per line, each `<crc32 hex> <json>`. A batch of records is written and
+//! `fdatasync`ed before the caller goes on, so what was committed survives SIGKILL and a
+//! power cut. Opening replays the journal into the live state (the open calls' records
+//! and the undelivered events), then rewrites it as just that state (compaction, also
+//! done while running once the file has grown well past the live state).
+//!
+//! A torn last line (a crash in the middle of a write) is expected and dropped quietly; a
+//! bad line anywhere else means the file is corrupt: it is moved aside as
+//! `journal.corrupt-<unix time>` and the daemon starts fresh, saying so in the log.
+//!
+//! Why a journal and not an embedded database: the state is small (open calls and the
+//! events not yet accepted by Zammad), every change is an append, and compaction is
+//! "write the live state"; a checksummed line format we own keeps recovery rules
+//! explicit and testable, and a corrupt file can never panic the daemon. (redb 4 panics
+//! on some corrupt-file checks in debug builds, and its major versions change the file
+//! format.)
+//!
+//! [`Store`] runs the journal on a thread of its own; commits from many tasks are grouped
+//! into one write and one sync.
+
+use crate::cti::CtiRequest;
+use crate::tracker::CallRecord;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+const JOURNAL: &str = "journal";
+/// Compact once the journal is this many times the size it had after the last compaction
+/// (and at least `COMPACT_MIN` bytes).
+const COMPACT_FACTOR: u64 = 4;
+const COMPACT_MIN: u64 = 1 << 20;
+
+/// One change to the state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Record {
+    /// A reported call's state, as the tracker needs it to go on after a restart.
+    Call { key: String, call: Box<CallRecord> },
+    /// The call needs nothing more from the tracker (ended, or not reported).
+    End { key: String },
+    /// An event for Zammad, in the order it must be sent.
+    Item { seq: u64, request: CtiRequest },
+    /// The event is being sent: after a crash its fate is unknown.
+    Sending { seq: u64 },
+    /// The attempt certainly did not reach Zammad: the event is plain pending again.
+    Unsent { seq: u64 },
+    /// The event is done with (delivered, or given up for good).
+    Done { seq: u64 },
+}
+
+/// An undelivered event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredItem {
+    pub request: CtiRequest,
+    /// Its sending had started when the daemon stopped.
+    pub sending: bool,
+}
+
+/// Everything the state dir holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    pub calls: BTreeMap<String, CallRecord>,
+    pub items: BTreeMap<u64, StoredItem>,
+}
+
+impl State {
+    fn apply(&mut self, record: Record) {
+        match record {
+            Record::Call { key, call } => {
+                self.calls.insert(key, *call);
+            }
+            Record::End { key } => {
+                self.calls.remove(&key);
+            }
+            Record::Item { seq, request } => {
+                self.items.insert(
+                    seq,
+                    StoredItem {
+                        request,
+                        sending: false,
+                    },
+                );
+            }
+            Record::Sending { seq } => {
+                if let Some(item) = self.items.get_mut(&seq) {
+                    item.sending = true;
+                }
+            }
+            Record::Unsent { seq } => {
+                if let Some(item) = self.items.get_mut(&seq) {
+                    item.sending = false;
+                }
+            }
+            Record::Done { seq } => {
+                self.items.remove(&seq);
+            }
+        }
+    }
+
+    /// The records that rebuild this state.
+    fn records(&self) -> Vec<Record> {
+        let mut out = Vec::with_capacity(self.calls.len() + self.items.len());
+        for (key, call) in &self.calls {
+            out.push(Record::Call {
+                key: key.clone(),
+                call: Box::new(call.clone()),
+            });
+        }
+        for (seq, item) in &self.items {
+            out.push(Record::Item {
+                seq: *seq,
+                request: item.request.clone(),
+            });
+            if item.sending {
+                out.push(Record::Sending { seq: *seq });
+            }
+        }
+        out
+    }
+
+    /// The sequence number for the next event.
+    pub fn next_seq(&self) -> u64 {
+        self.items.keys().next_back().map_or(1, |s| s + 1)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state.dir {dir:?}: {what}: {source}")]
+    Dir {
+        dir: PathBuf,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state.dir {dir:?} is in use by another asterisk-zammad-bridge; give each its own")]
+    InUse { dir: PathBuf },
+    #[error("writing the state journal failed: {0}")]
+    Write(#[source] io::Error),
+    #[error("the state journal is closed (the daemon is stopping)")]
+    Closed,
+}
+
+/// The journal file and the live state it holds.
+pub struct Journal {
+    dir: PathBuf,
+    /// Held locked while the journal is open: one daemon per state dir.
+    _lock: File,
+    file: File,
+    state: State,
+    bytes: u64,
+    compacted_bytes: u64,
+}
+
+impl Journal {
+    /// Opens (creating) `dir` and its journal, loads the state, compacts.
+    pub fn open(dir: &Path) -> Result<Journal, StoreError> {
+        let dir_err = |what: &'static str| {
+            move |source| StoreError::Dir {
+                dir: dir.to_owned(),
+                what,
+                source,
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(dir_err("cannot create it"))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(dir_err("not writable"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::InUse {
+                    dir: dir.to_owned(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(dir_err("cannot lock it")(e));
+            }
+        }
+        let path = dir.join(JOURNAL);
+        let state = match File::open(&path) {
+            Ok(file) => load(file, dir)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(dir_err("cannot read the journal")(e)),
+        };
+        let (file, bytes) =
+            write_compacted(dir, &state).map_err(dir_err("cannot write the journal"))?;
+        Ok(Journal {
+            dir: dir.to_owned(),
+            _lock: lock,
+            file,
+            state,
+            bytes,
+            compacted_bytes: bytes,
+        })
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Appends `records`, syncs, and applies them to the live state.
+    pub fn append(&mut self, records: Vec<Record>) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(records.len() * 256);
+        for record in &records {
+            encode(record, &mut buf);
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        self.bytes += buf.len() as u64;
+        for record in records {
+            self.state.apply(record);
+        }
+        if self.bytes > COMPACT_MIN.max(self.compacted_bytes * COMPACT_FACTOR) {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    fn compact(&mut self) -> io::Result<()> {
+        let (file, bytes) = write_compacted(&self.dir, &self.state)?;
+        self.file = file;
+        self.bytes = bytes;
+        self.compacted_bytes = bytes;
+        Ok(())
+    }
+}
+
+/// Writes `state` as a new journal (a temporary file, synced, renamed over the old one,
+/// the directory synced); returns it open for appending, and its size.
+fn write_compacted(dir: &Path, state: &State) -> io::Result<(File, u64)> {
+    let tmp = dir.join("journal.tmp");
+    let mut buf = Vec::new();
+    for record in state.records() {
+        encode(&record, &mut buf);
+    }
+    let mut file = File::create(&tmp)?;
+    file.write_all(&buf)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(JOURNAL))?;
+    File::open(dir)?.sync_all()?;
+    let file = OpenOptions::new().append(true).open(dir.join(JOURNAL))?;
+    Ok((file, buf.len() as u64))
+}
+
+/// `<crc32 of json, 8 hex digits> <json>\n`
+fn encode(record: &Record, buf: &mut Vec<u8>) {
+    let json = serde_json::to_vec(record).expect("records serialise");
+    buf.extend_from_slice(format!("{:08x} ", crc32(&json)).as_bytes());
+    buf.extend_from_slice(&json);
+    buf.push(b'\n');
+}
+
+fn decode(line: &[u8]) -> Option<Record> {
+    let (crc, json) = (line.get(..8)?, line.get(9..)?);
+    if line.get(8) != Some(&b' ') {
+        return None;
+    }
+    let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
+    if crc32(json) != crc {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
+}
+
+/// Replays a journal. A bad last line is a torn write and is dropped; a bad line before
+/// the last moves the file aside and gives an empty state.
+fn load(file: File, dir: &Path) -> Result<State, StoreError> {
+    let mut state = State::default();
+    let mut lines = BufReader::new(file).split(b'\n').peekable();
+    let mut n = 0usize;
+    while let Some(line) = lines.next() {
+        n += 1;
+        let line = line.map_err(|source| StoreError::Dir {
+            dir: dir.to_owned(),
+            what: "cannot read the journal",
+            source,
+        })?;
+        match decode(&line) {
+            Some(record) => state.apply(record),
+            None if lines.peek().is_none() => {
+                info!(
+                    line = n,
+                    "state journal: dropped an incomplete last record (the daemon stopped mid-write)"
+                );
+            }
+            None => {
+                let aside = dir.join(format!(
+                    "{JOURNAL}.corrupt-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                ));
+                let moved = std::fs::rename(dir.join(JOURNAL), &aside);
+                error!(
+                    line = n,
+                    moved_to = %aside.display(),
+                    moved = moved.is_ok(),
+                    "state journal is corrupt: moved it aside and starting with no open calls \
+                     (calls still up are picked up again from Asterisk)"
+                );
+                return Ok(State::default());
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// CRC-32 (IEEE 802.3), as zlib computes it.
+pub fn crc32(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    let mut crc = !0u32;
+    for &b in data {
+        crc = TABLE[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+enum Command {
+    Commit {
+        records: Vec<Record>,
+        done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    },
+}
+
+/// Cloneable handle to the journal's thread.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+/// The journal thread; join it after the last [`Store`] is dropped.
+pub struct StoreThread(std::thread::JoinHandle<()>);
+
+impl StoreThread {
+    /// Waits until every commit sent before is written.
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Store {
+    /// Opens the state dir and starts the journal thread. Returns the state found there.
+    pub fn open(dir: &Path) -> Result<(Store, State, StoreThread), StoreError> {
+        let journal = Journal::open(dir)?;
+        let state = journal.state().clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("azb-journal".into())
+            .spawn(move || run(journal, rx))
+            .map_err(|source| StoreError::Dir {
+                dir: dir.to_owned(),
+                what: "cannot start the journal thread",
+                source,
+            })?;
+        Ok((Store { tx }, state, StoreThread(thread)))
+    }
+
+    /// Writes `records` durably; returns once they are synced to disk.
+    pub async fn commit(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Commit {
+                records,
+                done: Some(done),
+            })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Returns once everything sent before is written (the journal thread works in order).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Commit {
+                records: Vec::new(),
+                done: Some(done),
+            })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Writes `records` without waiting (for `Done` marks: losing one only means the event
+    /// is looked at again after a crash).
+    pub fn record(&self, records: Vec<Record>) {
+        let _ = self.tx.send(Command::Commit {
+            records,
+            done: None,
+        });
+    }
+}
+
+/// The journal thread: takes every pending commit, writes them with one sync, answers.
+fn run(mut journal: Journal, mut rx: mpsc::UnboundedReceiver<Command>) {
+    let mut failing = false;
+    while let Some(first) = rx.blocking_recv() {
+        let mut records = Vec::new();
+        let mut waiters = Vec::new();
+        let mut take = |cmd: Command| match cmd {
+            Command::Commit { records: r, done } => {
+                records.extend(r);
+                waiters.extend(done);
+            }
+        };
+        take(first);
+        while let Ok(cmd) = rx.try_recv() {
+            take(cmd);
+        }
+        let result = journal.append(records);
+        match &result {
+            Ok(()) if failing => {
+                info!("state journal writable again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                error!(error = %e, "cannot write the state journal: calls go on, but what happens now would not survive a restart");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        for waiter in waiters {
+            let _ = waiter.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Write(io::Error::new(e.kind(), e.to_string()))),
+            });
+        }
+    }
+    if failing {
+        warn!("state journal closed while failing");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cti::{CallId, CtiEventKind, Direction};
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "azb-store-{name}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn item(seq: u64, event: CtiEventKind) -> Record {
+        Record::Item {
+            seq,
+            request: CtiRequest {
+                event,
+                direction: Direction::In,
+                call_id: CallId(format!("1.{seq}")),
+                from: "4930555".into(),
+                to: "800".into(),
+                user: None,
+                queue: None,
+                answering_number: None,
+                cause: None,
+            },
+        }
+    }
+
+    #[test]
+    fn crc_is_zlibs() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn state_survives_reopening_and_is_compacted() {
+        let dir = temp_dir("reopen");
+        let mut j = Journal::open(&dir).unwrap();
+        j.append(vec![
+            item(1, CtiEventKind::NewCall),
+            item(2, CtiEventKind::Answer),
+        ])
+        .unwrap();
+        j.append(vec![
+            Record::Sending { seq: 1 },
+            Record::Done { seq: 1 },
+            Record::Sending { seq: 2 },
+        ])
+        .unwrap();
+        j.append(vec![item(3, CtiEventKind::Hangup)]).unwrap();
+        drop(j);
+        let j = Journal::open(&dir).unwrap();
+        let items: Vec<(u64, bool)> = j
+            .state()
+            .items
+            .iter()
+            .map(|(s, i)| (*s, i.sending))
+            .collect();
+        assert_eq!(items, [(2, true), (3, false)]);
+        assert_eq!(j.state().next_seq(), 4);
+        // Compacted: one line per item plus the Sending mark.
+        let text = std::fs::read_to_string(dir.join(JOURNAL)).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_the_rest_kept() {
+        let dir = temp_dir("torn");
+        let mut j = Journal::open(&dir).unwrap();
+        j.append(vec![
+            item(1, CtiEventKind::NewCall),
+            item(2, CtiEventKind::Hangup),
+        ])
+        .unwrap();
+        drop(j);
+        let path = dir.join(JOURNAL);
+        let text = std::fs::read(&path).unwrap();
+        // Cut the last record in the middle, as a crash mid-write would.
+        std::fs::write(&path, &text[..text.len() - 20]).unwrap();
+        let j = Journal::open(&dir).unwrap();
+        assert_eq!(j.state().items.keys().copied().collect::<Vec<_>>(), [1]);
+        assert!(
+            std::fs::read_dir(&dir).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("corrupt"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_journal_is_moved_aside_and_the_daemon_starts_fresh() {
+        let dir = temp_dir("corrupt");
+        let mut j = Journal::open(&dir).unwrap();
+        j.append(vec![
+            item(1, CtiEventKind::NewCall),
+            item(2, CtiEventKind::Hangup),
+        ])
+        .unwrap();
+        drop(j);
+        let path = dir.join(JOURNAL);
+        let mut text = std::fs::read(&path).unwrap();
+        text[12] ^= 0x20; // a flipped bit in the first record
+        std::fs::write(&path, &text).unwrap();
+        let j = Journal::open(&dir).unwrap();
+        assert_eq!(j.state(), &State::default());
+        let aside: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("journal.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unwritable_dir_is_a_clear_error() {
+        // A file where the directory should be.
+        let file = temp_dir("notadir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Journal::open(&file).err().expect("fails").to_string();
+        assert!(err.starts_with("state.dir "), "{err}");
+        assert!(err.contains("cannot create it"), "{err}");
+        std::fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
+    fn one_daemon_per_state_dir() {
+        let dir = temp_dir("lock");
+        let first = Journal::open(&dir).unwrap();
+        let err = Journal::open(&dir)
+            .err()
+            .expect("the second is refused")
+            .to_string();
+        assert!(err.contains("in use by another"), "{err}");
+        drop(first);
+        Journal::open(&dir).expect("free again");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn commits_from_many_tasks_are_all_durable() {
+        let dir = temp_dir("many");
+        let (store, state, thread) = Store::open(&dir).unwrap();
+        assert_eq!(state, State::default());
+        let tasks: Vec<_> = (1..=50)
+            .map(|seq| {
+                let store = store.clone();
+                tokio::spawn(
+                    async move { store.commit(vec![item(seq, CtiEventKind::NewCall)]).await },
+                )
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        store.record(vec![Record::Done { seq: 7 }]);
+        drop(store);
+        thread.join();
+        let j = Journal::open(&dir).unwrap();
+        assert_eq!(j.state().items.len(), 49);
+        assert!(!j.state().items.contains_key(&7));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

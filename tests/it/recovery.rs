@@ -1,0 +1,204 @@
+//! Nothing lost, nothing doubled across restarts (DESIGN.md §5), in process: the daemon
+//! is stopped (as by SIGTERM) and started again on the same state dir, between the
+//! scripted AMI peer (whose `CoreShowChannels` answer is the live channel list) and the
+//! stand-in Zammad. The SIGKILL and outage runs with the real binary are in `faults`.
+
+use crate::support::call_events;
+use crate::support::harness::Harness;
+use asterisk_zammad_bridge::ami::AmiMessage;
+use asterisk_zammad_bridge::ami::codec::AmiCodec;
+use asterisk_zammad_bridge::fake_zammad::FakeZammadConfig;
+use bytes::BytesMut;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tokio_util::codec::Encoder;
+
+fn encode(events: &[AmiMessage]) -> bytes::Bytes {
+    let mut buf = BytesMut::new();
+    for e in events {
+        AmiCodec::new().encode(e, &mut buf).unwrap();
+    }
+    buf.freeze()
+}
+
+/// The channels of `call_events(i)` as `CoreShowChannels` lists them while the call is
+/// answered: the trunk and the phone, up and in one bridge.
+fn live_channels(i: usize) -> Vec<AmiMessage> {
+    let t = format!("1900000000.{}", i * 2);
+    let a = format!("1900000000.{}", i * 2 + 1);
+    let bridge = format!("bridge-{i}");
+    let trunk = format!("PJSIP/trunk-{i:08x}");
+    let leg = format!("PJSIP/201-{i:08x}");
+    let caller = format!("+1555000{i:04}");
+    let did = format!("700{i:04}");
+    let one = |ch: &str, uid: &str, context: &str| {
+        AmiMessage::from_pairs([
+            ("Channel", ch),
+            ("ChannelState", "6"),
+            ("ChannelStateDesc", "Up"),
+            ("CallerIDNum", caller.as_str()),
+            ("Context", context),
+            ("Exten", did.as_str()),
+            ("Uniqueid", uid),
+            ("Linkedid", t.as_str()),
+            ("BridgeId", bridge.as_str()),
+            ("Application", "Dial"),
+        ])
+    };
+    vec![
+        one(&trunk, &t, "from-trunk"),
+        one(&leg, &a, "from-internal"),
+    ]
+}
+
+/// Zammad's accepted requests (2xx) of call `i`, as (event, cause) pairs.
+fn accepted(h: &Harness, i: usize) -> Vec<(String, Option<String>)> {
+    let id = format!("1900000000.{}", i * 2);
+    h.zammad
+        .requests()
+        .into_iter()
+        .filter(|r| r.call_id().as_deref() == Some(&id))
+        .filter(|r| r.status.is_some_and(|s| (200..300).contains(&s)))
+        .map(|r| {
+            (
+                r.event().unwrap_or("").to_string(),
+                r.params["cause"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ev(pairs: &[(&str, &str)]) -> (String, Option<String>) {
+    (
+        pairs[0].1.to_string(),
+        pairs.get(1).map(|p| p.1.to_string()),
+    )
+}
+
+#[tokio::test]
+async fn a_call_up_across_a_restart_is_continued_under_its_callid() {
+    let mut h = Harness::start(FakeZammadConfig::default(), |_| {}).await;
+    let events = call_events(1);
+    // Ringing and answered before the restart...
+    h.ami.send_raw(encode(&events[..5]));
+    wait_until("newCall and answer", || accepted(&h, 1).len() == 2).await;
+    h.ami.set_channels(live_channels(1));
+    h.restart().await;
+    // ... and hung up after it.
+    h.ami.send_raw(encode(&events[5..]));
+    wait_until("the hangup", || accepted(&h, 1).len() == 3).await;
+    assert_eq!(
+        accepted(&h, 1),
+        [
+            ev(&[("event", "newCall")]),
+            ev(&[("event", "answer")]),
+            ev(&[("event", "hangup"), ("cause", "normalClearing")]),
+        ]
+    );
+    assert_eq!(h.zammad.violations(), Vec::<String>::new());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_that_ended_while_the_daemon_was_down_gets_its_hangup() {
+    let mut h = Harness::start(FakeZammadConfig::default(), |_| {}).await;
+    let events = call_events(2);
+    // Ringing (newCall sent), then the daemon stops; the caller gives up meanwhile, so at
+    // the next start Asterisk lists no channel of the call.
+    h.ami.send_raw(encode(&events[..4]));
+    wait_until("newCall", || accepted(&h, 2).len() == 1).await;
+    h.ami.set_channels(Vec::new());
+    h.restart().await;
+    wait_until("the hangup", || accepted(&h, 2).len() == 2).await;
+    // Nobody answered and the end was not seen: the caller most likely gave up.
+    assert_eq!(
+        accepted(&h, 2),
+        [
+            ev(&[("event", "newCall")]),
+            ev(&[("event", "hangup"), ("cause", "cancel")]),
+        ]
+    );
+    assert_eq!(h.zammad.violations(), Vec::<String>::new());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn events_zammad_did_not_take_before_a_stop_are_sent_after_the_start() {
+    let mut h = Harness::start(FakeZammadConfig::default(), |c| {
+        c.state.shutdown_grace = Duration::from_millis(300)
+    })
+    .await;
+    // Zammad is down (503) for the whole call and the stop.
+    h.zammad.fail_for(Some(Duration::from_secs(3)), 503);
+    h.ami.send_raw(encode(&call_events(3)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(accepted(&h, 3), []);
+    h.ami.set_channels(Vec::new());
+    h.restart().await;
+    wait_until("all three events", || accepted(&h, 3).len() == 3).await;
+    assert_eq!(
+        accepted(&h, 3),
+        [
+            ev(&[("event", "newCall")]),
+            ev(&[("event", "answer")]),
+            ev(&[("event", "hangup"), ("cause", "normalClearing")]),
+        ]
+    );
+    assert_eq!(h.zammad.violations(), Vec::<String>::new());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_found_up_at_start_is_adopted_and_ended_when_it_ends() {
+    let h = Harness::start(FakeZammadConfig::default(), |_| {}).await;
+    // The daemon never saw call 4 begin; Asterisk lists it, answered, at the next
+    // reconciliation (a reconnect).
+    h.ami.set_channels(live_channels(4));
+    let logins = h.ami.logins();
+    h.ami.drop_connection();
+    h.ami.wait_logins(logins + 1).await;
+    wait_until("newCall and answer", || accepted(&h, 4).len() == 2).await;
+    let events = call_events(4);
+    h.ami.send_raw(encode(&events[5..]));
+    wait_until("the hangup", || accepted(&h, 4).len() == 3).await;
+    let requests: Vec<Value> = h
+        .zammad
+        .requests()
+        .into_iter()
+        .filter(|r| r.call_id().as_deref() == Some("1900000000.8"))
+        .map(|r| r.params)
+        .collect();
+    assert_eq!(requests[0]["from"], "15550000004");
+    assert_eq!(requests[0]["to"], "7000004");
+    assert_eq!(requests[1]["user"], "Alice");
+    assert_eq!(requests[2]["cause"], "normalClearing");
+    assert_eq!(h.zammad.violations(), Vec::<String>::new());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_silent_for_longer_than_stale_after_is_ended() {
+    let h = Harness::start(FakeZammadConfig::default(), |c| {
+        c.calls.stale_after = Duration::from_secs(1)
+    })
+    .await;
+    let events = call_events(5);
+    h.ami.send_raw(encode(&events[..5]));
+    wait_until("newCall and answer", || accepted(&h, 5).len() == 2).await;
+    // No hangup ever comes (a lost event); the sweep ends the call.
+    wait_until("the swept hangup", || accepted(&h, 5).len() == 3).await;
+    assert_eq!(
+        accepted(&h, 5)[2],
+        ev(&[("event", "hangup"), ("cause", "normalClearing")])
+    );
+    assert_eq!(h.zammad.violations(), Vec::<String>::new());
+    h.stop().await;
+}
