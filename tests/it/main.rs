@@ -3,6 +3,7 @@
 mod agi;
 mod cli;
 mod daemon;
+mod e2e;
 mod examples;
 mod recovery;
 mod replay;

@@ -1,6 +1,7 @@
 //! Shared test support: the lab's config, fixture paths, Zammad's invariants.
 
 pub mod harness;
+pub mod lab;
 
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::config::Config;

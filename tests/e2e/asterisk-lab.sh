@@ -1,0 +1,399 @@
+#!/usr/bin/env bash
+# tests/e2e/asterisk-lab.sh: a real Asterisk 22 (Debian sid) in a debootstrap chroot, for
+# the end-to-end tests (tests/it/e2e.rs). Everything it starts listens on loopback only.
+#
+#   asterisk-lab.sh check                 exit 0 if the lab can run here, else print why (exit 1)
+#   asterisk-lab.sh prepare               build the chroot once into the cache (reused later)
+#   asterisk-lab.sh start RUN_DIR AMI_PORT AGI_PORT [OWNER_PID]
+#                                         write the PBX config for one run into RUN_DIR and
+#                                         start Asterisk on those loopback ports; prints its PID
+#   asterisk-lab.sh stop RUN_DIR          stop the Asterisk of RUN_DIR (by its PID)
+#   asterisk-lab.sh watch OWNER_PID PID   kill PID once OWNER_PID is gone (detach it)
+#
+# The cache (AZB_LAB_CACHE, default /var/cache/asterisk-zammad-bridge-lab) holds the chroot
+# `sid/` and the stamp `sid.stamp`, written only after a complete build; a lock file keeps
+# two test processes from building it at the same time. AZB_LAB_MIRROR picks the Debian
+# mirror. Needs root (debootstrap, chroot, a private mount namespace).
+#
+# The PBX configuration is what we ship: the [zammad] user of asterisk-examples/manager.conf
+# and the contexts of asterisk-examples/extensions.conf (only their "Your own routing" part
+# is replaced by the lab's simulated routing, and the FastAGI port by AGI_PORT). Phones,
+# trunk and the outside world are Local channels (see `lab_dialplan` below); chan_pjsip is
+# not loaded, because res_pjsip opens DNS sockets on the wildcard address.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+examples="$repo/asterisk-examples"
+cache="${AZB_LAB_CACHE:-/var/cache/asterisk-zammad-bridge-lab}"
+root="$cache/sid"
+stamp="$cache/sid.stamp"
+mirror="${AZB_LAB_MIRROR:-http://deb.debian.org/debian}"
+# Inside the chroot each Asterisk sees its own RUN_DIR here (a bind mount in a private
+# mount namespace), so concurrent runs share the chroot but nothing else.
+lab_mount=/azb-lab
+
+die() {
+    echo "asterisk-lab: $*" >&2
+    exit 1
+}
+
+log() {
+    echo "asterisk-lab: $*" >&2
+}
+
+# die, quoting the last lines of a log file.
+die_log() {
+    local file="$1"
+    shift
+    die "$*; the end of $file:
+$(tail -n 5 "$file" 2>/dev/null)"
+}
+
+cmd_check() {
+    [[ "$(uname -s)" == Linux ]] || die "needs Linux (chroot, mount namespaces); this is $(uname -s)"
+    [[ "$(id -u)" == 0 ]] || die "needs root (debootstrap, chroot and mount namespaces); running as uid $(id -u)"
+    for tool in chroot unshare mount flock; do
+        command -v "$tool" >/dev/null || die "needs the command '$tool' (util-linux/coreutils)"
+    done
+    if [[ ! -e "$stamp" ]]; then
+        command -v debootstrap >/dev/null || command -v apt-get >/dev/null ||
+            die "needs debootstrap, or apt-get to install it"
+    fi
+    unshare --mount true 2>/dev/null ||
+        die "cannot create a mount namespace here (unshare --mount failed: not privileged enough, e.g. in a container without CAP_SYS_ADMIN)"
+}
+
+# Builds the chroot unless the stamp says it is complete. Runs under the cache lock.
+cmd_prepare() {
+    cmd_check
+    mkdir -p "$cache"
+    # A subshell holds the lock, so that no process started later inherits it.
+    (
+        flock 9
+        if [[ ! -e "$stamp" ]]; then
+            build_chroot
+        fi
+    ) 9>"$cache/lock"
+}
+
+build_chroot() {
+    local started=$SECONDS
+    if ! command -v debootstrap >/dev/null; then
+        log "installing debootstrap with apt-get"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; } \
+            >"$cache/apt-debootstrap.log" 2>&1 ||
+            die_log "$cache/apt-debootstrap.log" "could not install debootstrap with apt-get (no network to the Debian mirror?)"
+    fi
+    log "building a Debian sid chroot with Asterisk in $root (once; about a minute)"
+    rm -rf "$root"
+    debootstrap --variant=minbase sid "$root" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
+        die_log "$cache/debootstrap.log" "debootstrap of Debian sid from $mirror failed (no network to the mirror?)"
+    # sid's Release file may be past its Valid-Until date on a dated mirror.
+    echo 'Acquire::Check-Valid-Until "false";' >"$root/etc/apt/apt.conf.d/99azb-lab"
+    # Installing asterisk must not start it (there is no init in the chroot anyway).
+    printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+    chmod 755 "$root/usr/sbin/policy-rc.d"
+    in_chroot /bin/sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends asterisk' \
+        >"$cache/apt-asterisk.log" 2>&1 ||
+        die_log "$cache/apt-asterisk.log" "apt-get install asterisk in the sid chroot failed (no network to the mirror?)"
+    in_chroot /bin/sh -c 'apt-get clean'
+    mkdir -p "$root$lab_mount"
+    local version
+    version="$(in_chroot /usr/sbin/asterisk -V)"
+    echo "$version, built $(date -u +%FT%TZ) in $((SECONDS - started)) s" >"$stamp.tmp"
+    mv "$stamp.tmp" "$stamp"
+    log "chroot ready: $(cat "$stamp")"
+}
+
+# Runs a command in the chroot with /proc and /dev mounted in a private mount namespace,
+# so the mounts vanish with the process and nothing is left to unmount. (Asterisk itself
+# also starts without them, on the device nodes debootstrap made; apt's maintainer
+# scripts expect them.)
+in_chroot() {
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    unshare --mount --propagation private /bin/sh -c '
+        root="$1"; shift
+        mount -t proc proc "$root/proc"
+        mount --rbind /dev "$root/dev"
+        exec chroot "$root" "$@"
+    ' in_chroot "$root" "$@"
+}
+
+# The lab's AMI users' secrets (loopback only). The tests read them from here.
+ami_secret_zammad=lab-zammad-secret
+ami_secret_lab=lab-driver-secret
+
+# Writes the PBX configuration of one run into RUN_DIR/etc (and the dirs Asterisk writes to).
+write_config() {
+    local run_dir="$1" ami_port="$2" agi_port="$3"
+    local etc="$run_dir/etc" moddir
+    moddir="$(cd "$root" && echo usr/lib/*/asterisk/modules)"
+    [[ -d "$root/$moddir" ]] || die "no Asterisk module dir in $root"
+    mkdir -p "$etc" "$run_dir"/{lib,spool,run,log}
+
+    cat >"$etc/asterisk.conf" <<CONF
+[directories]
+astetcdir => $lab_mount/etc
+astmoddir => /$moddir
+astvarlibdir => /var/lib/asterisk
+astdbdir => $lab_mount/lib
+astkeydir => $lab_mount/lib
+astdatadir => /usr/share/asterisk
+astagidir => /usr/share/asterisk/agi-bin
+astspooldir => $lab_mount/spool
+astrundir => $lab_mount/run
+astlogdir => $lab_mount/log
+astsbindir => /usr/sbin
+
+[options]
+verbose = 3
+debug = 0
+CONF
+
+    # autoload=no and an explicit list: starts in a fraction of a second, quietly.
+    cat >"$etc/modules.conf" <<'CONF'
+[modules]
+autoload = no
+load => pbx_config.so
+load => app_dial.so
+load => app_queue.so
+load => app_directed_pickup.so
+load => res_agi.so
+load => res_speech.so
+load => func_callerid.so
+load => func_channel.so
+load => func_logic.so
+load => func_strings.so
+load => bridge_simple.so
+load => bridge_builtin_features.so
+load => res_timing_timerfd.so
+load => app_playtones.so
+CONF
+
+    cat >"$etc/logger.conf" <<'CONF'
+[general]
+[logfiles]
+full => notice,warning,error,verbose
+console => error
+CONF
+
+    printf '[general]\nenable = no\n' >"$etc/cdr.conf"
+    printf '[general]\nenable = no\n' >"$etc/cel.conf"
+    cp "$root/etc/asterisk/indications.conf" "$etc/indications.conf"
+    # Present but empty, so that Asterisk does not complain about their absence.
+    for conf in acl.conf udptl.conf queuerules.conf; do
+        : >"$etc/$conf"
+    done
+    printf '[general]\n' >"$etc/ccss.conf"
+
+    # Attended transfer through AMI Atxfer needs a feature code (the DTMF it injects).
+    # No prompts: the chroot has no sound files, and a prompt that fails to play aborts
+    # the transfer.
+    cat >"$etc/features.conf" <<'CONF'
+[general]
+transferdigittimeout = 1
+atxfernoanswertimeout = 15
+transferannouncesound =
+transferretrysound =
+transferinvalidsound =
+xfersound =
+xferfailsound =
+[featuremap]
+blindxfer => #1
+atxfer => *2
+CONF
+
+    # manager.conf: the shipped file, with this run's port and the [zammad] secret, plus
+    # the test driver's own user (Originate, transfers, Command).
+    grep -q '^\[zammad\]' "$examples/manager.conf" || die "no [zammad] section in $examples/manager.conf"
+    sed -e "s/^port = .*/port = $ami_port/" \
+        -e "s/^bindaddr = .*/bindaddr = 127.0.0.1/" \
+        -e "/^\[zammad\]/,/^\[/ s/^secret = .*/secret = $ami_secret_zammad/" \
+        "$examples/manager.conf" >"$etc/manager.conf"
+    grep -q "^port = $ami_port\$" "$etc/manager.conf" || die "could not set the AMI port in manager.conf"
+    grep -q "^secret = $ami_secret_zammad\$" "$etc/manager.conf" || die "could not set the [zammad] secret in manager.conf"
+    cat >>"$etc/manager.conf" <<CONF
+
+; ---- The lab's test driver (not shipped) ----
+[lab]
+secret = $ami_secret_lab
+deny = 0.0.0.0/0.0.0.0
+permit = 127.0.0.1/255.255.255.255
+read = all
+write = all
+writetimeout = 5000
+eventfilter = !Event: TestEvent
+CONF
+
+    cat >"$etc/queues.conf" <<'CONF'
+[general]
+persistentmembers = no
+
+[support]
+strategy = ringall
+timeout = 15
+retry = 1
+wrapuptime = 0
+ringinuse = yes
+joinempty = yes
+leavewhenempty = no
+member => Local/201@phones,0,Alice
+member => Local/203@phones,0,Carol
+CONF
+
+    # extensions.conf: the shipped contexts up to their "Your own routing" part, with this
+    # run's FastAGI port, then the lab's routing and its simulated phones, trunk and PSTN.
+    local routing_marker='; ---- Your own routing'
+    grep -q "^$routing_marker" "$examples/extensions.conf" ||
+        die "no '$routing_marker' line in $examples/extensions.conf"
+    grep -q 'agi://127\.0\.0\.1:4573/' "$examples/extensions.conf" ||
+        die "no agi://127.0.0.1:4573/ in $examples/extensions.conf"
+    {
+        cat <<'CONF'
+[general]
+static = yes
+writeprotect = yes
+autofallthrough = yes
+clearglobalvars = yes
+
+[globals]
+; How long Dial rings before it gives up, and how long an answering phone or outside
+; number talks before it hangs up (seconds). A call overrides them with inherited
+; channel variables (AMI Originate: Variable: __LAB_TALK=20).
+LAB_DIAL_TIMEOUT = 20
+LAB_TALK = 4
+
+; ---- asterisk-examples/extensions.conf ----
+CONF
+        sed -n "1,/^$routing_marker/p" "$examples/extensions.conf" |
+            sed -e '$d' -e "s#agi://127\.0\.0\.1:4573/#agi://127.0.0.1:$agi_port/#g"
+        lab_dialplan
+    } >"$etc/extensions.conf"
+}
+
+# The lab's routing and the simulated world, all Local channels:
+#   DID 49301234562XX  phone 2XX        DID 4930123456600  ring group 201 & 203
+#   DID 4930123456700  queue support    (a leading + is accepted and dropped)
+#   phones 201, 204, 205: ring 2 s, answer, talk LAB_TALK s; 202 busy; 203, 206, 207 never answer
+#   pstn: every number rings 2 s, answers, talks LAB_TALK s
+lab_dialplan() {
+    cat <<'CONF'
+; ---- The lab's own routing (replaces the examples' "Your own routing") ----
+
+[from-pstn]
+; A second inbound context, without the FastAGI: calls the bridge sees on AMI only.
+exten => _X.,1,Goto(inbound-routes,${EXTEN},1)
+exten => _+X.,1,Goto(inbound-routes,${EXTEN},1)
+
+[inbound-routes]
+exten => _+X.,1,Goto(${EXTEN:1},1)
+exten => _49301234562XX,1,Dial(Local/${EXTEN:-3}@phones,${LAB_DIAL_TIMEOUT},t)
+ same => n,Hangup()
+exten => 4930123456600,1,Dial(Local/201@phones&Local/203@phones,${LAB_DIAL_TIMEOUT},t)
+ same => n,Hangup()
+exten => 4930123456700,1,Queue(support,t,,,${LAB_DIAL_TIMEOUT})
+ same => n,Hangup()
+
+[internal-routes]
+exten => _2XX,1,Dial(Local/${EXTEN}@phones,${LAB_DIAL_TIMEOUT},t)
+ same => n,Hangup()
+
+[outbound-routes]
+exten => _X.,1,Dial(Local/${EXTEN}@pstn,60)
+ same => n,Hangup()
+exten => _+X.,1,Dial(Local/${EXTEN}@pstn,60)
+ same => n,Hangup()
+
+; ---- The simulated world ----
+
+[phones]
+exten => _20[145],1,Ringing()
+ same => n,Wait(2)
+ same => n,Answer()
+ same => n,Playtones(440)
+ same => n,Wait(${LAB_TALK})
+ same => n,Hangup()
+exten => 202,1,Busy(10)
+exten => _20[367],1,Ringing()
+ same => n,Wait(600)
+ same => n,Hangup()
+
+[phones-pickup]
+; Phone EXTEN picks up the ringing channel named in LAB_PICKUP.
+exten => _2XX,1,PickupChan(${LAB_PICKUP})
+ same => n,Hangup()
+
+[pstn]
+exten => _X.,1,Ringing()
+ same => n,Wait(2)
+ same => n,Answer()
+ same => n,Wait(${LAB_TALK})
+ same => n,Hangup()
+exten => _+X.,1,Goto(${EXTEN:1},1)
+CONF
+}
+
+cmd_start() {
+    local run_dir="$1" ami_port="$2" agi_port="$3" owner="${4:-}"
+    [[ -e "$stamp" ]] || cmd_prepare
+    mkdir -p "$run_dir"
+    run_dir="$(cd "$run_dir" && pwd)"
+    write_config "$run_dir" "$ami_port" "$agi_port"
+    # unshare and chroot exec, so $! is Asterisk's own PID. -f: no fork, -n: no colours.
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    unshare --mount --propagation private /bin/sh -c '
+        root="$1"; run_dir="$2"; lab="$3"
+        mount -t proc proc "$root/proc"
+        mount --rbind /dev "$root/dev"
+        mount --bind "$run_dir" "$root$lab"
+        exec chroot "$root" /usr/sbin/asterisk -f -n -C "$lab/etc/asterisk.conf"
+    ' lab "$root" "$run_dir" "$lab_mount" </dev/null >"$run_dir/asterisk.out" 2>&1 &
+    local pid=$!
+    echo "$pid" >"$run_dir/asterisk.pid"
+    if [[ -n "$owner" ]]; then
+        cmd_watch "$owner" "$pid" </dev/null >/dev/null 2>&1 &
+        disown
+    fi
+    echo "$pid"
+}
+
+cmd_stop() {
+    local run_dir="$1" pid
+    [[ -e "$run_dir/asterisk.pid" ]] || return 0
+    pid="$(cat "$run_dir/asterisk.pid")"
+    if kill "$pid" 2>/dev/null; then
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$run_dir/asterisk.pid"
+}
+
+cmd_watch() {
+    local owner="$1" pid="$2"
+    while kill -0 "$owner" 2>/dev/null && kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+    done
+    kill "$pid" 2>/dev/null || true
+}
+
+case "${1:-}" in
+check) cmd_check ;;
+prepare) cmd_prepare ;;
+start)
+    [[ $# -ge 4 ]] || die "usage: $0 start RUN_DIR AMI_PORT AGI_PORT [OWNER_PID]"
+    cmd_start "${@:2}"
+    ;;
+stop)
+    [[ $# -eq 2 ]] || die "usage: $0 stop RUN_DIR"
+    cmd_stop "$2"
+    ;;
+watch)
+    [[ $# -eq 3 ]] || die "usage: $0 watch OWNER_PID PID"
+    cmd_watch "$2" "$3"
+    ;;
+*) die "usage: $0 check|prepare|start RUN_DIR AMI_PORT AGI_PORT [OWNER_PID]|stop RUN_DIR|watch OWNER_PID PID" ;;
+esac
