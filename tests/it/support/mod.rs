@@ -1,6 +1,8 @@
 //! Shared test support: the lab's config, fixture paths, Zammad's invariants.
 
+pub mod bridge;
 pub mod harness;
+pub mod traffic;
 
 use asterisk_zammad_bridge::config::Config;
 use serde_json::Value;
