@@ -146,7 +146,8 @@ async fn finish(
     for id in &verdict.examples {
         let _ = writeln!(
             message,
-            "daemon log lines of {id}:\n{}",
+            "{id}: {}\ndaemon log lines of {id}:\n{}",
+            player.describe(id),
             bridge.log_grep(id, 10)
         );
     }

@@ -813,6 +813,47 @@ impl<'a> Player<'a> {
         }
     }
 
+    /// What the daemons were shown of the call `id`, for failure messages: its kind, and
+    /// each step (`step N`) or channel list (`listed after N steps`) that reached a
+    /// connection, with the login it reached and whether that daemon kept it.
+    pub fn describe(&self, id: &str) -> String {
+        let Some(call) = self
+            .traffic
+            .calls
+            .iter()
+            .find(|c| c.id.as_deref() == Some(id))
+        else {
+            return "not a call of the plan".into();
+        };
+        let sights: Vec<String> = call
+            .sights
+            .iter()
+            .map(|s| {
+                let what = if s.pos % 2 == 1 {
+                    format!("step {} {:?}", s.pos / 2, call.kind.steps()[s.pos / 2])
+                } else {
+                    format!("listed after {} steps", s.pos / 2)
+                };
+                let kept = if self.kept(s) { "" } else { ", maybe not kept" };
+                format!("{what} (login {}{kept})", s.login)
+            })
+            .collect();
+        format!(
+            "{}{}; shown: {}",
+            call.kind.label(),
+            if call.vanished {
+                ", cut off by the Asterisk restart"
+            } else {
+                ""
+            },
+            if sights.is_empty() {
+                "nothing".to_string()
+            } else {
+                sights.join(", ")
+            }
+        )
+    }
+
     /// Compares what Zammad got with what the daemon could know.
     pub fn judge(
         &self,
