@@ -5,6 +5,7 @@ mod cli;
 mod daemon;
 mod e2e;
 mod examples;
+mod faults;
 mod recovery;
 mod replay;
 mod support;

@@ -1,7 +1,9 @@
 //! Shared test support: the lab's config, fixture paths, Zammad's invariants.
 
+pub mod bridge;
 pub mod harness;
 pub mod lab;
+pub mod traffic;
 
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::config::Config;
