@@ -566,6 +566,9 @@ impl Tracker {
         }
         adopted.sort();
         adopted.dedup();
+        for key in &adopted {
+            self.adopt_outbound(key, live, out);
+        }
         let keys: Vec<Box<str>> = self.calls.keys().cloned().collect();
         for key in keys {
             let Some(call) = self.calls.get(&key) else {
@@ -581,6 +584,55 @@ impl Tracker {
             if let Some(extension) = talking {
                 self.report_answer(&key, AnsweredBy::Picker { extension }, out);
             }
+        }
+    }
+
+    /// A call found only in a snapshot whose phone (in an outbound context) has another
+    /// channel with it: the dial out happened unseen. Its other channels become its legs;
+    /// if the phone is already up in a bridge, the far end answered.
+    fn adopt_outbound(&mut self, key: &str, live: &[AmiMessage], out: &mut Vec<CtiRequest>) {
+        let Some(call) = self.calls.get(key) else {
+            return;
+        };
+        let Some((origin, _)) = call.out_origin.clone() else {
+            return;
+        };
+        if call.direction.is_some() || call.reported {
+            return;
+        }
+        let others: Vec<Box<str>> = call
+            .members
+            .iter()
+            .filter(|m| **m != origin)
+            .cloned()
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let to_trunk = others.iter().any(|uid| {
+            let name = self.channels.get(uid).map_or("", |c| &c.name);
+            self.settings
+                .trunk_channel
+                .as_ref()
+                .is_some_and(|re| re.is_match(name))
+        });
+        let call = self.calls.get_mut(key).expect("checked above");
+        for uid in others {
+            call.legs.push(Leg {
+                uniqueid: uid,
+                extension: None,
+                member_name: None,
+                alive: true,
+            });
+        }
+        self.make_outbound(key, to_trunk, None, out);
+        let up_and_bridged = live.iter().any(|c| {
+            c.get("Uniqueid") == Some(&*origin)
+                && c.get("ChannelState") == Some("6")
+                && c.get("BridgeId").is_some_and(|b| !b.is_empty())
+        });
+        if up_and_bridged {
+            self.report_answer(key, AnsweredBy::Picker { extension: None }, out);
         }
     }
 
@@ -914,7 +966,26 @@ impl Tracker {
         if call.direction.is_some() {
             return;
         }
-        // Outbound: a phone that came in through an outbound context dials out.
+        let dest_number = msg
+            .get("DestCallerIDNum")
+            .filter(|n| !is_withheld(n))
+            .or_else(|| msg.get("DestExten"));
+        self.make_outbound(&key, to_trunk, dest_number, out);
+    }
+
+    /// Outbound: the phone that came in through an outbound context (the call's
+    /// `out_origin`) dials out, to an external number or (`to_trunk`) a trunk leg whose
+    /// number is `dest_number`.
+    fn make_outbound(
+        &mut self,
+        key: &str,
+        to_trunk: bool,
+        dest_number: Option<&str>,
+        out: &mut Vec<CtiRequest>,
+    ) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
         let Some((origin, dialed)) = call.out_origin.clone() else {
             return;
         };
@@ -925,11 +996,7 @@ impl Tracker {
         let number = if external {
             dialed.to_string()
         } else {
-            msg.get("DestCallerIDNum")
-                .filter(|n| !is_withheld(n))
-                .or_else(|| msg.get("DestExten"))
-                .unwrap_or(&dialed)
-                .to_string()
+            dest_number.unwrap_or(&dialed).to_string()
         };
         call.direction = Some(Direction::Out);
         call.origin = Some(origin.clone());
@@ -939,10 +1006,10 @@ impl Tracker {
             .get(&*origin)
             .and_then(|c| c.caller_num.clone());
         let from = self.outbound_from(agent.as_deref().unwrap_or(""));
-        let call = self.calls.get_mut(&*key).expect("a channel's call exists");
+        let call = self.calls.get_mut(key).expect("checked above");
         call.from = from;
         call.agent = agent;
-        self.report_new_call(&key, out);
+        self.report_new_call(key, out);
     }
 
     fn on_dial_state(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
@@ -966,8 +1033,21 @@ impl Tracker {
             return;
         };
         if !Self::is_leg(call, &dest) {
-            return;
+            // A dial that began while we were not looking (before a reconnect or a
+            // restart): its end still tells who answered.
+            if self.call_of(&dest).as_deref() != Some(&*key) {
+                return;
+            }
+            let extension = self.extension_of(msg.get("DestChannel").unwrap_or(""));
+            let call = self.calls.get_mut(&*key).expect("checked above");
+            call.legs.push(Leg {
+                uniqueid: dest.clone(),
+                extension,
+                member_name: None,
+                alive: true,
+            });
         }
+        let call = self.calls.get_mut(&*key).expect("checked above");
         if forwarded {
             call.outcome.forwarded = true;
         }
