@@ -666,6 +666,47 @@ async fn outbound_caller_id(lab: &Lab) -> Result<Expected, String> {
     lab.check(call.expect(requests)).await
 }
 
+/// A call still up when the daemon is killed (SIGKILL) and started again: the new daemon
+/// goes on with it from the state dir, under the same callId, and sends its hangup.
+async fn daemon_restart_mid_call(
+    lab: &Lab,
+    daemon: &mut Daemon,
+    run_dir: &std::path::Path,
+    config: &str,
+) -> Result<Expected, String> {
+    let id = "e2e-daemon-restart";
+    let mut spec = inbound(id, "from-trunk", "4930123456204", 40, 30_000);
+    spec.vars.push(("__LAB_TALK", "8".into()));
+    spec.send(&lab.driver).await?;
+    lab.dial_end(id, "Local/204@phones-", "ANSWER").await?;
+    let call_id = format!("{PREFIX}{id}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let delivered = lab
+            .zammad
+            .requests()
+            .iter()
+            .filter(|r| r.call_id().as_deref() == Some(&call_id) && r.status == Some(200))
+            .count();
+        if delivered >= 2 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("newCall and answer did not reach Zammad before the kill".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.kill();
+    *daemon = Daemon::start_logging_to(run_dir, config, "daemon-after-restart.log")?;
+    let call = Call::inbound(id, "4930123456204");
+    let requests = vec![
+        call.event("newCall", json!({})),
+        call.event("answer", json!({"user": "Dave", "answeringNumber": "204"})),
+        call.event("hangup", json!({"cause": "normalClearing"})),
+    ];
+    lab.check(call.expect(requests)).await
+}
+
 type Scenario<'a> = (&'static str, LocalBoxFuture<'a, Result<Expected, String>>);
 
 fn scenarios(lab: &Lab) -> Vec<Scenario<'_>> {
@@ -735,7 +776,8 @@ async fn run_all() {
     let logs = || {
         format!(
             "\n--- daemon log (tail) ---\n{}\n--- asterisk log (tail) ---\n{}\n(run dir kept: {})",
-            tail(&run_dir.join("daemon.log"), 40),
+            tail(&run_dir.join("daemon.log"), 40)
+                + &tail(&run_dir.join("daemon-after-restart.log"), 40),
             tail(&asterisk.log(), 40),
             run_dir.display()
         )
@@ -744,8 +786,8 @@ async fn run_all() {
         Ok(driver) => driver,
         Err(e) => panic!("{e}{}", logs()),
     };
-    let mut daemon = Daemon::start(&run_dir, &daemon_config(&asterisk, &zammad))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let config = daemon_config(&asterisk, &zammad);
+    let mut daemon = Daemon::start(&run_dir, &config).unwrap_or_else(|e| panic!("{e}"));
     if let Err(e) = driver
         .wait_manager_user("zammad", Duration::from_secs(20))
         .await
@@ -755,11 +797,18 @@ async fn run_all() {
     let booted = started.elapsed();
     let lab = Lab { zammad, driver };
 
-    let results = join_all(scenarios(&lab).into_iter().map(|(name, run)| async move {
+    let mut results = join_all(scenarios(&lab).into_iter().map(|(name, run)| async move {
         let t = Instant::now();
         (name, run.await, t.elapsed())
     }))
     .await;
+    // Last, alone, as it restarts the daemon.
+    let only = std::env::var("AZB_E2E_ONLY").unwrap_or_default();
+    if only.is_empty() || only.contains("restart") {
+        let t = Instant::now();
+        let result = daemon_restart_mid_call(&lab, &mut daemon, &run_dir, &config).await;
+        results.push(("call up across a daemon SIGKILL", result, t.elapsed()));
+    }
 
     // Every call is over: nothing more may reach Zammad; check the whole record again.
     let mut failures = Vec::new();

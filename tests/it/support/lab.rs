@@ -121,9 +121,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(run_dir: &Path, config: &str) -> Result<Daemon, String> {
+        Self::start_logging_to(run_dir, config, "daemon.log")
+    }
+
+    /// Like [`Daemon::start`], logging to `log_name` in the run dir.
+    pub fn start_logging_to(
+        run_dir: &Path,
+        config: &str,
+        log_name: &str,
+    ) -> Result<Daemon, String> {
         let config_path = run_dir.join("config.toml");
         std::fs::write(&config_path, config).map_err(|e| format!("write the config: {e}"))?;
-        let log = run_dir.join("daemon.log");
+        let log = run_dir.join(log_name);
         let out = std::fs::File::create(&log).map_err(|e| format!("create the log: {e}"))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"));
@@ -158,6 +167,12 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn();
         Ok(Daemon { child })
+    }
+
+    /// SIGKILL: the daemon gets no chance to tidy up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then a clean exit within the grace period, else SIGKILL.
