@@ -4,6 +4,7 @@ mod agi;
 mod cli;
 mod daemon;
 mod examples;
+mod fuzz;
 mod replay;
 mod support;
 mod tracker;
