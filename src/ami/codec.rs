@@ -246,7 +246,9 @@ impl Decoder for AmiCodec {
             return Ok(Some(frame));
         }
         let rest = buf.len();
-        let only_blanks = buf.iter().all(|b| matches!(b, b'\r' | b'\n'));
+        // Nothing but (the start of) blank lines: no frame was begun. A line of CRs alone
+        // is not blank (one CR is its line end), so it begins a frame.
+        let only_blanks = self.line_ends.is_empty() && buf.iter().all(|b| *b == b'\r');
         let discarding = matches!(self.state, State::Discard { .. });
         buf.clear();
         self.scan = 0;
@@ -666,6 +668,25 @@ Event: Hangup\r\nPrivilege: call,all\r\nCause: 16\r\n\r\n";
             decode_all(b"Event: A\r\n\r\n\r\n"),
             [msg(&[("Event", "A")])]
         );
+    }
+
+    /// Found by cargo-fuzz: a frame of lines holding only CRs (`\r\r\n`: not blank, since
+    /// only one CR is the line end) went unreported when the stream ended inside it.
+    #[test]
+    fn an_unfinished_frame_of_cr_lines_is_reported() {
+        assert_eq!(
+            decode_all(b"\r\r\n\r"),
+            [AmiFrame::Skipped(FrameError::Truncated { bytes: 4 })]
+        );
+        assert_eq!(
+            decode_bytewise(&mut AmiCodec::new(), b"\r\r\n\r"),
+            [AmiFrame::Skipped(FrameError::Truncated { bytes: 4 })]
+        );
+        assert_eq!(
+            decode_all(b"\r\r\n\r\n"),
+            [AmiFrame::Skipped(FrameError::MalformedLines { count: 1 })]
+        );
+        assert_eq!(decode_all(b"\r\n\n\r"), []);
     }
 
     #[test]
