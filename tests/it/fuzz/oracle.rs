@@ -255,7 +255,9 @@ pub fn check_agi_session(bytes: &[u8]) -> Result<(), String> {
         if in_env {
             match env.push_line(line) {
                 Ok(done) => {
-                    if done != line.is_empty() {
+                    // `push_line` drops a CR at the end too, for callers that keep it; so
+                    // after `LinesCodec` has dropped one, `\r\r\n` is a blank line.
+                    if done != line.strip_suffix('\r').unwrap_or(line).is_empty() {
                         return Err(format!("{line:?} ended the environment: {done}"));
                     }
                     in_env = !done;
