@@ -12,6 +12,9 @@ pub const MAX_LINE: usize = 8192;
 /// Most `agi_*` lines accepted in one environment block (Asterisk sends about 25, plus
 /// one per argument).
 pub const MAX_ENV_LINES: usize = 256;
+/// Most bytes of text kept from one multi-line `520-` reply (Asterisk's longest usage
+/// text is about 2 KB); a longer one is refused rather than held without end.
+pub const MAX_USAGE: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgiError {
@@ -23,6 +26,8 @@ pub enum AgiError {
     BadReply(String),
     #[error("refused to send a command with a line break or NUL in it")]
     LineBreakInCommand,
+    #[error("a multi-line 520 reply longer than {MAX_USAGE} bytes")]
+    UsageTooLong,
 }
 
 /// The `agi_*` block that starts a session, in arrival order.
@@ -224,6 +229,10 @@ impl ReplyReader {
                 let text = std::mem::take(usage);
                 self.usage = None;
                 return Ok(ReplyLine::Reply(AgiReply::Usage(text)));
+            }
+            if usage.len() + 1 + line.len() > MAX_USAGE {
+                self.usage = None;
+                return Err(AgiError::UsageTooLong);
             }
             if !usage.is_empty() {
                 usage.push('\n');
@@ -446,5 +455,26 @@ mod tests {
         assert!(r.push_line("hello").is_err());
         assert!(r.push_line("200 result=x").is_err());
         assert!(r.push_line("200 foo").is_err());
+    }
+
+    /// Found by fuzzing: the lines of a `520-` block were kept until its last line, so a
+    /// peer that never sent one (each line within the idle timeout) grew the session's
+    /// memory without end.
+    #[test]
+    fn a_520_block_without_end_is_refused() {
+        let mut r = ReplyReader::default();
+        assert_eq!(
+            r.push_line("520-Invalid command syntax."),
+            Ok(ReplyLine::More)
+        );
+        let line = " Usage: SET VARIABLE <variablename> <value>";
+        let mut kept = "Invalid command syntax.".len();
+        while kept + 1 + line.len() <= MAX_USAGE {
+            assert_eq!(r.push_line(line), Ok(ReplyLine::More));
+            kept += 1 + line.len();
+        }
+        assert_eq!(r.push_line(line), Err(AgiError::UsageTooLong));
+        // The reader starts afresh.
+        assert_eq!(r.push_line("HANGUP"), Ok(ReplyLine::Hangup));
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! The banner is recognised wherever a frame could start (a line beginning with
 //! `Asterisk Call Manager`), so the decoder needs no state for it and a recording made of
-//! several connections decodes too.
+//! several connections decodes too. The frame limit holds for it as well: a longer such
+//! line is the start of an oversized frame, whatever reads it arrives in.
 //!
 //! Bad input never ends the stream (a `Decoder` error would): it comes out as
 //! [`AmiFrame::Skipped`] and decoding goes on.
@@ -155,9 +156,11 @@ impl AmiCodec {
         while let Some(offset) = memchr::memchr(b'\n', &buf[start..]) {
             let nl = start + offset;
             let line = strip_cr(&buf[start..nl]);
-            if self.line_ends.is_empty() && line.starts_with(BANNER_PREFIX) {
+            if self.line_ends.is_empty() && line.starts_with(BANNER_PREFIX) && nl < self.max_frame {
                 // The greeting: a line of its own, without a blank line after it. Looked
-                // for at every frame start, so concatenated recordings decode too.
+                // for at every frame start, so concatenated recordings decode too. One
+                // over the limit is left to the size check below, as it would be had it
+                // arrived in pieces.
                 let banner = String::from_utf8_lossy(line).into_owned();
                 buf.advance(nl + 1);
                 self.scan = 0;
@@ -243,7 +246,9 @@ impl Decoder for AmiCodec {
             return Ok(Some(frame));
         }
         let rest = buf.len();
-        let only_blanks = buf.iter().all(|b| matches!(b, b'\r' | b'\n'));
+        // Nothing but (the start of) blank lines: no frame was begun. A line of CRs alone
+        // is not blank (one CR is its line end), so it begins a frame.
+        let only_blanks = self.line_ends.is_empty() && buf.iter().all(|b| *b == b'\r');
         let discarding = matches!(self.state, State::Discard { .. });
         buf.clear();
         self.scan = 0;
@@ -482,6 +487,39 @@ Event: Hangup\r\nPrivilege: call,all\r\nCause: 16\r\n\r\n";
         assert_eq!(decode_bytewise(&mut AmiCodec::new(), bytes), expected);
     }
 
+    /// Found by fuzzing: a greeting line longer than the limit came out whole as a
+    /// `Banner` when it arrived in one read, but as `TooLarge` (dropping the frame after
+    /// it) when it arrived in pieces.
+    #[test]
+    fn a_banner_over_the_limit_is_an_oversized_frame_in_any_reads() {
+        let mut bytes = format!("Asterisk Call Manager/{}\r\n", "9".repeat(100)).into_bytes();
+        bytes.extend_from_slice(b"Response: Success\r\n\r\n");
+        bytes.extend_from_slice(TWO_EVENTS);
+        for frames in [
+            decode_chunks(&mut AmiCodec::with_max_frame(100), [&bytes[..]]),
+            decode_bytewise(&mut AmiCodec::with_max_frame(100), &bytes),
+        ] {
+            assert!(
+                matches!(
+                    frames[0],
+                    AmiFrame::Skipped(FrameError::TooLarge { limit: 100, .. })
+                ),
+                "{frames:?}"
+            );
+            assert_eq!(frames[1..], two_events());
+        }
+        // One that fits, line end included, is a banner.
+        let banner = format!("Asterisk Call Manager/{}", "9".repeat(76));
+        let bytes = format!("{banner}\r\n");
+        assert_eq!(bytes.len(), 100);
+        for frames in [
+            decode_chunks(&mut AmiCodec::with_max_frame(100), [bytes.as_bytes()]),
+            decode_bytewise(&mut AmiCodec::with_max_frame(100), bytes.as_bytes()),
+        ] {
+            assert_eq!(frames, [AmiFrame::Banner(banner.clone())]);
+        }
+    }
+
     #[test]
     fn no_banner_when_the_first_line_is_a_header() {
         assert_eq!(decode_all(TWO_EVENTS), two_events());
@@ -630,6 +668,25 @@ Event: Hangup\r\nPrivilege: call,all\r\nCause: 16\r\n\r\n";
             decode_all(b"Event: A\r\n\r\n\r\n"),
             [msg(&[("Event", "A")])]
         );
+    }
+
+    /// Found by cargo-fuzz: a frame of lines holding only CRs (`\r\r\n`: not blank, since
+    /// only one CR is the line end) went unreported when the stream ended inside it.
+    #[test]
+    fn an_unfinished_frame_of_cr_lines_is_reported() {
+        assert_eq!(
+            decode_all(b"\r\r\n\r"),
+            [AmiFrame::Skipped(FrameError::Truncated { bytes: 4 })]
+        );
+        assert_eq!(
+            decode_bytewise(&mut AmiCodec::new(), b"\r\r\n\r"),
+            [AmiFrame::Skipped(FrameError::Truncated { bytes: 4 })]
+        );
+        assert_eq!(
+            decode_all(b"\r\r\n\r\n"),
+            [AmiFrame::Skipped(FrameError::MalformedLines { count: 1 })]
+        );
+        assert_eq!(decode_all(b"\r\n\n\r"), []);
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod daemon;
 mod e2e;
 mod examples;
 mod faults;
+mod fuzz;
 mod recovery;
 mod replay;
 mod support;
