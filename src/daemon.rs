@@ -30,7 +30,7 @@ use crate::zammad::{ZammadClient, ZammadError};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, interval_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -38,10 +38,32 @@ use tracing::{error, info, warn};
 /// Most inputs taken into one batch (one journal commit).
 const MAX_BATCH: usize = 512;
 
-/// The addresses the daemon listens on, once they are bound.
-#[derive(Debug, Clone, Default)]
+/// The addresses the daemon listens on, once they are bound, and its health from then on.
+#[derive(Debug, Clone)]
 pub struct Listening {
     pub agi: Option<SocketAddr>,
+    /// Updated after every batch of inputs (and on AMI state changes).
+    pub health: watch::Receiver<Health>,
+}
+
+/// What `/health`, systemd's watchdog and `STATUS=` report (DESIGN.md §7).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Logged in to AMI.
+    pub ami_connected: bool,
+    /// The FastAGI listener is bound (or FastAGI is off).
+    pub agi_ok: bool,
+    /// Calls the tracker follows.
+    pub active_calls: usize,
+    /// Events waiting for Zammad.
+    pub outbox_depth: usize,
+}
+
+impl Health {
+    /// Healthy: AMI logged in and FastAGI (if enabled) listening.
+    pub fn is_healthy(&self) -> bool {
+        self.ami_connected && self.agi_ok
+    }
 }
 
 /// Runs the daemon until `shutdown` is cancelled.
@@ -109,7 +131,7 @@ pub async fn run_reporting(
     })?;
     let secret = config.ami.secret.clone().context("ami.secret is not set")?;
     let ami_settings = AmiSettings::from_config(&config.ami, secret);
-    let (ami, mut inputs, _status, ami_task) = client::spawn(ami_settings, shutdown.clone());
+    let (ami, mut inputs, mut ami_status, ami_task) = client::spawn(ami_settings, shutdown.clone());
     let outbox = Outbox::with_store(
         zammad,
         shutdown.clone(),
@@ -146,8 +168,15 @@ pub async fn run_reporting(
     let mut reconcile_timer = interval_at(Instant::now() + every, every);
     let sweep_every = (config.calls.stale_after / 4).min(Duration::from_secs(60));
     let mut sweep_timer = interval_at(Instant::now() + sweep_every, sweep_every);
+    let (health_tx, health) = watch::channel(Health {
+        agi_ok: true,
+        ..Health::default()
+    });
     if let Some(ready) = ready {
-        let _ = ready.send(Listening { agi: agi_addr });
+        let _ = ready.send(Listening {
+            agi: agi_addr,
+            health,
+        });
     }
 
     loop {
@@ -167,6 +196,7 @@ pub async fn run_reporting(
                 }
             }
             _ = sweep_timer.tick() => d.sweep(),
+            Ok(()) = ami_status.changed() => {}
         }
         // Whatever else is ready joins this batch.
         for _ in 0..MAX_BATCH {
@@ -179,6 +209,17 @@ pub async fn run_reporting(
             }
         }
         d.flush().await;
+        let now = Health {
+            ami_connected: *ami_status.borrow() == AmiStatus::LoggedIn,
+            agi_ok: agi_task.as_ref().is_none_or(|t| !t.is_finished()),
+            active_calls: d.tracker.active_calls(),
+            outbox_depth: d.outbox.depth(),
+        };
+        health_tx.send_if_modified(|h| {
+            let changed = *h != now;
+            *h = now;
+            changed
+        });
     }
 
     // Stopping: claims already made and events already read still count.
