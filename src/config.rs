@@ -427,6 +427,36 @@ const SECRET_KEYS: &[&str] = &["ami.secret", "zammad.url"];
 const ENV_ORIGIN: &str = "the environment";
 
 impl Config {
+    /// The sections that differ between `self` and `new` and only take effect after a
+    /// restart: everything but `[agents]`, `[calls]` and `[numbers]` (which SIGHUP reloads).
+    pub fn sections_needing_restart(&self, new: &Config) -> Vec<&'static str> {
+        let secret = |s: &Option<SecretString>| s.as_ref().map(|s| s.expose_secret().to_string());
+        let mut out = Vec::new();
+        if format!("{:?}", self.ami) != format!("{:?}", new.ami)
+            || secret(&self.ami.secret) != secret(&new.ami.secret)
+        {
+            out.push("ami");
+        }
+        if format!("{:?}", self.agi) != format!("{:?}", new.agi) {
+            out.push("agi");
+        }
+        if format!("{:?}", self.zammad) != format!("{:?}", new.zammad)
+            || secret(&self.zammad.url) != secret(&new.zammad.url)
+        {
+            out.push("zammad");
+        }
+        if format!("{:?}", self.admin) != format!("{:?}", new.admin) {
+            out.push("admin");
+        }
+        if format!("{:?}", self.state) != format!("{:?}", new.state) {
+            out.push("state");
+        }
+        if format!("{:?}", self.log) != format!("{:?}", new.log) {
+            out.push("log");
+        }
+        out
+    }
+
     /// Loads `path`, then applies the `AZB__SECTION__KEY` variables of this process, then
     /// reads the `*_file` secrets, then validates every value.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -106,6 +106,19 @@ pub async fn run_reporting(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<Listening>>,
 ) -> anyhow::Result<()> {
+    run_with(config, shutdown, ready, None).await
+}
+
+/// Like [`run_reporting`]; each config from `reloads` (a SIGHUP) replaces `[agents]`,
+/// `[calls]` and `[numbers]` without touching the calls under way; changes to other
+/// sections are logged as needing a restart.
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<Listening>>,
+    reloads: Option<mpsc::UnboundedReceiver<Config>>,
+) -> anyhow::Result<()> {
+    let mut reloads = reloads.unwrap_or_else(|| mpsc::unbounded_channel().1);
     anyhow::ensure!(
         !config.ami.tls,
         "ami.tls = true: AMI over TLS is not supported yet; use loopback or an stunnel"
@@ -197,6 +210,7 @@ pub async fn run_reporting(
             }
             _ = sweep_timer.tick() => d.sweep(),
             Ok(()) = ami_status.changed() => {}
+            Some(new) = reloads.recv() => d.reload(&config, new),
         }
         // Whatever else is ready joins this batch.
         for _ in 0..MAX_BATCH {
@@ -263,6 +277,31 @@ fn unix_now() -> u64 {
 }
 
 impl Daemon {
+    /// SIGHUP: `[agents]`, `[calls]`, `[numbers]` from `new`; the rest waits for a restart.
+    fn reload(&mut self, running: &Config, new: Config) {
+        let restart = running.sections_needing_restart(&new);
+        // The callId prefix belongs to [zammad]: calls under way must keep theirs.
+        let mut reloaded = new.clone();
+        reloaded.zammad = running.zammad.clone();
+        match TrackerSettings::from_config(&reloaded) {
+            Ok(settings) => {
+                self.tracker.set_settings(settings);
+                self.stale_after = new.calls.stale_after;
+                info!(
+                    agents = new.agents.len(),
+                    "config reloaded: [agents], [calls] and [numbers] apply to what happens from now on"
+                );
+            }
+            Err(e) => error!(error = %e, "config reload refused: invalid [calls] patterns"),
+        }
+        if !restart.is_empty() {
+            warn!(
+                sections = ?restart,
+                "config changes in these sections take effect only after a restart"
+            );
+        }
+    }
+
     fn on_input(&mut self, input: AmiInput) {
         match input {
             AmiInput::Event(msg) => {

@@ -108,7 +108,7 @@ fn run(path: &Path) -> ExitCode {
     for warning in config.check() {
         tracing::warn!("{warning}");
     }
-    match run_daemon(config) {
+    match run_daemon(config, path) {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -121,7 +121,7 @@ fn run(path: &Path) -> ExitCode {
     }
 }
 
-fn run_daemon(config: Config) -> anyhow::Result<()> {
+fn run_daemon(config: Config, path: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,6 +130,26 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let mut term = signal(SignalKind::terminate()).context("failed to listen for SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("failed to listen for SIGINT")?;
+        let mut hup = signal(SignalKind::hangup()).context("failed to listen for SIGHUP")?;
+        let (reload_tx, reloads) = tokio::sync::mpsc::unbounded_channel();
+        let reload_path = path.to_owned();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match load_for_connections(&reload_path) {
+                    Ok(config) => {
+                        tracing::info!(config = %reload_path.display(), "SIGHUP: reloading");
+                        if reload_tx.send(config).is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => tracing::error!(
+                        config = %reload_path.display(),
+                        error = %format_args!("{error:#}"),
+                        "SIGHUP: the config is invalid; keeping the running one"
+                    ),
+                }
+            }
+        });
         let token = shutdown.clone();
         tokio::spawn(async move {
             let name = tokio::select! {
@@ -140,7 +160,7 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
             tracing::info!(signal = name, "shutting down");
             token.cancel();
         });
-        daemon::run(config, shutdown).await
+        daemon::run_with(config, shutdown, None, Some(reloads)).await
     })
 }
 

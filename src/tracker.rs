@@ -381,6 +381,12 @@ impl Tracker {
         }
     }
 
+    /// New settings (a SIGHUP reload of `[agents]`, `[calls]`, `[numbers]`): calls under
+    /// way keep what Zammad was told; what is decided from now on uses the new ones.
+    pub fn set_settings(&mut self, settings: TrackerSettings) {
+        self.settings = settings;
+    }
+
     /// Tells the tracker the time (seconds on any fixed scale), for [`Tracker::sweep`].
     /// The tracker reads no clock itself; without this the time stays 0.
     pub fn set_now(&mut self, now: u64) {

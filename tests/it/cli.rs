@@ -261,3 +261,120 @@ async fn sigterm_stops_cleanly_and_the_next_start_goes_on() {
     assert_eq!(out.status.code(), Some(0));
     let _ = std::fs::remove_dir_all(state);
 }
+
+/// SIGHUP reloads `[agents]` (a new name shows on the next call; a call under way goes on)
+/// and says which other changes need a restart; an invalid file keeps the running config.
+#[tokio::test]
+async fn sighup_reloads_agents_and_names_what_needs_a_restart() {
+    use crate::support::{call_events, temp_dir};
+    use asterisk_zammad_bridge::ami::codec::AmiCodec;
+    use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
+    use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
+    use std::time::{Duration, Instant};
+    use tokio_util::codec::Encoder;
+
+    let zammad = FakeZammad::start(FakeZammadConfig::default())
+        .await
+        .unwrap();
+    let ami = FakeAmi::start(FakeAmiConfig::default()).await;
+    let dir = temp_dir("sighup");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("config.toml");
+    let write_config = |alice: &str, ping: &str| {
+        std::fs::write(
+            &config_path,
+            format!(
+                "[ami]\naddress = \"{}\"\nusername = \"bridge\"\nsecret = \"bridge-secret\"\n\
+                 ping_interval = \"{ping}\"\n[zammad]\nurl = \"{}\"\n[agi]\nlisten = \"\"\n\
+                 [admin]\nlisten = \"\"\n[calls]\ninbound_contexts = [\"from-trunk\"]\n\
+                 [numbers]\ncountry_code = \"1\"\n[agents]\n\"201\" = \"{alice}\"\n\
+                 [state]\ndir = \"{}\"\n",
+                ami.addr(),
+                zammad.url(),
+                dir.join("state").display()
+            ),
+        )
+        .unwrap();
+    };
+    write_config("Alice", "15s");
+    let log_path = dir.join("daemon.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"))
+        .args(["run", "-c"])
+        .arg(&config_path)
+        .env_remove("RUST_LOG")
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let wait = |what: &'static str, ok: &dyn Fn() -> bool| {
+        assert!(Instant::now() < deadline, "waiting for {what}:\n{}", log());
+        !ok()
+    };
+    let encode = |events: &[asterisk_zammad_bridge::ami::AmiMessage]| {
+        let mut buf = bytes::BytesMut::new();
+        for e in events {
+            AmiCodec::new().encode(e, &mut buf).unwrap();
+        }
+        buf.freeze()
+    };
+    let answers = || {
+        zammad
+            .requests()
+            .iter()
+            .filter(|r| r.event() == Some("answer") && r.status == Some(200))
+            .map(|r| r.params["user"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    tokio::time::timeout(Duration::from_secs(10), ami.wait_logins(1))
+        .await
+        .expect("logs in");
+    ami.send_raw(encode(&call_events(21)));
+    while wait("the first answer", &|| answers().len() == 1) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    // Broken file first: nothing changes.
+    std::fs::write(&config_path, "[ami]\nsecert = \"x\"\n").unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    while wait("the refused reload", &|| {
+        log().contains("keeping the running one")
+    }) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    write_config("Alice Renamed", "20s");
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    while wait("the reload", &|| log().contains("config reloaded")) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        log().contains("take effect only after a restart"),
+        "{}",
+        log()
+    );
+    assert!(log().contains("\"ami\""), "{}", log());
+    ami.send_raw(encode(&call_events(22)));
+    while wait("the second answer", &|| answers().len() == 2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(answers(), ["Alice", "Alice Renamed"]);
+    assert_eq!(zammad.violations(), Vec::<String>::new());
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", log());
+    let _ = std::fs::remove_dir_all(dir);
+}
