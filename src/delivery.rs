@@ -18,6 +18,7 @@
 
 use crate::ami::backoff::Backoff;
 use crate::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
+use crate::observability::Redact;
 use crate::store::{Record, Store, StoredItem};
 use crate::zammad::{ZammadClient, ZammadError};
 use dashmap::{DashMap, DashSet};
@@ -333,6 +334,8 @@ impl Worker {
                         info!(
                             event = event.as_str(),
                             direction = request.direction.as_str(),
+                            from = %Redact(&request.from),
+                            to = %Redact(&request.to),
                             "delivered to zammad"
                         );
                     }

@@ -378,3 +378,150 @@ async fn sighup_reloads_agents_and_names_what_needs_a_restart() {
     assert_eq!(status.code(), Some(0), "{}", log());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A full run at debug level, in both log formats: calls, a FastAGI reject, Zammad
+/// refusing a token, AMI refusing a secret. The log never holds the Zammad token or the AMI
+/// secret, and holds no phone number unless `log.show_numbers` is on.
+#[tokio::test]
+async fn logs_never_show_secrets_and_numbers_only_when_asked() {
+    use crate::support::{call_events, temp_dir};
+    use asterisk_zammad_bridge::ami::codec::AmiCodec;
+    use asterisk_zammad_bridge::fake_agi::FakeAgiCall;
+    use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
+    use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
+    use std::time::{Duration, Instant};
+    use tokio_util::codec::Encoder;
+
+    const TOKEN: &str = "tok3nZammadXYZ";
+    const SECRET: &str = "s3cr3tAmiPw";
+    const CALLER: &str = "5555550100";
+    const CALLER_2: &str = "5550000031";
+    let zammad = FakeZammad::start(FakeZammadConfig {
+        token: TOKEN.into(),
+        blocked: vec![format!("1{CALLER}")],
+        ..FakeZammadConfig::default()
+    })
+    .await
+    .unwrap();
+    let ami = FakeAmi::start(FakeAmiConfig {
+        username: "zammad".into(),
+        secret: SECRET.into(),
+        ..FakeAmiConfig::default()
+    })
+    .await;
+    let run = |format: &'static str, show_numbers: bool, secret: &'static str, url: String| {
+        let dir = temp_dir("logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let agi_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[ami]\naddress = \"{}\"\nusername = \"zammad\"\nsecret = \"{secret}\"\n\
+                 [zammad]\nurl = \"{url}\"\n[agi]\nlisten = \"127.0.0.1:{agi_port}\"\n\
+                 [admin]\nlisten = \"\"\n[calls]\ninbound_contexts = [\"from-trunk\"]\n\
+                 [numbers]\ncountry_code = \"1\"\n[agents]\n\"201\" = \"Alice\"\n\
+                 [state]\ndir = \"{}\"\n[log]\nformat = \"{format}\"\nlevel = \"debug\"\n\
+                 show_numbers = {show_numbers}\n",
+                ami.addr(),
+                dir.join("state").display()
+            ),
+        )
+        .unwrap();
+        let log_path = dir.join("daemon.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"))
+            .args(["run", "-c"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        (dir, log_path, child, agi_port)
+    };
+    let encode = |events: &[asterisk_zammad_bridge::ami::AmiMessage]| {
+        let mut buf = bytes::BytesMut::new();
+        for e in events {
+            AmiCodec::new().encode(e, &mut buf).unwrap();
+        }
+        buf.freeze()
+    };
+    let good_url = zammad.url();
+    assert!(good_url.contains(TOKEN));
+    let wrong_url = good_url.replace(TOKEN, "wrongTok3nABC");
+    let mut logs = Vec::new();
+    for (format, show) in [("text", false), ("json", false), ("text", true)] {
+        let hangups_before = zammad
+            .requests()
+            .iter()
+            .filter(|r| r.event() == Some("hangup"))
+            .count();
+        let (dir, log_path, mut child, agi_port) = run(format, show, SECRET, good_url.clone());
+        let logins = ami.logins();
+        tokio::time::timeout(Duration::from_secs(10), ami.wait_logins(logins + 1))
+            .await
+            .expect("logs in");
+        ami.send_raw(encode(&call_events(31)));
+        let agi = std::net::SocketAddr::from(([127, 0, 0, 1], agi_port));
+        let blocked = FakeAgiCall::inbound(
+            &format!("1700000000.{}", logs.len() * 2),
+            &format!("1700000000.{}", logs.len() * 2 + 1),
+            &format!("+1{CALLER}"),
+            "800",
+        );
+        let t = blocked.run(agi).await.unwrap();
+        assert_eq!(t.hangup_cause.as_deref(), Some("17"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while zammad
+            .requests()
+            .iter()
+            .filter(|r| r.event() == Some("hangup") && r.status.is_some())
+            .count()
+            < hangups_before + 1
+        {
+            assert!(Instant::now() < deadline, "the call's hangup");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Command::new("kill")
+            .args(["-TERM", &child.id().unwrap().to_string()])
+            .status()
+            .unwrap();
+        child.wait().await.unwrap();
+        logs.push((show, std::fs::read_to_string(&log_path).unwrap()));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    // Zammad refuses the token, AMI refuses the secret.
+    let (dir, log_path, mut child, _) = run("text", false, "wrongS3cretQQ", wrong_url);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    child.wait().await.unwrap();
+    let refused = std::fs::read_to_string(&log_path).unwrap();
+    assert!(refused.contains("zammad"), "{refused}");
+    logs.push((false, refused));
+    let _ = std::fs::remove_dir_all(dir);
+
+    for (show_numbers, log) in &logs {
+        for secret in [TOKEN, SECRET, "wrongTok3nABC", "wrongS3cretQQ"] {
+            assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+        }
+        for number in [CALLER, CALLER_2] {
+            if !show_numbers {
+                assert!(!log.contains(number), "{number} in the log:\n{log}");
+            }
+        }
+    }
+    // With show_numbers, the numbers are there (the test could not fail otherwise).
+    assert!(
+        logs[2].1.contains(CALLER_2) || logs[2].1.contains(CALLER),
+        "{}",
+        logs[2].1
+    );
+}
