@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
 use crate::decision::{self, CallAction};
 use crate::delivery::{DecisionSender, Outbox};
-use crate::store::{Record, Store};
+use crate::store::{Record, Store, StoreError};
 use crate::tracker::{ClaimOutcome, DecisionTarget, Tracker, TrackerSettings};
 use crate::zammad::{ZammadClient, ZammadError};
 use anyhow::Context;
@@ -86,6 +86,33 @@ struct Snapshot {
     channels: Result<Vec<AmiMessage>, AmiError>,
 }
 
+/// A batch's events, to be queued once the batch's journal commit is on disk.
+struct Handoff {
+    committed: oneshot::Receiver<Result<(), StoreError>>,
+    staged: Vec<(u64, Pending)>,
+}
+
+/// Queues each batch's events once its commit is done, batch after batch, so the daemon
+/// task goes on with the next batch while the disk syncs.
+async fn hand_over(mut batches: mpsc::UnboundedReceiver<Handoff>, outbox: Outbox, ami: AmiHandle) {
+    while let Some(batch) = batches.recv().await {
+        // A failed write is logged by the journal; the calls go on in memory.
+        let _ = batch.committed.await;
+        for (seq, p) in batch.staged {
+            match (p.decision, p.ami_target) {
+                (Some(tx), _) => outbox.push_with_decision(seq, p.request, tx),
+                (None, Some(target)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let call_id = p.request.call_id.clone();
+                    outbox.push_with_decision(seq, p.request, tx);
+                    tokio::spawn(act_over_ami(ami.clone(), call_id, target, rx));
+                }
+                (None, None) => outbox.push(seq, p.request),
+            }
+        }
+    }
+}
+
 /// The daemon's task state.
 struct Daemon {
     tracker: Tracker,
@@ -97,6 +124,7 @@ struct Daemon {
     requests: Vec<CtiRequest>,
     snapshots: mpsc::UnboundedSender<Snapshot>,
     stale_after: Duration,
+    handoff: mpsc::UnboundedSender<Handoff>,
 }
 
 /// Like [`run`]; tells `ready` where it listens once every listener is bound (ports chosen
@@ -166,6 +194,8 @@ pub async fn run_with(
         tokio::spawn(server.run(script, shutdown.clone(), grace))
     });
     let (snapshots, mut snapshot_rx) = mpsc::unbounded_channel();
+    let (handoff, batches) = mpsc::unbounded_channel();
+    let hand_over = tokio::spawn(hand_over(batches, outbox.clone(), ami.clone()));
     let mut d = Daemon {
         tracker,
         outbox,
@@ -176,6 +206,7 @@ pub async fn run_with(
         requests: Vec::new(),
         snapshots,
         stale_after: config.calls.stale_after,
+        handoff,
     };
     let every = config.ami.reconcile_interval;
     let mut reconcile_timer = interval_at(Instant::now() + every, every);
@@ -222,7 +253,7 @@ pub async fn run_with(
                 break;
             }
         }
-        d.flush().await;
+        d.flush();
         let now = Health {
             ami_connected: *ami_status.borrow() == AmiStatus::LoggedIn,
             agi_ok: agi_task.as_ref().is_none_or(|t| !t.is_finished()),
@@ -244,28 +275,37 @@ pub async fn run_with(
     while let Ok(input) = inputs.try_recv() {
         d.on_input(input);
     }
-    d.flush().await;
+    d.flush();
     drop(claims_tx);
+    // Everything committed reaches the outbox before it closes.
+    let Daemon {
+        outbox,
+        store,
+        handoff,
+        ..
+    } = d;
+    drop(handoff);
+    let _ = hand_over.await;
     if let Some(task) = agi_task {
         let _ = task.await;
     }
     let grace = config.state.shutdown_grace;
     info!(
-        open_calls = d.outbox.open_calls(),
-        undelivered = d.outbox.depth(),
+        open_calls = outbox.open_calls(),
+        undelivered = outbox.depth(),
         "shutting down"
     );
-    if !d.outbox.close(grace).await {
+    if !outbox.close(grace).await {
         warn!(
-            undelivered = d.outbox.depth(),
+            undelivered = outbox.depth(),
             "shutdown grace period (state.shutdown_grace) over: the rest stays in the state \
              dir and is delivered after the next start"
         );
     }
-    if let Err(e) = d.store.flush().await {
+    if let Err(e) = store.flush().await {
         error!(error = %e, "could not write the last of the state journal");
     }
-    d.store.close().await;
+    store.close().await;
     let _ = ami_task.await;
     Ok(())
 }
@@ -413,8 +453,9 @@ impl Daemon {
         self.take_requests();
     }
 
-    /// Writes the batch (changed calls, new events) to the journal, then queues the events.
-    async fn flush(&mut self) {
+    /// Starts writing the batch (changed calls, new events) to the journal; the events are
+    /// queued once it is on disk (`hand_over`).
+    fn flush(&mut self) {
         let mut records: Vec<Record> = self
             .tracker
             .take_changes()
@@ -440,20 +481,11 @@ impl Daemon {
             });
             staged.push((seq, p));
         }
-        // A failed write is logged by the journal; the calls go on in memory.
-        let _ = self.store.commit(records).await;
-        for (seq, p) in staged {
-            match (p.decision, p.ami_target) {
-                (Some(tx), _) => self.outbox.push_with_decision(seq, p.request, tx),
-                (None, Some(target)) => {
-                    let (tx, rx) = oneshot::channel();
-                    let call_id = p.request.call_id.clone();
-                    self.outbox.push_with_decision(seq, p.request, tx);
-                    tokio::spawn(act_over_ami(self.ami.clone(), call_id, target, rx));
-                }
-                (None, None) => self.outbox.push(seq, p.request),
-            }
+        if records.is_empty() && staged.is_empty() {
+            return;
         }
+        let committed = self.store.commit_later(records);
+        let _ = self.handoff.send(Handoff { committed, staged });
     }
 }
 

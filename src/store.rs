@@ -211,6 +211,12 @@ impl Journal {
 
     /// Appends `records`, syncs, and applies them to the live state.
     pub fn append(&mut self, records: Vec<Record>) -> io::Result<()> {
+        self.append_with(records, true)
+    }
+
+    /// Appends `records` and applies them; syncs only if `sync` (records written without
+    /// a sync reach the disk with the next synced batch, or are lost in a crash).
+    pub fn append_with(&mut self, records: Vec<Record>, sync: bool) -> io::Result<()> {
         if records.is_empty() {
             return Ok(());
         }
@@ -219,7 +225,9 @@ impl Journal {
             encode(record, &mut buf);
         }
         self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        if sync {
+            self.file.sync_data()?;
+        }
         self.bytes += buf.len() as u64;
         for record in records {
             self.state.apply(record);
@@ -405,6 +413,17 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Starts writing `records` durably without waiting; the receiver resolves once they
+    /// are synced (or the write failed). Commits complete in the order they were started.
+    pub fn commit_later(&self, records: Vec<Record>) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Commit {
+            records,
+            done: Some(done),
+        });
+        rx
+    }
+
     /// Returns once everything sent before is written (the journal thread works in order).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
@@ -426,8 +445,8 @@ impl Store {
         }
     }
 
-    /// Writes `records` without waiting (for `Done` marks: losing one only means the event
-    /// is looked at again after a crash).
+    /// Writes `records` without waiting and without forcing them to disk (for `Done`
+    /// marks: losing one in a crash only means the event is looked at again after it).
     pub fn record(&self, records: Vec<Record>) {
         let _ = self.tx.send(Command::Commit {
             records,
@@ -455,8 +474,11 @@ fn run(journal: Journal, mut rx: mpsc::UnboundedReceiver<Command>) {
         while let Ok(cmd) = rx.try_recv() {
             take(cmd);
         }
+        // Only commits someone waits for need the disk; the others (done marks) ride along
+        // with the next sync.
+        let sync = !waiters.is_empty();
         let result = match &mut journal {
-            Some(j) => j.append(records).map_err(StoreError::Write),
+            Some(j) => j.append_with(records, sync).map_err(StoreError::Write),
             None => Err(StoreError::Closed),
         };
         match &result {
