@@ -7,7 +7,8 @@
 //! The tracker runs here, not in the socket reader: the reader only decodes and forwards,
 //! so Asterisk never waits on us. Claims are taken before AMI events, so a claimed call's
 //! `newCall` is queued before anything the tracker learns about it later. Inputs are taken
-//! in batches (whatever is ready), and one journal commit covers a batch.
+//! in batches (whatever is ready); one journal commit covers a batch, and the `hand_over`
+//! task queues the batch's events once that commit is on disk, batch after batch.
 //!
 //! Recovery (DESIGN.md §5): at start-up the tracker and the outbox take back what the
 //! state dir kept; after every AMI login, and every `ami.reconcile_interval`, the daemon
