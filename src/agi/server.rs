@@ -179,7 +179,10 @@ impl AgiServer {
                         Err(SessionError::Closed) => {
                             debug!("FastAGI connection closed before its environment ended")
                         }
-                        Err(e) => warn!(error = %e, "FastAGI session refused"),
+                        Err(e) => {
+                            warn!(error = %e, "FastAGI session refused");
+                            script.session_failed();
+                        }
                     }
                 }
                 .instrument(info_span!("agi", %peer)),
