@@ -72,13 +72,14 @@ const EVENTS: [CtiEventKind; 3] = [
     CtiEventKind::Hangup,
 ];
 
-const AGI_OUTCOMES: [SessionOutcome; 6] = [
+const AGI_OUTCOMES: [SessionOutcome; 7] = [
     SessionOutcome::Continue,
     SessionOutcome::Reject,
     SessionOutcome::Dial,
     SessionOutcome::Timeout,
     SessionOutcome::NotClaimed,
     SessionOutcome::Failed,
+    SessionOutcome::Overloaded,
 ];
 
 /// Seconds: Zammad's requests and FastAGI decisions, from a few ms to past the timeouts.

@@ -55,6 +55,8 @@ pub enum SessionOutcome {
     NotClaimed,
     /// The session broke (Asterisk closed it, garbage, idle).
     Failed,
+    /// Not taken: `agi.max_sessions` sessions were open already.
+    Overloaded,
 }
 
 impl SessionOutcome {
@@ -66,6 +68,7 @@ impl SessionOutcome {
             SessionOutcome::Timeout => "timeout",
             SessionOutcome::NotClaimed => "not_claimed",
             SessionOutcome::Failed => "failed",
+            SessionOutcome::Overloaded => "overloaded",
         }
     }
 }
@@ -95,9 +98,10 @@ impl NewcallScript {
         outcome
     }
 
-    /// A session that broke before its environment ended (counted as failed).
-    pub fn session_failed(&self) {
-        self.metrics.agi_session(SessionOutcome::Failed);
+    /// Counts a session that never reached the script: it broke before its environment
+    /// ended (`Failed`), or too many were open (`Overloaded`).
+    pub fn count_unrun(&self, outcome: SessionOutcome) {
+        self.metrics.agi_session(outcome);
     }
 
     async fn run_session(&self, session: &mut Session) -> SessionOutcome {
