@@ -209,3 +209,61 @@ async fn health_is_503_with_the_reason_while_ami_is_logged_out() {
     assert_eq!(value(&text, "azb_ami_connected"), 1.0);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn requests_zammad_did_not_take_are_counted_by_outcome() {
+    let h = Harness::start(FakeZammadConfig::default(), |_| {}).await;
+
+    // Two 503s: the newCall goes out three times, then the rest of the call as usual.
+    h.zammad.fail_next(2, 503, false);
+    assert!(h.ami.send_raw(encode(&call_events(0))));
+    let text = scrape_until(&h, &requests("hangup", "delivered"), 1.0).await;
+    assert_eq!(value(&text, &requests("newCall", "retried")), 2.0);
+    assert_eq!(value(&text, &requests("newCall", "delivered")), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "azb_cti_request_duration_seconds_count{event=\"newCall\"}"
+        ),
+        3.0
+    );
+
+    // CTI switched off in Zammad: the newCall is refused, the rest is never sent.
+    h.zammad.set_enabled(false);
+    assert!(h.ami.send_raw(encode(&call_events(1))));
+    let text = scrape_until(&h, &requests("hangup", "dropped"), 1.0).await;
+    assert_eq!(value(&text, &requests("newCall", "refused")), 1.0);
+    assert_eq!(value(&text, &requests("answer", "dropped")), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "azb_cti_request_duration_seconds_count{event=\"hangup\"}"
+        ),
+        1.0,
+        "the dropped hangup was never sent"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_admin_address_in_use_stops_the_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = crate::support::lab_config();
+    config.ami.secret = Some("s3cret".to_string().into());
+    config.zammad.url = Some("http://127.0.0.1:9/api/v1/cti/token".into());
+    config.agi.listen = String::new();
+    config.admin.listen = taken.local_addr().unwrap().to_string();
+    config.state.dir = crate::support::temp_dir("admin-in-use");
+    let error = asterisk_zammad_bridge::daemon::run(
+        config.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect_err("the start fails");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("failed to listen for /health and /metrics on admin.listen"),
+        "{message}"
+    );
+    let _ = std::fs::remove_dir_all(config.state.dir);
+}
