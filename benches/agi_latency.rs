@@ -78,6 +78,8 @@ async fn bench(
         [agi]
         listen = "127.0.0.1:0"
         decision_timeout = "2s"
+        [admin]
+        listen = ""
         [calls]
         inbound_contexts = ["from-trunk"]
         [numbers]

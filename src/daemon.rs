@@ -17,6 +17,7 @@
 //! swept. On shutdown the FastAGI listener stops, what is queued gets
 //! `state.shutdown_grace` to be delivered, and the rest stays in the journal.
 
+use crate::admin::AdminServer;
 use crate::agi::AgiServer;
 use crate::agi::newcall::{Claim, ClaimReply, NewcallScript};
 use crate::ami::AmiMessage;
@@ -25,11 +26,13 @@ use crate::config::Config;
 use crate::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
 use crate::decision::{self, CallAction};
 use crate::delivery::{DecisionSender, Outbox};
+use crate::metrics::Metrics;
 use crate::store::{Record, Store, StoreError};
 use crate::tracker::{ClaimOutcome, DecisionTarget, Tracker, TrackerSettings};
 use crate::zammad::{ZammadClient, ZammadError};
 use anyhow::Context;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, interval_at};
@@ -43,6 +46,8 @@ const MAX_BATCH: usize = 512;
 #[derive(Debug, Clone)]
 pub struct Listening {
     pub agi: Option<SocketAddr>,
+    /// The admin listener (`/health`, `/metrics`), unless `admin.listen` is empty.
+    pub admin: Option<SocketAddr>,
     /// Updated after every batch of inputs (and on AMI state changes).
     pub health: watch::Receiver<Health>,
 }
@@ -126,6 +131,9 @@ struct Daemon {
     snapshots: mpsc::UnboundedSender<Snapshot>,
     stale_after: Duration,
     handoff: mpsc::UnboundedSender<Handoff>,
+    metrics: Arc<Metrics>,
+    /// Logins to AMI so far (every one after the first is a reconnect).
+    ami_logins: u64,
 }
 
 /// Like [`run`]; tells `ready` where it listens once every listener is bound (ports chosen
@@ -171,14 +179,24 @@ pub async fn run_with(
             config.agi.listen
         )
     })?;
+    let admin = AdminServer::bind(&config.admin.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "failed to listen for /health and /metrics on admin.listen = {:?}",
+                config.admin.listen
+            )
+        })?;
     let secret = config.ami.secret.clone().context("ami.secret is not set")?;
     let ami_settings = AmiSettings::from_config(&config.ami, secret);
     let (ami, mut inputs, mut ami_status, ami_task) = client::spawn(ami_settings, shutdown.clone());
+    let metrics = Arc::new(Metrics::new());
     let outbox = Outbox::with_store(
         zammad,
         shutdown.clone(),
         Some(store.clone()),
         config.state.max_outbox,
+        metrics.clone(),
     );
     let mut tracker = Tracker::new(settings);
     tracker.persist_changes();
@@ -190,7 +208,7 @@ pub async fn run_with(
     let (claims_tx, mut claims) = mpsc::unbounded_channel::<Claim>();
     let agi_addr = agi.as_ref().map(AgiServer::local_addr);
     let agi_task = agi.map(|server| {
-        let script = NewcallScript::new(&config.agi, claims_tx.clone());
+        let script = NewcallScript::new(&config.agi, claims_tx.clone(), metrics.clone());
         let grace = config.agi.decision_timeout + Duration::from_secs(1);
         tokio::spawn(server.run(script, shutdown.clone(), grace))
     });
@@ -208,6 +226,8 @@ pub async fn run_with(
         snapshots,
         stale_after: config.calls.stale_after,
         handoff,
+        metrics: metrics.clone(),
+        ami_logins: 0,
     };
     let every = config.ami.reconcile_interval;
     let mut reconcile_timer = interval_at(Instant::now() + every, every);
@@ -217,9 +237,19 @@ pub async fn run_with(
         agi_ok: true,
         ..Health::default()
     });
+    let admin_addr = admin.as_ref().map(AdminServer::local_addr);
+    let admin_task = admin.map(|server| {
+        server.spawn(
+            metrics.clone(),
+            health.clone(),
+            agi_addr.is_some(),
+            shutdown.clone(),
+        )
+    });
     if let Some(ready) = ready {
         let _ = ready.send(Listening {
             agi: agi_addr,
+            admin: admin_addr,
             health,
         });
     }
@@ -261,6 +291,8 @@ pub async fn run_with(
             active_calls: d.tracker.active_calls(),
             outbox_depth: d.outbox.depth(),
         };
+        metrics.set_ami_connected(now.ami_connected);
+        metrics.set_calls_active(now.active_calls);
         health_tx.send_if_modified(|h| {
             let changed = *h != now;
             *h = now;
@@ -308,6 +340,10 @@ pub async fn run_with(
     }
     store.close().await;
     let _ = ami_task.await;
+    if let Some(task) = admin_task {
+        // Stops once open scrapes are answered; a stuck client is not waited for.
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
     Ok(())
 }
 
@@ -346,11 +382,16 @@ impl Daemon {
     fn on_input(&mut self, input: AmiInput) {
         match input {
             AmiInput::Event(msg) => {
+                self.metrics.ami_event();
                 self.tracker.handle(&msg, &mut self.requests);
                 self.take_requests();
             }
             AmiInput::LoggedIn => {
                 info!("ami logged in; following calls");
+                if self.ami_logins > 0 {
+                    self.metrics.ami_reconnected();
+                }
+                self.ami_logins += 1;
                 self.ask_for_channels();
             }
             AmiInput::Disconnected => warn!("ami connection lost; reconnecting"),

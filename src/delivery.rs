@@ -18,14 +18,15 @@
 
 use crate::ami::backoff::Backoff;
 use crate::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
+use crate::metrics::{CtiOutcome, Metrics};
 use crate::observability::Redact;
 use crate::store::{Record, Store, StoredItem};
 use crate::zammad::{ZammadClient, ZammadError};
 use dashmap::{DashMap, DashSet};
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,9 +53,10 @@ pub struct Outbox {
     cancel: CancellationToken,
     retry: Backoff,
     store: Option<Store>,
-    /// Events queued and not yet done with.
-    depth: Arc<AtomicUsize>,
+    /// Events queued and not yet done with: the `azb_cti_outbox_depth` gauge itself.
+    depth: Gauge,
     max_items: usize,
+    metrics: Arc<Metrics>,
     /// Calls not taken because the outbox was full; their later events are dropped too.
     refused: Arc<DashSet<CallId>>,
 }
@@ -62,16 +64,17 @@ pub struct Outbox {
 impl Outbox {
     /// An outbox without a state journal (tests, `replay`-like uses).
     pub fn new(client: ZammadClient, cancel: CancellationToken) -> Self {
-        Self::with_store(client, cancel, None, usize::MAX)
+        Self::with_store(client, cancel, None, usize::MAX, Arc::default())
     }
 
     /// An outbox that marks its progress in `store` and takes at most `max_items`
-    /// undelivered events (see [`Outbox::admit`]).
+    /// undelivered events (see [`Outbox::admit`]); counts into `metrics`.
     pub fn with_store(
         client: ZammadClient,
         cancel: CancellationToken,
         store: Option<Store>,
         max_items: usize,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             client: Arc::new(client),
@@ -80,8 +83,9 @@ impl Outbox {
             cancel,
             retry: Backoff::new(Duration::from_millis(250), Duration::from_secs(30), 0.2),
             store,
-            depth: Arc::new(AtomicUsize::new(0)),
+            depth: metrics.outbox_depth(),
             max_items,
+            metrics,
             refused: Arc::new(DashSet::new()),
         }
     }
@@ -90,9 +94,7 @@ impl Outbox {
     /// call is then not reported at all: its later events are refused too). Logs refusals.
     pub fn admit(&self, request: &CtiRequest) -> bool {
         let id = &request.call_id;
-        if request.event == CtiEventKind::NewCall
-            && self.depth.load(Ordering::Relaxed) >= self.max_items
-        {
+        if request.event == CtiEventKind::NewCall && self.depth() >= self.max_items {
             error!(
                 call_id = %id,
                 direction = request.direction.as_str(),
@@ -101,6 +103,7 @@ impl Outbox {
                 "outbox full (state.max_outbox): zammad is not taking events fast enough; \
                  this call is not reported"
             );
+            self.metrics.outbox_full();
             self.refused.insert(id.clone());
             return false;
         }
@@ -115,7 +118,7 @@ impl Outbox {
 
     /// Events queued and not yet delivered or given up.
     pub fn depth(&self) -> usize {
-        self.depth.load(Ordering::Relaxed)
+        usize::try_from(self.depth.get()).unwrap_or(0)
     }
 
     /// Queues a request behind the earlier ones of the same call. Never blocks. `seq` is
@@ -161,7 +164,7 @@ impl Outbox {
     }
 
     fn push_item(&self, item: Item) {
-        self.depth.fetch_add(1, Ordering::Relaxed);
+        self.depth.inc();
         let id = item.request.call_id.clone();
         let mut item = Some(item);
         if let Some(queue) = self.queues.get(&id) {
@@ -183,6 +186,7 @@ impl Outbox {
             call_id: id.clone(),
             store: self.store.clone(),
             depth: self.depth.clone(),
+            metrics: self.metrics.clone(),
         };
         self.tasks
             .spawn(worker.run(rx).instrument(info_span!("call", call_id = %id)));
@@ -207,7 +211,8 @@ struct Worker {
     retry: Backoff,
     call_id: CallId,
     store: Option<Store>,
-    depth: Arc<AtomicUsize>,
+    depth: Gauge,
+    metrics: Arc<Metrics>,
 }
 
 /// What became of one request.
@@ -240,13 +245,14 @@ impl Worker {
                     event = event.as_str(),
                     "dropped: zammad refused this call's newCall"
                 );
+                self.metrics.cti_request(event, CtiOutcome::Dropped, None);
             } else {
                 match self.deliver(item).await {
                     Outcome::Delivered | Outcome::Dropped => {}
                     Outcome::CallRefused => refused = true,
                     Outcome::Kept => {
                         // Stopping while Zammad cannot take it: it stays in the journal.
-                        self.depth.fetch_sub(1, Ordering::Relaxed);
+                        self.depth.dec();
                         stopped = true;
                         break;
                     }
@@ -263,12 +269,14 @@ impl Worker {
         while let Ok(item) = rx.try_recv() {
             if stopping {
                 // Left in the journal for the next start.
-                self.depth.fetch_sub(1, Ordering::Relaxed);
+                self.depth.dec();
             } else {
                 warn!(
                     event = item.request.event.as_str(),
                     "dropped: event after the call's hangup"
                 );
+                self.metrics
+                    .cti_request(item.request.event, CtiOutcome::Dropped, None);
                 self.done(item.seq);
             }
         }
@@ -276,7 +284,7 @@ impl Worker {
 
     /// The event is done with: count it out and mark it in the journal.
     fn done(&self, seq: u64) {
-        self.depth.fetch_sub(1, Ordering::Relaxed);
+        self.depth.dec();
         if let Some(store) = &self.store
             && seq != 0
         {
@@ -309,16 +317,26 @@ impl Worker {
                 }
                 marked = true;
             }
+            let started = Instant::now();
             let result = self.client.send(&request).await;
-            let outcome = match &result {
-                Ok(_) => Some(Outcome::Delivered),
-                Err(e) if e.counts_as_delivered(event) => Some(Outcome::Delivered),
-                Err(e) if e.retryable(event) && !self.cancel.is_cancelled() => None,
-                Err(e) if e.retryable(event) && self.store.is_some() && seq != 0 => {
-                    Some(Outcome::Kept)
+            let took = started.elapsed();
+            let (outcome, counted) = match &result {
+                Ok(_) => (Some(Outcome::Delivered), CtiOutcome::Delivered),
+                Err(e) if e.counts_as_delivered(event) => {
+                    (Some(Outcome::Delivered), CtiOutcome::Duplicate)
                 }
-                Err(e) => Some(self.give_up(event, e)),
+                Err(e) if e.retryable(event) && !self.cancel.is_cancelled() => {
+                    (None, CtiOutcome::Retried)
+                }
+                Err(e) if e.retryable(event) && self.store.is_some() && seq != 0 => {
+                    (Some(Outcome::Kept), CtiOutcome::Kept)
+                }
+                Err(e) => match self.give_up(event, e) {
+                    Outcome::CallRefused => (Some(Outcome::CallRefused), CtiOutcome::Refused),
+                    other => (Some(other), CtiOutcome::Dropped),
+                },
             };
+            self.metrics.cti_request(event, counted, Some(took));
             if let (Some(store), Err(e)) = (&journal, &result)
                 && e.certainly_not_processed()
                 && matches!(outcome, None | Some(Outcome::Kept))

@@ -187,6 +187,12 @@ impl FakeAmi {
         *lock(&self.shared.channels) = channels;
     }
 
+    /// The secret logins need from now on (a changed one makes the next login fail, as
+    /// when an admin edits manager.conf).
+    pub fn set_secret(&self, secret: &str) {
+        lock(&self.shared.config).secret = secret.to_owned();
+    }
+
     /// Actions that from now on get no reply at all (e.g. `["Ping"]`).
     pub fn set_silent_actions(&self, actions: &[&str]) {
         lock(&self.shared.config).silent_actions =

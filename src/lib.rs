@@ -12,10 +12,13 @@
 //! - [`replay`]: recorded AMI streams through the tracker, printed as JSON.
 //! - [`store`]: the state dir's journal: open calls and undelivered events across restarts.
 //! - [`daemon`]: `run`, wiring the parts together.
+//! - [`metrics`]: the Prometheus registry and every metric (DESIGN.md §7).
+//! - [`admin`]: the admin HTTP listener: `/health`, `/metrics`.
 //! - [`config`]: the typed config tree.
 //! - [`fake_agi`]: Asterisk's side of a FastAGI session, for tests, benchmarks and the demo.
 //! - [`fake_zammad`]: an in-process stand-in for Zammad, for tests and the demo.
 
+pub mod admin;
 pub mod agi;
 pub mod ami;
 pub mod config;
@@ -26,6 +29,7 @@ pub mod delivery;
 pub mod fake_agi;
 pub mod fake_ami;
 pub mod fake_zammad;
+pub mod metrics;
 pub mod observability;
 pub mod policy;
 pub mod replay;

@@ -2,8 +2,8 @@
 //!
 //! Owns [`init_tracing`] (fmt to stdout, text or JSON per `log.format`, an `EnvFilter` from
 //! `RUST_LOG` or else `log.level`) and [`Redact`], the one way a phone number reaches a log
-//! line, governed by the process-wide switch that `log.show_numbers` sets. Metric names and
-//! the admin listener come later; what is logged where is each part's business.
+//! line, governed by the process-wide switch that `log.show_numbers` sets. Metrics live in
+//! `metrics`, the admin listener in `admin`; what is logged where is each part's business.
 
 use crate::config::{LogConfig, LogFormat};
 use std::fmt;

@@ -14,8 +14,10 @@ use super::server::{Session, SessionError};
 use crate::config::{AgiConfig, RejectMode};
 use crate::cti::{CallId, Direction, ZammadDecision};
 use crate::decision::{CallAction, agi_commands};
+use crate::metrics::Metrics;
 use crate::tracker::CallClaim;
 use crate::zammad::ZammadError;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -41,7 +43,7 @@ pub struct ClaimReply {
 
 pub type ClaimSender = mpsc::UnboundedSender<Claim>;
 
-/// How a `newcall` session ended (for the log line and, later, the metric).
+/// How a `newcall` session ended (for the log line and `azb_agi_sessions_total{outcome}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionOutcome {
     Continue,
@@ -53,6 +55,8 @@ pub enum SessionOutcome {
     NotClaimed,
     /// The session broke (Asterisk closed it, garbage, idle).
     Failed,
+    /// Not taken: `agi.max_sessions` sessions were open already.
+    Overloaded,
 }
 
 impl SessionOutcome {
@@ -64,6 +68,7 @@ impl SessionOutcome {
             SessionOutcome::Timeout => "timeout",
             SessionOutcome::NotClaimed => "not_claimed",
             SessionOutcome::Failed => "failed",
+            SessionOutcome::Overloaded => "overloaded",
         }
     }
 }
@@ -73,19 +78,33 @@ pub struct NewcallScript {
     claims: ClaimSender,
     decision_timeout: Duration,
     reject: RejectMode,
+    metrics: Arc<Metrics>,
 }
 
 impl NewcallScript {
-    pub fn new(config: &AgiConfig, claims: ClaimSender) -> Self {
+    pub fn new(config: &AgiConfig, claims: ClaimSender, metrics: Arc<Metrics>) -> Self {
         Self {
             claims,
             decision_timeout: config.decision_timeout,
             reject: config.reject,
+            metrics,
         }
     }
 
-    /// Runs one session to its end and logs how it went.
+    /// Runs one session to its end, logs and counts how it went.
     pub async fn run(&self, session: &mut Session) -> SessionOutcome {
+        let outcome = self.run_session(session).await;
+        self.metrics.agi_session(outcome);
+        outcome
+    }
+
+    /// Counts a session that never reached the script: it broke before its environment
+    /// ended (`Failed`), or too many were open (`Overloaded`).
+    pub fn count_unrun(&self, outcome: SessionOutcome) {
+        self.metrics.agi_session(outcome);
+    }
+
+    async fn run_session(&self, session: &mut Session) -> SessionOutcome {
         let script = session.env().script().to_string();
         if script != "newcall" {
             warn!(
@@ -94,8 +113,7 @@ impl NewcallScript {
             );
             return SessionOutcome::Failed;
         }
-        let deadline = Instant::now() + self.decision_timeout;
-        match self.decide(session, deadline).await {
+        match self.decide(session, Instant::now()).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 warn!(error = %e, "FastAGI newcall session ended early");
@@ -107,8 +125,9 @@ impl NewcallScript {
     async fn decide(
         &self,
         session: &mut Session,
-        deadline: Instant,
+        started: Instant,
     ) -> Result<SessionOutcome, SessionError> {
+        let deadline = started + self.decision_timeout;
         let env = session.env();
         let mut claim = CallClaim {
             uniqueid: env.get("uniqueid").unwrap_or("").to_string(),
@@ -146,6 +165,7 @@ impl NewcallScript {
         let (action, outcome) = match (answer.direction, answer.decision) {
             (Some(direction), Some(decision)) => {
                 let action = wait_for_decision(&call_id, direction, decision, deadline).await;
+                self.metrics.agi_decision(started.elapsed());
                 let outcome = match &action {
                     Some(CallAction::Reject) => SessionOutcome::Reject,
                     Some(CallAction::Dial { .. }) => SessionOutcome::Dial,

@@ -6,7 +6,7 @@
 //! when the caller hangs up), and the idle timeout on every read. A session that sends
 //! garbage or goes silent is closed and logged; no session affects another.
 
-use super::newcall::NewcallScript;
+use super::newcall::{NewcallScript, SessionOutcome};
 use super::protocol::{AgiCommand, AgiEnv, AgiError, AgiReply, MAX_LINE, ReplyLine, ReplyReader};
 use crate::config::AgiConfig;
 use futures_util::{SinkExt, StreamExt};
@@ -164,6 +164,7 @@ impl AgiServer {
                     "too many FastAGI sessions at once (agi.max_sessions): closed this one; its \
                      call goes on without Zammad's decision"
                 );
+                script.count_unrun(SessionOutcome::Overloaded);
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -179,7 +180,10 @@ impl AgiServer {
                         Err(SessionError::Closed) => {
                             debug!("FastAGI connection closed before its environment ended")
                         }
-                        Err(e) => warn!(error = %e, "FastAGI session refused"),
+                        Err(e) => {
+                            warn!(error = %e, "FastAGI session refused");
+                            script.count_unrun(SessionOutcome::Failed);
+                        }
                     }
                 }
                 .instrument(info_span!("agi", %peer)),

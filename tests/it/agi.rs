@@ -487,6 +487,18 @@ async fn sessions_beyond_the_limit_are_closed_at_once() {
     let started = Instant::now();
     assert_eq!(read_to_close(&mut second).await, "");
     assert!(started.elapsed() < Duration::from_secs(1));
+    let metrics = reqwest::get(format!("http://{}/metrics", h.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"azb_agi_sessions_total{outcome="overloaded"} 1"#),
+        "{metrics}"
+    );
     drop(first);
     h.stop().await;
 }

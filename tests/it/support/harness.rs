@@ -3,7 +3,7 @@
 
 use super::lab_config;
 use asterisk_zammad_bridge::config::Config;
-use asterisk_zammad_bridge::daemon;
+use asterisk_zammad_bridge::daemon::{self, Listening};
 use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
 use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
 use serde_json::Value;
@@ -18,6 +18,8 @@ pub struct Harness {
     pub zammad: FakeZammad,
     /// The daemon's FastAGI address (it listens on `127.0.0.1:0`).
     pub agi: SocketAddr,
+    /// The daemon's admin listener, `/health` and `/metrics` (also on `127.0.0.1:0`).
+    pub admin: SocketAddr,
     pub shutdown: CancellationToken,
     pub daemon: JoinHandle<anyhow::Result<()>>,
     /// The daemon's config (its state dir survives [`Harness::restart`]).
@@ -43,16 +45,18 @@ impl Harness {
         config.ami.secret = Some("s3cret".to_string().into());
         config.zammad.url = Some(zammad.url().into());
         config.agi.listen = "127.0.0.1:0".into();
+        config.admin.listen = "127.0.0.1:0".into();
         config.state.dir = super::temp_dir("state");
         tweak(&mut config);
-        let (shutdown, daemon, agi) = launch(config.clone()).await;
+        let (shutdown, daemon, listening) = launch(config.clone()).await;
         tokio::time::timeout(Duration::from_secs(10), ami.wait_logged_in())
             .await
             .expect("the daemon logs in to AMI");
         Harness {
             ami,
             zammad,
-            agi,
+            agi: listening.agi.expect("FastAGI is on"),
+            admin: listening.admin.expect("the admin listener is on"),
             shutdown,
             daemon,
             config,
@@ -68,10 +72,11 @@ impl Harness {
             .await
             .expect("no panic")
             .expect("the old daemon ends cleanly");
-        let (shutdown, daemon, agi) = launch(self.config.clone()).await;
+        let (shutdown, daemon, listening) = launch(self.config.clone()).await;
         self.daemon = daemon;
         self.shutdown = shutdown;
-        self.agi = agi;
+        self.agi = listening.agi.expect("FastAGI is on");
+        self.admin = listening.admin.expect("the admin listener is on");
         tokio::time::timeout(Duration::from_secs(10), self.ami.wait_logins(logins + 1))
             .await
             .expect("the new daemon logs in to AMI");
@@ -117,13 +122,9 @@ impl Harness {
 }
 
 /// Starts `daemon::run_reporting` on `config`; returns once its listeners are bound.
-async fn launch(
+pub async fn launch(
     config: Config,
-) -> (
-    CancellationToken,
-    JoinHandle<anyhow::Result<()>>,
-    SocketAddr,
-) {
+) -> (CancellationToken, JoinHandle<anyhow::Result<()>>, Listening) {
     let shutdown = CancellationToken::new();
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
     let daemon = tokio::spawn(daemon::run_reporting(
@@ -135,5 +136,5 @@ async fn launch(
         .await
         .expect("the daemon binds its listeners")
         .expect("the daemon starts");
-    (shutdown, daemon, listening.agi.expect("FastAGI is on"))
+    (shutdown, daemon, listening)
 }
