@@ -13,11 +13,13 @@
 //! - [`store`]: the state dir's journal: open calls and undelivered events across restarts.
 //! - [`daemon`]: `run`, wiring the parts together.
 //! - [`config`]: the typed config tree.
+//! - [`check`]: `check`'s online probes: one AMI login, one Zammad request that stores nothing.
 //! - [`fake_agi`]: Asterisk's side of a FastAGI session, for tests, benchmarks and the demo.
 //! - [`fake_zammad`]: an in-process stand-in for Zammad, for tests and the demo.
 
 pub mod agi;
 pub mod ami;
+pub mod check;
 pub mod config;
 pub mod cti;
 pub mod daemon;

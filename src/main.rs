@@ -2,11 +2,11 @@
 //!
 //! Owns the command line, the exit codes (0 fine, 1 failed, 78 invalid config) and the
 //! signals that start a shutdown. Everything else is the library's: `daemon::run`,
-//! `replay::replay_files`, `Config::load`.
+//! `replay::replay_files`, `check::run`, `Config::load`.
 
 use anyhow::Context as _;
 use asterisk_zammad_bridge::config::{Config, ConfigError, DEFAULT_PATH};
-use asterisk_zammad_bridge::{daemon, observability, replay};
+use asterisk_zammad_bridge::{check, daemon, observability, replay};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -156,11 +156,14 @@ fn check(path: &Path, offline: bool) -> ExitCode {
     if offline {
         return ExitCode::SUCCESS;
     }
-    eprintln!(
-        "error: the online probes (AMI login, reaching Zammad) are not implemented yet: \
-         nothing was probed; use --offline to validate the config only"
-    );
-    ExitCode::FAILURE
+    match check::run(&config, &mut std::io::stdout().lock()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn replay(path: Option<&Path>, transcripts: &[PathBuf]) -> ExitCode {
