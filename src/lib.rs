@@ -14,6 +14,7 @@
 //! - [`daemon`]: `run`, wiring the parts together.
 //! - [`config`]: the typed config tree.
 //! - [`check`]: `check`'s online probes: one AMI login, one Zammad request that stores nothing.
+//! - [`demo`]: `demo`: the daemon between in-process stand-ins, fed recorded calls.
 //! - [`fake_agi`]: Asterisk's side of a FastAGI session, for tests, benchmarks and the demo.
 //! - [`fake_zammad`]: an in-process stand-in for Zammad, for tests and the demo.
 
@@ -25,6 +26,7 @@ pub mod cti;
 pub mod daemon;
 pub mod decision;
 pub mod delivery;
+pub mod demo;
 pub mod fake_agi;
 pub mod fake_ami;
 pub mod fake_zammad;

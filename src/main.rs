@@ -2,11 +2,12 @@
 //!
 //! Owns the command line, the exit codes (0 fine, 1 failed, 78 invalid config) and the
 //! signals that start a shutdown. Everything else is the library's: `daemon::run`,
-//! `replay::replay_files`, `check::run`, `Config::load`.
+//! `replay::replay_files`, `check::run`, `demo::run`,
+//! `Config::load`.
 
 use anyhow::Context as _;
 use asterisk_zammad_bridge::config::{Config, ConfigError, DEFAULT_PATH};
-use asterisk_zammad_bridge::{check, daemon, observability, replay};
+use asterisk_zammad_bridge::{check, daemon, demo, observability, replay};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -70,10 +71,13 @@ fn main() -> ExitCode {
             config,
             transcripts,
         } => replay(config.as_deref(), &transcripts),
-        Command::Demo => {
-            eprintln!("error: demo is not implemented yet");
-            ExitCode::FAILURE
-        }
+        Command::Demo => match demo::run(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: demo failed: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -281,6 +281,45 @@ async fn check_fails_on_a_wrong_secret_a_missing_permission_or_nothing_listening
     assert_eq!(zammad.calls(), Vec::new());
 }
 
+#[tokio::test]
+async fn demo_shows_inbound_outbound_rejected_and_missed_calls_within_10_s() {
+    let started = std::time::Instant::now();
+    let (code, out, err) = run_async(&["demo"]).await;
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("17955963") || l.starts_with("17955964"))
+        .collect();
+    assert_eq!(rows.len(), 6, "{out}");
+    assert!(!out.contains("rules broken"), "{out}");
+    let row = |call_id: &str| {
+        *rows
+            .iter()
+            .find(|r| r.starts_with(call_id))
+            .unwrap_or_else(|| panic!("no row for {call_id}: {out}"))
+    };
+    // Answered by Alice; busy and unanswered are missed; the blocked caller is rejected
+    // through FastAGI; the outbound call gets Zammad's caller ID.
+    let answered = row("1795596369.0 ");
+    assert!(
+        answered.contains(" in ") && answered.contains("Alice"),
+        "{answered}"
+    );
+    assert!(row("1795596377.4 ").contains("missed (busy)"), "{out}");
+    assert!(row("1795596378.8 ").contains("missed"), "{out}");
+    let blocked = row("1795596443.48 ");
+    assert!(blocked.contains("rejected as busy"), "{blocked}");
+    assert!(blocked.contains("15555550166"), "{blocked}");
+    let outbound = row("1795596391.16 ");
+    assert!(outbound.contains(" out "), "{outbound}");
+    assert!(
+        outbound.contains("caller ID set to 493023125877"),
+        "{outbound}"
+    );
+}
+
 #[test]
 fn arguments_follow_design_section_2() {
     // clap's usage errors exit with 2.
