@@ -263,8 +263,12 @@ impl ZammadClient {
 }
 
 /// What [`ZammadClient::probe`] posts: an event Zammad does not know, with a direction
-/// that is neither `in` nor `out`.
-pub const PROBE_BODY: &str = r#"{"event":"check","direction":"check"}"#;
+/// that is neither `in` nor `out`, and a callId that says who asked (Zammad's CTI "Recent
+/// Logs" show every request).
+pub const PROBE_BODY: &str =
+    r#"{"event":"check","direction":"check","callId":"asterisk-zammad-bridge-check"}"#;
+/// The callId of [`PROBE_BODY`]; no call ever has it.
+pub const PROBE_CALL_ID: &str = "asterisk-zammad-bridge-check";
 
 /// The probe's answer: 422 `Invalid 'direction'!` (`Invalid direction!` before 2022) is
 /// the good one; everything else is sorted like an event's answer.
@@ -652,6 +656,9 @@ mod tests {
         assert!(matches!(error, ZammadError::Disabled { .. }), "{error:?}");
         assert!(fz.calls().is_empty());
         assert!(fz.requests().iter().all(|r| r.body == PROBE_BODY));
+        assert!(PROBE_BODY.contains(PROBE_CALL_ID));
+        // A well-formed request but for its direction: nothing for the fake to flag.
+        assert_eq!(fz.violations(), Vec::<String>::new());
         let url = format!("http://{}/api/v1/cti/{TOKEN}", closed_port().await);
         let error = client_for(&url, Duration::from_secs(2))
             .probe()

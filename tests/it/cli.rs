@@ -216,9 +216,12 @@ async fn check_passes_against_a_working_asterisk_and_zammad_and_creates_no_call(
         .find(|a| a.get("Action") == Some("Setvar"))
         .expect("a Setvar");
     assert!(setvar.get("Channel").is_some_and(|c| !c.is_empty()));
-    // Zammad was asked once, and stored no call.
-    assert_eq!(zammad.requests().len(), 1);
+    // Zammad was asked once, refused it after the token check, and stored no call.
+    let requests = zammad.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].status, Some(422));
     assert_eq!(zammad.calls(), Vec::new());
+    assert_eq!(zammad.violations(), Vec::<String>::new());
 }
 
 #[tokio::test]
