@@ -15,17 +15,21 @@
 //! - [`metrics`]: the Prometheus registry and every metric (DESIGN.md §7).
 //! - [`admin`]: the admin HTTP listener: `/health`, `/metrics`.
 //! - [`config`]: the typed config tree.
+//! - [`check`]: `check`'s online probes: one AMI login, one Zammad request that stores nothing.
+//! - [`demo`]: `demo`: the daemon between in-process stand-ins, fed recorded calls.
 //! - [`fake_agi`]: Asterisk's side of a FastAGI session, for tests, benchmarks and the demo.
 //! - [`fake_zammad`]: an in-process stand-in for Zammad, for tests and the demo.
 
 pub mod admin;
 pub mod agi;
 pub mod ami;
+pub mod check;
 pub mod config;
 pub mod cti;
 pub mod daemon;
 pub mod decision;
 pub mod delivery;
+pub mod demo;
 pub mod fake_agi;
 pub mod fake_ami;
 pub mod fake_zammad;

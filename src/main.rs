@@ -2,11 +2,12 @@
 //!
 //! Owns the command line, the exit codes (0 fine, 1 failed, 78 invalid config) and the
 //! signals that start a shutdown. Everything else is the library's: `daemon::run`,
-//! `replay::replay_files`, `Config::load`.
+//! `replay::replay_files`, `check::run`, `demo::run`,
+//! `Config::load`.
 
 use anyhow::Context as _;
 use asterisk_zammad_bridge::config::{Config, ConfigError, DEFAULT_PATH};
-use asterisk_zammad_bridge::{daemon, observability, replay};
+use asterisk_zammad_bridge::{check, daemon, demo, observability, replay};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -70,10 +71,13 @@ fn main() -> ExitCode {
             config,
             transcripts,
         } => replay(config.as_deref(), &transcripts),
-        Command::Demo => {
-            eprintln!("error: demo is not implemented yet");
-            ExitCode::FAILURE
-        }
+        Command::Demo => match demo::run(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: demo failed: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -176,11 +180,14 @@ fn check(path: &Path, offline: bool) -> ExitCode {
     if offline {
         return ExitCode::SUCCESS;
     }
-    eprintln!(
-        "error: the online probes (AMI login, reaching Zammad) are not implemented yet: \
-         nothing was probed; use --offline to validate the config only"
-    );
-    ExitCode::FAILURE
+    match check::run(&config, &mut std::io::stdout().lock()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn replay(path: Option<&Path>, transcripts: &[PathBuf]) -> ExitCode {

@@ -219,6 +219,35 @@ impl ZammadClient {
         classify(req.event, status, &body)
     }
 
+    /// Asks Zammad whether the endpoint, the token and the integration are right, without
+    /// creating a call: the body carries `"direction":"check"`, which is neither `in` nor
+    /// `out`. Zammad runs its checks in the order enabled, configured, token, direction
+    /// (zammad-cti.md §1), and the direction check fails before any event is handled, so
+    /// the `422 Invalid 'direction'!` it answers means "reachable, token accepted,
+    /// integration on" and nothing is stored but the HTTP log line every request gets.
+    ///
+    /// `Ok` is that answer; every other one is the [`ZammadError`] a real event would have
+    /// got (401 [`ZammadError::Unauthorized`], 422 "Feature …" [`ZammadError::Disabled`],
+    /// an HTML page [`ZammadError::BadReply`], a refused connection
+    /// [`ZammadError::Connect`] …); a 2xx is a [`ZammadError::Rejected`], since Zammad
+    /// never accepts that body.
+    pub async fn probe(&self) -> Result<(), ZammadError> {
+        let response = self
+            .http
+            .post(self.url.expose_secret())
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json")
+            .body(PROBE_BODY)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|e| self.transport(e))?;
+        let result = classify_probe(status, &body);
+        tracing::debug!(status, ok = result.is_ok(), "zammad probe answered");
+        result
+    }
+
     fn transport(&self, error: reqwest::Error) -> ZammadError {
         let error = error.without_url();
         if error.is_connect() {
@@ -230,6 +259,33 @@ impl ZammadClient {
         } else {
             ZammadError::Interrupted(error)
         }
+    }
+}
+
+/// What [`ZammadClient::probe`] posts: an event Zammad does not know, with a direction
+/// that is neither `in` nor `out`, and a callId that says who asked (Zammad's CTI "Recent
+/// Logs" show every request).
+pub const PROBE_BODY: &str =
+    r#"{"event":"check","direction":"check","callId":"asterisk-zammad-bridge-check"}"#;
+/// The callId of [`PROBE_BODY`]; no call ever has it.
+pub const PROBE_CALL_ID: &str = "asterisk-zammad-bridge-check";
+
+/// The probe's answer: 422 `Invalid 'direction'!` (`Invalid direction!` before 2022) is
+/// the good one; everything else is sorted like an event's answer.
+fn classify_probe(status: u16, body: &str) -> Result<(), ZammadError> {
+    let message = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    if status == 422 && message.starts_with("Invalid") && message.contains("direction") {
+        return Ok(());
+    }
+    match classify(CtiEventKind::NewCall, status, body) {
+        Ok(_) => Err(ZammadError::Rejected {
+            status,
+            snippet: snippet(body),
+        }),
+        Err(error) => Err(error),
     }
 }
 
@@ -583,6 +639,43 @@ mod tests {
         ] {
             assert!(error.retryable(event), "{event:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn probe_tells_reachable_from_wrong_token_and_disabled_and_stores_nothing() {
+        let fz = fake(config()).await;
+        client(&fz).probe().await.unwrap();
+        let wrong = fz.url().replace(TOKEN, "not-the-token");
+        let error = client_for(&wrong, Duration::from_secs(5))
+            .probe()
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ZammadError::Unauthorized), "{error:?}");
+        fz.set_enabled(false);
+        let error = client(&fz).probe().await.unwrap_err();
+        assert!(matches!(error, ZammadError::Disabled { .. }), "{error:?}");
+        assert!(fz.calls().is_empty());
+        assert!(fz.requests().iter().all(|r| r.body == PROBE_BODY));
+        assert!(PROBE_BODY.contains(PROBE_CALL_ID));
+        // A well-formed request but for its direction: nothing for the fake to flag.
+        assert_eq!(fz.violations(), Vec::<String>::new());
+        let url = format!("http://{}/api/v1/cti/{TOKEN}", closed_port().await);
+        let error = client_for(&url, Duration::from_secs(2))
+            .probe()
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ZammadError::Connect(_)), "{error:?}");
+        // Older text, an HTML page, a 200.
+        assert!(classify_probe(422, r#"{"error":"Invalid direction!"}"#).is_ok());
+        let html = "<!DOCTYPE html><h1>500</h1>";
+        assert!(matches!(
+            classify_probe(500, html),
+            Err(ZammadError::BadReply { .. })
+        ));
+        assert!(matches!(
+            classify_probe(200, "{}"),
+            Err(ZammadError::Rejected { status: 200, .. })
+        ));
     }
 
     #[test]

@@ -278,6 +278,41 @@ pub fn spawn(
     (handle, inputs_rx, status_rx, task)
 }
 
+/// One connection attempt and no reconnect, for `check`: connects and logs in once and
+/// returns the error if that fails; otherwise serves actions through the handle until
+/// `cancel` fires (then sends `Logoff`) or the connection is lost. Events are dropped.
+pub async fn connect_once(
+    settings: AmiSettings,
+    cancel: CancellationToken,
+) -> Result<(AmiHandle, JoinHandle<()>), AmiError> {
+    let (commands_tx, commands) = mpsc::channel(16);
+    let (inputs, _) = mpsc::unbounded_channel();
+    let (status, status_rx) = watch::channel(AmiStatus::Connecting);
+    let handle = AmiHandle {
+        commands: commands_tx,
+        status: status_rx,
+        action_timeout: settings.action_timeout,
+    };
+    let mut connection = Connection {
+        settings,
+        cancel,
+        commands,
+        inputs,
+        status,
+        next_id: 0,
+        pending: HashMap::new(),
+        ping: None,
+    };
+    let framed = connection.connect_and_login().await?;
+    connection.status.send_replace(AmiStatus::LoggedIn);
+    let task = tokio::spawn(async move {
+        let _ = connection.serve(framed).await;
+        connection.status.send_replace(AmiStatus::Connecting);
+        connection.fail_waiters();
+    });
+    Ok((handle, task))
+}
+
 /// An action sent and not yet answered.
 enum Pending {
     Action {

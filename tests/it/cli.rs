@@ -131,16 +131,196 @@ fn check_and_run_exit_78_on_an_invalid_config() {
     );
 }
 
-#[test]
-fn unfinished_commands_say_so_and_fail() {
-    check(
-        &["check", "-c", "{}"],
-        Some(MINIMAL),
-        1,
-        "config OK",
-        "not implemented yet",
+/// Runs the binary with `args` without blocking the runtime the stand-ins serve on;
+/// returns the exit code, stdout and stderr.
+async fn run_async(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+const CHECK_TOKEN: &str = "Zx9-check-token_0123456789abc";
+const AMI_SECRET: &str = "ami-s3cret-value";
+
+/// `check` (online) against a stand-in AMI at `ami` and a Zammad URL.
+async fn check_online(ami: &str, url: &str, secret: &str) -> (Option<i32>, String, String) {
+    let config = TempConfig::new(&format!(
+        "[ami]\naddress = \"{ami}\"\nusername = \"zammad\"\nsecret = \"{secret}\"\n\
+         [zammad]\nurl = \"{url}\"\ntimeout = \"3s\"\n"
+    ));
+    let path = config.0.display().to_string();
+    let result = run_async(&["check", "-c", &path]).await;
+    let all = format!("{}{}", result.1, result.2);
+    assert!(!all.contains(CHECK_TOKEN), "the token was printed: {all}");
+    assert!(!all.contains(AMI_SECRET), "the secret was printed: {all}");
+    result
+}
+
+async fn stand_ins() -> (
+    asterisk_zammad_bridge::fake_ami::FakeAmi,
+    asterisk_zammad_bridge::fake_zammad::FakeZammad,
+) {
+    use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
+    use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
+    let ami = FakeAmi::start(FakeAmiConfig {
+        username: "zammad".into(),
+        secret: AMI_SECRET.into(),
+        ..FakeAmiConfig::default()
+    })
+    .await;
+    let zammad = FakeZammad::start(FakeZammadConfig {
+        token: CHECK_TOKEN.into(),
+        ..FakeZammadConfig::default()
+    })
+    .await
+    .unwrap();
+    (ami, zammad)
+}
+
+/// A loopback address nobody listens on.
+fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn check_passes_against_a_working_asterisk_and_zammad_and_creates_no_call() {
+    let (ami, zammad) = stand_ins().await;
+    let (code, out, err) = check_online(&ami.addr().to_string(), &zammad.url(), AMI_SECRET).await;
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("config OK"), "{out}");
+    let want = format!("ami: ok (logged in as zammad at {}", ami.addr());
+    assert!(out.contains(&want), "{out}");
+    assert!(out.contains("zammad: ok (reachable at http://"), "{out}");
+    // The probes: CoreShowChannels and a Setvar naming a channel, never a global one.
+    let actions: Vec<String> = ami
+        .actions()
+        .iter()
+        .map(|a| a.get("Action").unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        actions.contains(&"CoreShowChannels".to_string()),
+        "{actions:?}"
     );
-    check(&["demo"], None, 1, "", "not implemented yet");
+    let setvar = ami
+        .actions()
+        .into_iter()
+        .find(|a| a.get("Action") == Some("Setvar"))
+        .expect("a Setvar");
+    assert!(setvar.get("Channel").is_some_and(|c| !c.is_empty()));
+    // Zammad was asked once, refused it after the token check, and stored no call.
+    let requests = zammad.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].status, Some(422));
+    assert_eq!(zammad.calls(), Vec::new());
+    assert_eq!(zammad.violations(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn check_fails_on_a_wrong_token_or_a_disabled_integration() {
+    let (ami, zammad) = stand_ins().await;
+    let ami_addr = ami.addr().to_string();
+    let wrong = zammad
+        .url()
+        .replace(CHECK_TOKEN, "Wr0ng-token_0123456789abcdef");
+    let (code, out, err) = check_online(&ami_addr, &wrong, AMI_SECRET).await;
+    assert_eq!(code, Some(1), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("ami: ok"), "{out}");
+    assert!(out.contains("zammad: token wrong"), "{out}");
+    assert!(!out.contains("Wr0ng-token"), "{out}");
+
+    zammad.set_enabled(false);
+    let (code, out, err) = check_online(&ami_addr, &zammad.url(), AMI_SECRET).await;
+    assert_eq!(code, Some(1), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("zammad: CTI integration disabled"), "{out}");
+
+    zammad.set_enabled(true);
+    zammad.set_configured(false);
+    let (code, out, _) = check_online(&ami_addr, &zammad.url(), AMI_SECRET).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("zammad: CTI integration not configured"),
+        "{out}"
+    );
+    assert_eq!(zammad.calls(), Vec::new());
+}
+
+#[tokio::test]
+async fn check_fails_on_a_wrong_secret_a_missing_permission_or_nothing_listening() {
+    let (ami, zammad) = stand_ins().await;
+    let ami_addr = ami.addr().to_string();
+    let (code, out, err) = check_online(&ami_addr, &zammad.url(), "not-the-secret").await;
+    assert_eq!(code, Some(1), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("ami: login as zammad at"), "{out}");
+    assert!(out.contains("wrong ami.secret"), "{out}");
+    assert!(out.contains("zammad: ok"), "{out}");
+
+    ami.set_reply(
+        "CoreShowChannels",
+        asterisk_zammad_bridge::ami::AmiMessage::from_pairs([
+            ("Response", "Error"),
+            ("Message", "Permission denied"),
+        ]),
+    );
+    let (code, out, _) = check_online(&ami_addr, &zammad.url(), AMI_SECRET).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("may not send CoreShowChannels"), "{out}");
+    assert!(out.contains("write = reporting"), "{out}");
+
+    let nobody = closed_port();
+    let url = format!("http://{}/api/v1/cti/{CHECK_TOKEN}", closed_port());
+    let (code, out, err) = check_online(&nobody, &url, AMI_SECRET).await;
+    assert_eq!(code, Some(1), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("ami: connection refused"), "{out}");
+    assert!(out.contains("zammad: unreachable"), "{out}");
+    assert_eq!(zammad.calls(), Vec::new());
+}
+
+#[tokio::test]
+async fn demo_shows_inbound_outbound_rejected_and_missed_calls_within_10_s() {
+    let started = std::time::Instant::now();
+    let (code, out, err) = run_async(&["demo"]).await;
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("17955963") || l.starts_with("17955964"))
+        .collect();
+    assert_eq!(rows.len(), 6, "{out}");
+    assert!(!out.contains("rules broken"), "{out}");
+    let row = |call_id: &str| {
+        *rows
+            .iter()
+            .find(|r| r.starts_with(call_id))
+            .unwrap_or_else(|| panic!("no row for {call_id}: {out}"))
+    };
+    // Answered by Alice; busy and unanswered are missed; the blocked caller is rejected
+    // through FastAGI; the outbound call gets Zammad's caller ID.
+    let answered = row("1795596369.0 ");
+    assert!(
+        answered.contains(" in ") && answered.contains("Alice"),
+        "{answered}"
+    );
+    assert!(row("1795596377.4 ").contains("missed (busy)"), "{out}");
+    assert!(row("1795596378.8 ").contains("missed"), "{out}");
+    let blocked = row("1795596443.48 ");
+    assert!(blocked.contains("rejected as busy"), "{blocked}");
+    assert!(blocked.contains("15555550166"), "{blocked}");
+    let outbound = row("1795596391.16 ");
+    assert!(outbound.contains(" out "), "{outbound}");
+    assert!(
+        outbound.contains("caller ID set to 493023125877"),
+        "{outbound}"
+    );
 }
 
 #[test]

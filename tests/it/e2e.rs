@@ -749,6 +749,54 @@ fn scenarios(lab: &Lab) -> Vec<Scenario<'_>> {
         .collect()
 }
 
+/// Runs `check -c path` on `config`: the exit code and stdout + stderr.
+async fn run_check(path: &std::path::Path, config: &str) -> Result<(Option<i32>, String), String> {
+    std::fs::write(path, config).map_err(|e| format!("write {}: {e}", path.display()))?;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"))
+        .arg("check")
+        .arg("-c")
+        .arg(path)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .map_err(|e| format!("run check: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code(), text))
+}
+
+/// `check` with the daemon's config, against the real Asterisk (the shipped manager.conf
+/// user) and the stand-in Zammad: all ok; with a wrong AMI secret: the login is refused.
+async fn check_against_the_lab(run_dir: &std::path::Path, config: &str) -> Result<String, String> {
+    let (code, ok_out) = run_check(&run_dir.join("check.toml"), config).await?;
+    let out = &ok_out;
+    if code != Some(0)
+        || !out.contains("ami: ok (logged in as zammad")
+        || !out.contains("zammad: ok")
+    {
+        return Err(format!(
+            "exit {code:?}, expected 0 and two ok lines:\n{out}"
+        ));
+    }
+    let wrong = config.replace(lab::ZAMMAD_SECRET, "not-the-secret");
+    let (code, out) = run_check(&run_dir.join("check-wrong-secret.toml"), &wrong).await?;
+    if code != Some(1)
+        || !out.contains("ami: login as zammad at")
+        || !out.contains("wrong ami.secret")
+    {
+        return Err(format!(
+            "wrong secret: exit {code:?}, expected 1 and a refused login:\n{out}"
+        ));
+    }
+    if out.contains(lab::ZAMMAD_SECRET) {
+        return Err(format!("the secret was printed:\n{out}"));
+    }
+    Ok(ok_out)
+}
+
 #[test]
 fn calls_on_a_real_asterisk() {
     if !lab::ready_or_skip() {
@@ -795,6 +843,7 @@ async fn run_all() {
         panic!("the daemon did not log in to AMI: {e}{}", logs());
     }
     let booted = started.elapsed();
+    let check = check_against_the_lab(&run_dir, &config).await;
     let lab = Lab { zammad, driver };
 
     let mut results = join_all(scenarios(&lab).into_iter().map(|(name, run)| async move {
@@ -844,7 +893,25 @@ async fn run_all() {
             failures.push(format!("{name}: {e}"));
         }
     }
-    let told: BTreeSet<String> = requests.iter().filter_map(|r| r.call_id()).collect();
+    report.push_str(&format!(
+        "  {:<36} {}\n",
+        "check (shipped manager.conf user)",
+        if check.is_ok() { "ok" } else { "FAILED" }
+    ));
+    if let Ok(out) = &check {
+        for line in out.lines() {
+            report.push_str(&format!("    {line}\n"));
+        }
+    }
+    if let Err(e) = check {
+        failures.push(format!("check: {e}"));
+    }
+    // `check`'s probe is no call.
+    let told: BTreeSet<String> = requests
+        .iter()
+        .filter_map(|r| r.call_id())
+        .filter(|id| id != asterisk_zammad_bridge::zammad::PROBE_CALL_ID)
+        .collect();
     let unexpected: Vec<&String> = told.difference(&expected_ids).collect();
     let failed_ids = results.iter().any(|(_, r, _)| r.is_err());
     if !unexpected.is_empty() && !failed_ids {
