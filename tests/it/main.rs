@@ -10,4 +10,5 @@ mod fuzz;
 mod recovery;
 mod replay;
 mod support;
+mod systemd;
 mod tracker;
