@@ -7,6 +7,7 @@ mod e2e;
 mod examples;
 mod faults;
 mod fuzz;
+mod package;
 mod recovery;
 mod replay;
 mod support;
