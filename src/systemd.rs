@@ -1,5 +1,5 @@
 //! Telling systemd how the daemon is doing (`Type=notify`, DESIGN.md §7): `READY=1` once
-//! the listeners are bound, `STATUS=` a one-line summary whenever the health changes,
+//! the listeners are bound, `STATUS=` a one-line summary when the health changes (at most once a second),
 //! `WATCHDOG=1` at half of `WATCHDOG_USEC`, `STOPPING=1` when the daemon stops.
 //!
 //! The notify protocol is one datagram per message to the socket named by `NOTIFY_SOCKET`
@@ -19,8 +19,12 @@ use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+/// The shortest time between two `STATUS=` messages.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// The service manager's notification socket.
 pub struct Notifier {
@@ -119,8 +123,8 @@ pub fn status_line(health: &Health) -> String {
 }
 
 /// Reports the daemon to systemd until it stops: `READY=1` (with the first `STATUS=`) when
-/// `listening` arrives, `STATUS=` on every health change, `WATCHDOG=1` every `watchdog`
-/// while the daemon loop runs, `STOPPING=1` when `shutdown` is cancelled or the loop ends.
+/// `listening` arrives, `STATUS=` on health changes (at most once a second), `WATCHDOG=1`
+/// every `watchdog` while the daemon loop runs, `STOPPING=1` when `shutdown` is cancelled or the loop ends.
 /// If the daemon fails before it listens (`listening` is dropped), nothing is sent: systemd
 /// sees the process exit.
 pub async fn report(
@@ -139,21 +143,33 @@ pub async fn report(
     let Ok(Listening { mut health, .. }) = listening else {
         return;
     };
-    let status = status_line(&health.borrow_and_update());
+    let mut status = status_line(&health.borrow_and_update());
     notifier.send(&format!("READY=1\nSTATUS={status}"));
     // A far-off tick when there is no watchdog keeps one select below.
     let period = watchdog.unwrap_or(Duration::from_secs(365 * 24 * 3600));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The health changes with every batch under load: STATUS= goes out at most once per
+    // STATUS_EVERY, with the latest health.
+    let mut status_due = false;
+    let mut next_status = Instant::now() + STATUS_EVERY;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            changed = health.changed() => {
+            changed = health.changed(), if !status_due => {
                 if changed.is_err() {
                     break; // the daemon loop has ended
                 }
-                let status = status_line(&health.borrow_and_update());
-                notifier.send(&format!("STATUS={status}"));
+                status_due = true;
+            }
+            () = tokio::time::sleep_until(next_status), if status_due => {
+                status_due = false;
+                next_status = Instant::now() + STATUS_EVERY;
+                let now = status_line(&health.borrow_and_update());
+                if now != status {
+                    notifier.send(&format!("STATUS={now}"));
+                    status = now;
+                }
             }
             _ = ticks.tick(), if watchdog.is_some() => notifier.send("WATCHDOG=1"),
         }
@@ -223,5 +239,53 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"WATCHDOG=1");
+    }
+
+    /// Many health changes in a burst make one STATUS= with the last of them; the end of
+    /// the daemon loop makes STOPPING=1.
+    #[tokio::test(start_paused = true)]
+    async fn status_is_rate_limited_and_stopping_follows_the_loop() {
+        let dir = std::env::temp_dir().join(format!("azb-notify-rate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let _ = std::fs::remove_file(&path);
+        let server = UnixDatagram::bind(&path).unwrap();
+        server.set_nonblocking(true).unwrap();
+        let notifier = Notifier::new(path.to_str().unwrap()).unwrap();
+        let (health_tx, health) = tokio::sync::watch::channel(Health::default());
+        let (ready, listening) = oneshot::channel();
+        let task = tokio::spawn(report(notifier, None, listening, CancellationToken::new()));
+        ready.send(Listening { agi: None, health }).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for calls in 1..=100 {
+            health_tx.send_replace(Health {
+                active_calls: calls,
+                ..Health::default()
+            });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(health_tx);
+        task.await.unwrap();
+        let mut messages = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = server.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            messages[0].starts_with("READY=1\nSTATUS=AMI not connected"),
+            "{messages:?}"
+        );
+        assert_eq!(messages.last().unwrap(), "STOPPING=1", "{messages:?}");
+        let statuses: Vec<&String> = messages[1..messages.len() - 1].iter().collect();
+        assert!(
+            (1..=2).contains(&statuses.len()),
+            "500 ms of changes, at most one STATUS= a second: {statuses:?}"
+        );
+        assert!(
+            statuses.last().unwrap().contains("100 active calls"),
+            "{statuses:?}"
+        );
     }
 }
