@@ -291,7 +291,9 @@ fn unit_file_verifies() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `systemd-analyze security --offline=yes` rates the unit OK or better (exposure < 5).
+/// `systemd-analyze security --offline=yes` rates the unit OK or better. It rates 1.1 now
+/// (what is left: network access, which the daemon needs, and no root image); the bound of
+/// 2.0 catches a hardening line that goes missing long before the rating leaves "OK" (< 5).
 #[test]
 fn unit_file_is_hardened() {
     let Some(tool) = systemd_analyze() else {
@@ -316,7 +318,7 @@ fn unit_file_is_hardened() {
         .unwrap_or_else(|| panic!("cannot read {line:?}"));
     eprintln!("{}", line.trim());
     assert!(
-        level < 5.0 && (line.contains("OK") || line.contains("SAFE")),
+        level <= 2.0 && (line.contains("OK") || line.contains("SAFE")),
         "exposure {level}: {line}\n{stdout}"
     );
 }
