@@ -38,5 +38,6 @@ pub mod observability;
 pub mod policy;
 pub mod replay;
 pub mod store;
+pub mod systemd;
 pub mod tracker;
 pub mod zammad;

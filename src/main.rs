@@ -1,13 +1,13 @@
 //! The binary: arguments → config → tracing → runtime → exit code (DESIGN.md §2).
 //!
 //! Owns the command line, the exit codes (0 fine, 1 failed, 78 invalid config) and the
-//! signals that start a shutdown. Everything else is the library's: `daemon::run`,
-//! `replay::replay_files`, `check::run`, `demo::run`,
-//! `Config::load`.
+//! signals that start a shutdown and a reload (SIGHUP), and starts the systemd notifier
+//! (`systemd::report`) beside the daemon. Everything else is the library's:
+//! `daemon::run_with`, `replay::replay_files`, `check::run`, `demo::run`, `Config::load`.
 
 use anyhow::Context as _;
 use asterisk_zammad_bridge::config::{Config, ConfigError, DEFAULT_PATH};
-use asterisk_zammad_bridge::{check, daemon, demo, observability, replay};
+use asterisk_zammad_bridge::{check, daemon, demo, observability, replay, systemd};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -164,7 +164,28 @@ fn run_daemon(config: Config, path: &Path) -> anyhow::Result<()> {
             tracing::info!(signal = name, "shutting down");
             token.cancel();
         });
-        daemon::run_with(config, shutdown, None, Some(reloads)).await
+        // Under systemd (Type=notify): READY=1, STATUS=, WATCHDOG=1, STOPPING=1.
+        let notifier = systemd::Notifier::from_env().unwrap_or_else(|error| {
+            tracing::warn!(%error, "NOTIFY_SOCKET is set but unusable; not notifying systemd");
+            None
+        });
+        let (ready, listening) = tokio::sync::oneshot::channel();
+        let reporter = notifier.map(|notifier| {
+            let watchdog = systemd::watchdog_interval();
+            tokio::spawn(systemd::report(
+                notifier,
+                watchdog,
+                listening,
+                shutdown.clone(),
+            ))
+        });
+        let result = daemon::run_with(config, shutdown.clone(), Some(ready), Some(reloads)).await;
+        if let Some(reporter) = reporter {
+            // It ends with the daemon loop (STOPPING=1) or with the ready channel dropped.
+            shutdown.cancel();
+            let _ = reporter.await;
+        }
+        result
     })
 }
 

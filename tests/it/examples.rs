@@ -130,3 +130,28 @@ fn manager_user_is_the_configured_one_with_the_classes_needed() {
         assert!(!write_classes.contains(&class.to_string()), "write {class}");
     }
 }
+
+#[test]
+fn the_service_config_is_the_example_without_its_two_secrets() {
+    let example = read("config.toml");
+    let service = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/config.toml"),
+    )
+    .unwrap();
+    let from_ami = |text: &str| text[text.find("[ami]").unwrap()..].to_string();
+    let expected: Vec<String> = from_ami(&example)
+        .lines()
+        .map(|l| {
+            if l.starts_with("secret = ") || l.starts_with("url = ") {
+                format!("# {l}   # given by systemd as a credential (see the unit file)")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    let service_body = from_ami(&service);
+    let got: Vec<&str> = service_body.lines().collect();
+    assert_eq!(got, expected);
+    let config = Config::from_toml_str(&service).unwrap();
+    assert!(config.ami.secret.is_none() && config.zammad.url.is_none());
+}
