@@ -3,16 +3,13 @@
 //! with the reason, while it is not.
 
 use crate::support::call_events;
+use crate::support::encode;
 use crate::support::harness::Harness;
-use asterisk_zammad_bridge::ami::AmiMessage;
-use asterisk_zammad_bridge::ami::codec::AmiCodec;
 use asterisk_zammad_bridge::fake_agi::FakeAgiCall;
 use asterisk_zammad_bridge::fake_zammad::FakeZammadConfig;
-use bytes::BytesMut;
 use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_util::codec::Encoder;
 
 /// Every metric name DESIGN.md §7 promises, as it appears on a sample line.
 const CONTRACT: [&str; 9] = [
@@ -26,14 +23,6 @@ const CONTRACT: [&str; 9] = [
     "azb_agi_sessions_total",
     "azb_agi_decision_seconds_bucket",
 ];
-
-fn encode(events: &[AmiMessage]) -> bytes::Bytes {
-    let mut buf = BytesMut::new();
-    for e in events {
-        AmiCodec::new().encode(e, &mut buf).unwrap();
-    }
-    buf.freeze()
-}
 
 async fn get(h: &Harness, path: &str) -> reqwest::Response {
     reqwest::get(format!("http://{}{path}", h.admin))

@@ -6,20 +6,18 @@
 //! as exactly one `newCall` and one `hangup`. Recorded AMI traffic of the same calls is
 //! split where the dialplan would have run the AGI.
 
+use crate::support::encode;
 use crate::support::harness::Harness;
 use crate::support::{assert_invariants, fixture, lab_config};
 use asterisk_zammad_bridge::ami::AmiMessage;
-use asterisk_zammad_bridge::ami::codec::AmiCodec;
 use asterisk_zammad_bridge::fake_agi::{AgiTranscript, FakeAgiCall};
 use asterisk_zammad_bridge::fake_zammad::{FakeZammadConfig, Route};
 use asterisk_zammad_bridge::replay::replay_bytes;
 use asterisk_zammad_bridge::tracker::TrackerSettings;
-use bytes::BytesMut;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::codec::Encoder;
 
 const CALLER: &str = "15555550100";
 const HOSTILE: &str = "4930\r\nAction: Originate\r\nChannel: Local/666@evil\r\n";
@@ -42,14 +40,6 @@ fn split_before(bytes: &[u8], at: impl Fn(&str) -> bool) -> (&[u8], &[u8]) {
         start = end;
     }
     panic!("no frame to split at");
-}
-
-fn encode(events: &[AmiMessage]) -> bytes::Bytes {
-    let mut buf = BytesMut::new();
-    for e in events {
-        AmiCodec::new().encode(e, &mut buf).unwrap();
-    }
-    buf.freeze()
 }
 
 fn bodies(h: &Harness) -> Vec<Value> {

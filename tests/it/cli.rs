@@ -347,11 +347,9 @@ fn run_names_an_unusable_state_dir_and_exits_1() {
 /// the same state dir sends the call's remaining events, under the same callId.
 #[tokio::test]
 async fn sigterm_stops_cleanly_and_the_next_start_goes_on() {
-    use crate::support::{call_events, temp_dir};
-    use asterisk_zammad_bridge::ami::codec::AmiCodec;
+    use crate::support::{call_events, encode, temp_dir};
     use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
     use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
-    use tokio_util::codec::Encoder;
 
     let zammad = FakeZammad::start(FakeZammadConfig::default())
         .await
@@ -376,13 +374,6 @@ async fn sigterm_stops_cleanly_and_the_next_start_goes_on() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
-    };
-    let encode = |events: &[asterisk_zammad_bridge::ami::AmiMessage]| {
-        let mut buf = bytes::BytesMut::new();
-        for e in events {
-            AmiCodec::new().encode(e, &mut buf).unwrap();
-        }
-        buf.freeze()
     };
     let accepted = |zammad: &FakeZammad| {
         zammad
@@ -446,12 +437,10 @@ async fn sigterm_stops_cleanly_and_the_next_start_goes_on() {
 /// and says which other changes need a restart; an invalid file keeps the running config.
 #[tokio::test]
 async fn sighup_reloads_agents_and_names_what_needs_a_restart() {
-    use crate::support::{call_events, temp_dir};
-    use asterisk_zammad_bridge::ami::codec::AmiCodec;
+    use crate::support::{call_events, encode, temp_dir};
     use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
     use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
     use std::time::{Duration, Instant};
-    use tokio_util::codec::Encoder;
 
     let zammad = FakeZammad::start(FakeZammadConfig::default())
         .await
@@ -492,13 +481,6 @@ async fn sighup_reloads_agents_and_names_what_needs_a_restart() {
     let wait = |what: &'static str, ok: &dyn Fn() -> bool| {
         assert!(Instant::now() < deadline, "waiting for {what}:\n{}", log());
         !ok()
-    };
-    let encode = |events: &[asterisk_zammad_bridge::ami::AmiMessage]| {
-        let mut buf = bytes::BytesMut::new();
-        for e in events {
-            AmiCodec::new().encode(e, &mut buf).unwrap();
-        }
-        buf.freeze()
     };
     let answers = || {
         zammad
@@ -564,13 +546,11 @@ async fn sighup_reloads_agents_and_names_what_needs_a_restart() {
 /// secret, and holds no phone number unless `log.show_numbers` is on.
 #[tokio::test]
 async fn logs_never_show_secrets_and_numbers_only_when_asked() {
-    use crate::support::{call_events, temp_dir};
-    use asterisk_zammad_bridge::ami::codec::AmiCodec;
+    use crate::support::{call_events, encode, temp_dir};
     use asterisk_zammad_bridge::fake_agi::FakeAgiCall;
     use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
     use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
     use std::time::{Duration, Instant};
-    use tokio_util::codec::Encoder;
 
     const TOKEN: &str = "tok3nZammadXYZ";
     const SECRET: &str = "s3cr3tAmiPw";
@@ -623,13 +603,6 @@ async fn logs_never_show_secrets_and_numbers_only_when_asked() {
             .spawn()
             .unwrap();
         (dir, log_path, child, agi_port)
-    };
-    let encode = |events: &[asterisk_zammad_bridge::ami::AmiMessage]| {
-        let mut buf = bytes::BytesMut::new();
-        for e in events {
-            AmiCodec::new().encode(e, &mut buf).unwrap();
-        }
-        buf.freeze()
     };
     let good_url = zammad.url();
     assert!(good_url.contains(TOKEN));

@@ -4,22 +4,12 @@
 //! stand-in Zammad. The SIGKILL and outage runs with the real binary are in `faults`.
 
 use crate::support::call_events;
+use crate::support::encode;
 use crate::support::harness::Harness;
 use asterisk_zammad_bridge::ami::AmiMessage;
-use asterisk_zammad_bridge::ami::codec::AmiCodec;
 use asterisk_zammad_bridge::fake_zammad::FakeZammadConfig;
-use bytes::BytesMut;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use tokio_util::codec::Encoder;
-
-fn encode(events: &[AmiMessage]) -> bytes::Bytes {
-    let mut buf = BytesMut::new();
-    for e in events {
-        AmiCodec::new().encode(e, &mut buf).unwrap();
-    }
-    buf.freeze()
-}
 
 /// The channels of `call_events(i)` as `CoreShowChannels` lists them while the call is
 /// answered: the trunk and the phone, up and in one bridge.

@@ -154,3 +154,14 @@ pub fn call_events(i: usize) -> Vec<AmiMessage> {
         block("Hangup", &trunk, &t, "6", &[("Cause", "16")]),
     ]
 }
+
+/// AMI events as the bytes Asterisk would send them.
+pub fn encode(events: &[AmiMessage]) -> bytes::Bytes {
+    use tokio_util::codec::Encoder;
+    let mut buf = bytes::BytesMut::new();
+    let mut codec = asterisk_zammad_bridge::ami::codec::AmiCodec::new();
+    for e in events {
+        codec.encode(e, &mut buf).expect("an encodable event");
+    }
+    buf.freeze()
+}
