@@ -19,7 +19,9 @@
 //! format.)
 //!
 //! [`Store`] runs the journal on a thread of its own; commits from many tasks are grouped
-//! into one write and one sync.
+//! into one write and one sync. A commit is answered once written (the daemon's batches:
+//! in the kernel, they survive SIGKILL; the sync follows at once) or once synced (the
+//! "sending" marks, and `flush`).
 
 use crate::cti::CtiRequest;
 use crate::tracker::CallRecord;
@@ -28,6 +30,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
@@ -153,7 +156,8 @@ pub struct Journal {
     dir: PathBuf,
     /// Held locked while the journal is open: one daemon per state dir.
     _lock: File,
-    file: File,
+    /// Shared with the sync thread, which calls `sync_data` on it.
+    file: Arc<File>,
     state: State,
     bytes: u64,
     compacted_bytes: u64,
@@ -198,7 +202,7 @@ impl Journal {
         Ok(Journal {
             dir: dir.to_owned(),
             _lock: lock,
-            file,
+            file: Arc::new(file),
             state,
             bytes,
             compacted_bytes: bytes,
@@ -224,7 +228,7 @@ impl Journal {
         for record in &records {
             encode(record, &mut buf);
         }
-        self.file.write_all(&buf)?;
+        (&*self.file).write_all(&buf)?;
         if sync {
             self.file.sync_data()?;
         }
@@ -238,9 +242,14 @@ impl Journal {
         Ok(())
     }
 
+    /// The journal file, for syncing it from another thread (compaction replaces it).
+    fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
     fn compact(&mut self) -> io::Result<()> {
         let (file, bytes) = write_compacted(&self.dir, &self.state)?;
-        self.file = file;
+        self.file = Arc::new(file);
         self.bytes = bytes;
         self.compacted_bytes = bytes;
         Ok(())
@@ -360,6 +369,9 @@ enum Command {
     Commit {
         records: Vec<Record>,
         done: Option<oneshot::Sender<Result<(), StoreError>>>,
+        /// `done` once synced to disk; else once written (in the kernel: survives a crash
+        /// of the daemon, and is synced right after).
+        synced: bool,
     },
     /// Write what came before, then close the journal (and free the state dir's lock).
     Close(oneshot::Sender<()>),
@@ -408,18 +420,22 @@ impl Store {
             .send(Command::Commit {
                 records,
                 done: Some(done),
+                synced: true,
             })
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Starts writing `records` durably without waiting; the receiver resolves once they
-    /// are synced (or the write failed). Commits complete in the order they were started.
+    /// Starts writing `records` without waiting; the receiver resolves once they are
+    /// written to the journal file (they then survive a crash or SIGKILL of the daemon; the
+    /// sync that makes them survive a power cut follows at once, unawaited). Commits
+    /// complete in the order they were started.
     pub fn commit_later(&self, records: Vec<Record>) -> oneshot::Receiver<Result<(), StoreError>> {
         let (done, rx) = oneshot::channel();
         let _ = self.tx.send(Command::Commit {
             records,
             done: Some(done),
+            synced: false,
         });
         rx
     }
@@ -431,6 +447,7 @@ impl Store {
             .send(Command::Commit {
                 records: Vec::new(),
                 done: Some(done),
+                synced: true,
             })
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -451,22 +468,57 @@ impl Store {
         let _ = self.tx.send(Command::Commit {
             records,
             done: None,
+            synced: false,
         });
     }
 }
 
+/// A commit's result, for one more waiter.
+fn copy(result: &Result<(), StoreError>) -> Result<(), StoreError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(StoreError::Write(e)) => {
+            Err(StoreError::Write(io::Error::new(e.kind(), e.to_string())))
+        }
+        Err(_) => Err(StoreError::Closed),
+    }
+}
+
 /// The journal thread: takes every pending commit, writes them with one sync, answers.
+/// What the sync thread does next: sync `file`, then answer.
+struct SyncJob {
+    file: Option<Arc<File>>,
+    waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    closers: Vec<oneshot::Sender<()>>,
+}
+
+/// The journal thread: takes every pending commit and writes them in one go; those who
+/// wait for the write are answered at once, those who wait for the disk once the sync
+/// thread has synced (in order), so writing never waits for a sync.
 fn run(journal: Journal, mut rx: mpsc::UnboundedReceiver<Command>) {
+    let (jobs, job_rx) = std::sync::mpsc::channel::<SyncJob>();
+    let syncer = std::thread::Builder::new()
+        .name("azb-journal-sync".into())
+        .spawn(move || sync_loop(job_rx));
     let mut journal = Some(journal);
     let mut failing = false;
     while let Some(first) = rx.blocking_recv() {
         let mut records = Vec::new();
+        let mut written = Vec::new();
         let mut waiters = Vec::new();
         let mut closers = Vec::new();
         let mut take = |cmd: Command| match cmd {
-            Command::Commit { records: r, done } => {
+            Command::Commit {
+                records: r,
+                done,
+                synced,
+            } => {
                 records.extend(r);
-                waiters.extend(done);
+                if synced {
+                    waiters.extend(done);
+                } else {
+                    written.extend(done);
+                }
             }
             Command::Close(done) => closers.push(done),
         };
@@ -474,11 +526,11 @@ fn run(journal: Journal, mut rx: mpsc::UnboundedReceiver<Command>) {
         while let Ok(cmd) = rx.try_recv() {
             take(cmd);
         }
-        // Only commits someone waits for need the disk; the others (done marks) ride along
-        // with the next sync.
-        let sync = !waiters.is_empty();
+        // Done marks alone, waited for by nobody, are not synced: they ride along with the
+        // next sync.
+        let sync = !waiters.is_empty() || !written.is_empty() || !closers.is_empty();
         let result = match &mut journal {
-            Some(j) => j.append_with(records, sync).map_err(StoreError::Write),
+            Some(j) => j.append_with(records, false).map_err(StoreError::Write),
             None => Err(StoreError::Closed),
         };
         match &result {
@@ -493,24 +545,75 @@ fn run(journal: Journal, mut rx: mpsc::UnboundedReceiver<Command>) {
             }
             Err(_) => {}
         }
-        for waiter in waiters {
-            let _ = waiter.send(match &result {
-                Ok(()) => Ok(()),
-                Err(StoreError::Write(e)) => {
-                    Err(StoreError::Write(io::Error::new(e.kind(), e.to_string())))
-                }
-                Err(_) => Err(StoreError::Closed),
-            });
+        for waiter in written {
+            let _ = waiter.send(copy(&result));
         }
+        if result.is_err() {
+            for waiter in waiters.drain(..) {
+                let _ = waiter.send(copy(&result));
+            }
+        }
+        let file = journal.as_ref().map(Journal::file);
         if !closers.is_empty() {
             journal = None;
-            for done in closers {
-                let _ = done.send(());
+        }
+        if sync {
+            let job = SyncJob {
+                file: file.filter(|_| result.is_ok()),
+                waiters,
+                closers,
+            };
+            if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
+                // No sync thread: answer without it.
+                for w in job.waiters {
+                    let _ = w.send(Err(StoreError::Closed));
+                }
+                for c in job.closers {
+                    let _ = c.send(());
+                }
             }
         }
     }
+    drop(jobs);
+    if let Ok(syncer) = syncer {
+        let _ = syncer.join();
+    }
     if failing {
         warn!("state journal closed while failing");
+    }
+}
+
+/// The sync thread: syncs the journal file for every job pending, then answers them.
+fn sync_loop(jobs: std::sync::mpsc::Receiver<SyncJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while let Ok(job) = jobs.try_recv() {
+            batch.push(job);
+        }
+        // Compaction may have replaced the file: sync each distinct one once.
+        let mut files: Vec<Arc<File>> = Vec::new();
+        for job in &batch {
+            if let Some(f) = &job.file
+                && !files.iter().any(|g| Arc::ptr_eq(f, g))
+            {
+                files.push(f.clone());
+            }
+        }
+        let mut result = Ok(());
+        for f in &files {
+            if let Err(e) = f.sync_data() {
+                error!(error = %e, "cannot sync the state journal");
+                result = Err(StoreError::Write(e));
+            }
+        }
+        for job in batch {
+            for w in job.waiters {
+                let _ = w.send(copy(&result));
+            }
+            for c in job.closers {
+                let _ = c.send(());
+            }
+        }
     }
 }
 
