@@ -7,8 +7,8 @@
 //! The tracker runs here, not in the socket reader: the reader only decodes and forwards,
 //! so Asterisk never waits on us. Claims are taken before AMI events, so a claimed call's
 //! `newCall` is queued before anything the tracker learns about it later. Inputs are taken
-//! in batches (whatever is ready); one journal commit covers a batch, and the `hand_over`
-//! task queues the batch's events once that commit is on disk, batch after batch.
+//! in batches (whatever is ready); one journal write covers a batch, before its events are
+//! queued (its sync follows on the journal's sync thread).
 //!
 //! Recovery (DESIGN.md §5): at start-up the tracker and the outbox take back what the
 //! state dir kept; after every AMI login, and every `ami.reconcile_interval`, the daemon
@@ -27,7 +27,7 @@ use crate::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
 use crate::decision::{self, CallAction};
 use crate::delivery::{DecisionSender, Outbox};
 use crate::metrics::Metrics;
-use crate::store::{Record, Store, StoreError};
+use crate::store::{Record, Store};
 use crate::tracker::{ClaimOutcome, DecisionTarget, Tracker, TrackerSettings};
 use crate::zammad::{ZammadClient, ZammadError};
 use anyhow::Context;
@@ -92,33 +92,6 @@ struct Snapshot {
     channels: Result<Vec<AmiMessage>, AmiError>,
 }
 
-/// A batch's events, to be queued once the batch's journal commit is on disk.
-struct Handoff {
-    committed: oneshot::Receiver<Result<(), StoreError>>,
-    staged: Vec<(u64, Pending)>,
-}
-
-/// Queues each batch's events once its commit is done, batch after batch, so the daemon
-/// task goes on with the next batch while the disk syncs.
-async fn hand_over(mut batches: mpsc::UnboundedReceiver<Handoff>, outbox: Outbox, ami: AmiHandle) {
-    while let Some(batch) = batches.recv().await {
-        // A failed write is logged by the journal; the calls go on in memory.
-        let _ = batch.committed.await;
-        for (seq, p) in batch.staged {
-            match (p.decision, p.ami_target) {
-                (Some(tx), _) => outbox.push_with_decision(seq, p.request, tx),
-                (None, Some(target)) => {
-                    let (tx, rx) = oneshot::channel();
-                    let call_id = p.request.call_id.clone();
-                    outbox.push_with_decision(seq, p.request, tx);
-                    tokio::spawn(act_over_ami(ami.clone(), call_id, target, rx));
-                }
-                (None, None) => outbox.push(seq, p.request),
-            }
-        }
-    }
-}
-
 /// The daemon's task state.
 struct Daemon {
     tracker: Tracker,
@@ -130,7 +103,6 @@ struct Daemon {
     requests: Vec<CtiRequest>,
     snapshots: mpsc::UnboundedSender<Snapshot>,
     stale_after: Duration,
-    handoff: mpsc::UnboundedSender<Handoff>,
     metrics: Arc<Metrics>,
     /// Logins to AMI so far (every one after the first is a reconnect).
     ami_logins: u64,
@@ -213,8 +185,6 @@ pub async fn run_with(
         tokio::spawn(server.run(script, shutdown.clone(), grace))
     });
     let (snapshots, mut snapshot_rx) = mpsc::unbounded_channel();
-    let (handoff, batches) = mpsc::unbounded_channel();
-    let hand_over = tokio::spawn(hand_over(batches, outbox.clone(), ami.clone()));
     let mut d = Daemon {
         tracker,
         outbox,
@@ -225,7 +195,6 @@ pub async fn run_with(
         requests: Vec::new(),
         snapshots,
         stale_after: config.calls.stale_after,
-        handoff,
         metrics: metrics.clone(),
         ami_logins: 0,
     };
@@ -310,15 +279,7 @@ pub async fn run_with(
     }
     d.flush();
     drop(claims_tx);
-    // Everything committed reaches the outbox before it closes.
-    let Daemon {
-        outbox,
-        store,
-        handoff,
-        ..
-    } = d;
-    drop(handoff);
-    let _ = hand_over.await;
+    let Daemon { outbox, store, .. } = d;
     if let Some(task) = agi_task {
         let _ = task.await;
     }
@@ -495,8 +456,7 @@ impl Daemon {
         self.take_requests();
     }
 
-    /// Starts writing the batch (changed calls, new events) to the journal; the events are
-    /// queued once it is on disk (`hand_over`).
+    /// Writes the batch (changed calls, new events) to the journal, then queues the events.
     fn flush(&mut self) {
         let mut records: Vec<Record> = self
             .tracker
@@ -523,11 +483,23 @@ impl Daemon {
             });
             staged.push((seq, p));
         }
-        if records.is_empty() && staged.is_empty() {
-            return;
+        // Written before any event of the batch can go out (a failed write is logged by
+        // the journal; the calls go on in memory); the sync follows on its own thread.
+        if !records.is_empty() {
+            let _ = self.store.write_and_sync_soon(records);
         }
-        let committed = self.store.commit_later(records);
-        let _ = self.handoff.send(Handoff { committed, staged });
+        for (seq, p) in staged {
+            match (p.decision, p.ami_target) {
+                (Some(tx), _) => self.outbox.push_with_decision(seq, p.request, tx),
+                (None, Some(target)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let call_id = p.request.call_id.clone();
+                    self.outbox.push_with_decision(seq, p.request, tx);
+                    tokio::spawn(act_over_ami(self.ami.clone(), call_id, target, rx));
+                }
+                (None, None) => self.outbox.push(seq, p.request),
+            }
+        }
     }
 }
 

@@ -18,10 +18,10 @@
 //! on some corrupt-file checks in debug builds, and its major versions change the file
 //! format.)
 //!
-//! [`Store`] runs the journal on a thread of its own; commits from many tasks are grouped
-//! into one write and one sync. A commit is answered once written (the daemon's batches:
-//! in the kernel, they survive SIGKILL; the sync follows at once) or once synced (the
-//! "sending" marks, and `flush`).
+//! [`Store`] appends under a mutex (a page-cache write: it survives SIGKILL at once) and
+//! syncs on a thread of its own, grouping the syncs asked for meanwhile: the daemon's
+//! batches ask for a sync without waiting for it; the "sending" marks, `flush` and
+//! `close` wait for theirs.
 
 use crate::cti::CtiRequest;
 use crate::tracker::CallRecord;
@@ -31,8 +31,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use tokio::sync::oneshot;
+use tracing::{error, info};
 
 const JOURNAL: &str = "journal";
 /// Compact once the journal is this many times the size it had after the last compaction
@@ -365,115 +367,139 @@ pub fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
-enum Command {
-    Commit {
-        records: Vec<Record>,
-        done: Option<oneshot::Sender<Result<(), StoreError>>>,
-        /// `done` once synced to disk; else once written (in the kernel: survives a crash
-        /// of the daemon, and is synced right after).
-        synced: bool,
-    },
-    /// Write what came before, then close the journal (and free the state dir's lock).
-    Close(oneshot::Sender<()>),
+/// What the sync thread does next: sync `file` (if any), then answer.
+struct SyncJob {
+    file: Option<Arc<File>>,
+    waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
 }
 
-/// Cloneable handle to the journal's thread.
+/// Cloneable handle to the journal: writers append under a mutex (a write to the page
+/// cache, microseconds), a thread of its own syncs to disk, so writing never waits for a
+/// sync and only those who need the disk wait for one.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::UnboundedSender<Command>,
+    journal: Arc<Mutex<Option<Journal>>>,
+    syncs: std::sync::mpsc::Sender<SyncJob>,
+    failing: Arc<AtomicBool>,
 }
 
-/// The journal thread; join it after the last [`Store`] is dropped.
+/// The sync thread; it ends once the last [`Store`] is dropped.
 pub struct StoreThread(std::thread::JoinHandle<()>);
 
 impl StoreThread {
-    /// Waits until every commit sent before is written.
+    /// Waits until every sync asked for before is done.
     pub fn join(self) {
         let _ = self.0.join();
     }
 }
 
 impl Store {
-    /// Opens the state dir and starts the journal thread. Returns the state found there.
+    /// Opens the state dir and starts the sync thread. Returns the state found there.
     pub fn open(dir: &Path) -> Result<(Store, State, StoreThread), StoreError> {
         let journal = Journal::open(dir)?;
         let state = journal.state().clone();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (syncs, jobs) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
-            .name("azb-journal".into())
-            .spawn(move || run(journal, rx))
+            .name("azb-journal-sync".into())
+            .spawn(move || sync_loop(jobs))
             .map_err(|source| StoreError::Dir {
                 dir: dir.to_owned(),
-                what: "cannot start the journal thread",
+                what: "cannot start the journal's sync thread",
                 source,
             })?;
-        Ok((Store { tx }, state, StoreThread(thread)))
+        let store = Store {
+            journal: Arc::new(Mutex::new(Some(journal))),
+            syncs,
+            failing: Arc::new(AtomicBool::new(false)),
+        };
+        Ok((store, state, StoreThread(thread)))
+    }
+
+    /// Appends `records` to the journal file (no sync): once this returns they survive a
+    /// crash or SIGKILL of the daemon. Returns the file, for a sync.
+    pub fn write(&self, records: Vec<Record>) -> Result<Option<Arc<File>>, StoreError> {
+        let mut guard = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(journal) = guard.as_mut() else {
+            return Err(StoreError::Closed);
+        };
+        let result = journal.append_with(records, false);
+        let file = journal.file();
+        drop(guard);
+        match result {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    info!("state journal writable again");
+                }
+                Ok(Some(file))
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    error!(error = %e, "cannot write the state journal: calls go on, but what happens now would not survive a restart");
+                }
+                Err(StoreError::Write(e))
+            }
+        }
+    }
+
+    /// Writes `records` and asks for a sync without waiting for it (the daemon's batches:
+    /// on disk within about a millisecond).
+    pub fn write_and_sync_soon(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        let file = self.write(records)?;
+        let _ = self.syncs.send(SyncJob {
+            file,
+            waiters: Vec::new(),
+        });
+        Ok(())
     }
 
     /// Writes `records` durably; returns once they are synced to disk.
     pub async fn commit(&self, records: Vec<Record>) -> Result<(), StoreError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Commit {
-                records,
-                done: Some(done),
-                synced: true,
-            })
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let file = self.write(records)?;
+        self.sync(file).await
     }
 
-    /// Starts writing `records` without waiting; the receiver resolves once they are
-    /// written to the journal file (they then survive a crash or SIGKILL of the daemon; the
-    /// sync that makes them survive a power cut follows at once, unawaited). Commits
-    /// complete in the order they were started.
-    pub fn commit_later(&self, records: Vec<Record>) -> oneshot::Receiver<Result<(), StoreError>> {
-        let (done, rx) = oneshot::channel();
-        let _ = self.tx.send(Command::Commit {
-            records,
-            done: Some(done),
-            synced: false,
-        });
-        rx
-    }
-
-    /// Returns once everything sent before is written (the journal thread works in order).
+    /// Returns once everything written before is synced to disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let file = self
+            .journal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(Journal::file);
+        self.sync(file).await
+    }
+
+    async fn sync(&self, file: Option<Arc<File>>) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Commit {
-                records: Vec::new(),
-                done: Some(done),
-                synced: true,
+        self.syncs
+            .send(SyncJob {
+                file,
+                waiters: vec![done],
             })
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Writes what was sent before, then closes the journal and frees the state dir for
-    /// the next daemon. Later commits fail with [`StoreError::Closed`].
+    /// Syncs, then closes the journal and frees the state dir for the next daemon. Later
+    /// writes fail with [`StoreError::Closed`].
     pub async fn close(&self) {
-        let (done, rx) = oneshot::channel();
-        if self.tx.send(Command::Close(done)).is_ok() {
-            let _ = rx.await;
-        }
+        let _ = self.flush().await;
+        let closed = self
+            .journal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(closed);
     }
 
-    /// Writes `records` without waiting and without forcing them to disk (for `Done`
-    /// marks: losing one in a crash only means the event is looked at again after it).
+    /// Writes `records` without a sync (for `Done` marks: losing one in a power cut only
+    /// means the event is looked at again after it).
     pub fn record(&self, records: Vec<Record>) {
-        let _ = self.tx.send(Command::Commit {
-            records,
-            done: None,
-            synced: false,
-        });
+        let _ = self.write(records);
     }
 }
 
-/// A commit's result, for one more waiter.
+/// A sync's result, for one more waiter.
 fn copy(result: &Result<(), StoreError>) -> Result<(), StoreError> {
     match result {
         Ok(()) => Ok(()),
@@ -481,105 +507,6 @@ fn copy(result: &Result<(), StoreError>) -> Result<(), StoreError> {
             Err(StoreError::Write(io::Error::new(e.kind(), e.to_string())))
         }
         Err(_) => Err(StoreError::Closed),
-    }
-}
-
-/// The journal thread: takes every pending commit, writes them with one sync, answers.
-/// What the sync thread does next: sync `file`, then answer.
-struct SyncJob {
-    file: Option<Arc<File>>,
-    waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
-    closers: Vec<oneshot::Sender<()>>,
-}
-
-/// The journal thread: takes every pending commit and writes them in one go; those who
-/// wait for the write are answered at once, those who wait for the disk once the sync
-/// thread has synced (in order), so writing never waits for a sync.
-fn run(journal: Journal, mut rx: mpsc::UnboundedReceiver<Command>) {
-    let (jobs, job_rx) = std::sync::mpsc::channel::<SyncJob>();
-    let syncer = std::thread::Builder::new()
-        .name("azb-journal-sync".into())
-        .spawn(move || sync_loop(job_rx));
-    let mut journal = Some(journal);
-    let mut failing = false;
-    while let Some(first) = rx.blocking_recv() {
-        let mut records = Vec::new();
-        let mut written = Vec::new();
-        let mut waiters = Vec::new();
-        let mut closers = Vec::new();
-        let mut take = |cmd: Command| match cmd {
-            Command::Commit {
-                records: r,
-                done,
-                synced,
-            } => {
-                records.extend(r);
-                if synced {
-                    waiters.extend(done);
-                } else {
-                    written.extend(done);
-                }
-            }
-            Command::Close(done) => closers.push(done),
-        };
-        take(first);
-        while let Ok(cmd) = rx.try_recv() {
-            take(cmd);
-        }
-        // Done marks alone, waited for by nobody, are not synced: they ride along with the
-        // next sync.
-        let sync = !waiters.is_empty() || !written.is_empty() || !closers.is_empty();
-        let result = match &mut journal {
-            Some(j) => j.append_with(records, false).map_err(StoreError::Write),
-            None => Err(StoreError::Closed),
-        };
-        match &result {
-            Ok(()) if failing => {
-                info!("state journal writable again");
-                failing = false;
-            }
-            Ok(()) | Err(StoreError::Closed) => {}
-            Err(e) if !failing => {
-                error!(error = %e, "cannot write the state journal: calls go on, but what happens now would not survive a restart");
-                failing = true;
-            }
-            Err(_) => {}
-        }
-        for waiter in written {
-            let _ = waiter.send(copy(&result));
-        }
-        if result.is_err() {
-            for waiter in waiters.drain(..) {
-                let _ = waiter.send(copy(&result));
-            }
-        }
-        let file = journal.as_ref().map(Journal::file);
-        if !closers.is_empty() {
-            journal = None;
-        }
-        if sync {
-            let job = SyncJob {
-                file: file.filter(|_| result.is_ok()),
-                waiters,
-                closers,
-            };
-            if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
-                // No sync thread: answer without it.
-                for w in job.waiters {
-                    let _ = w.send(Err(StoreError::Closed));
-                }
-                for c in job.closers {
-                    let _ = c.send(());
-                }
-            }
-        }
-    }
-    drop(jobs);
-    if let Ok(syncer) = syncer {
-        let _ = syncer.join();
-    }
-    if failing {
-        warn!("state journal closed while failing");
     }
 }
 
@@ -609,9 +536,6 @@ fn sync_loop(jobs: std::sync::mpsc::Receiver<SyncJob>) {
         for job in batch {
             for w in job.waiters {
                 let _ = w.send(copy(&result));
-            }
-            for c in job.closers {
-                let _ = c.send(());
             }
         }
     }
