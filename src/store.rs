@@ -1,9 +1,9 @@
 //! The state dir: open calls and undelivered events, kept across restarts and crashes.
 //!
 //! Owns `[state] dir` and the journal in it (`journal`): an append-only file of records,
-//! one per line, each `<crc32 hex> <json>`. A batch of records is written and
-//! `fdatasync`ed before the caller goes on, so what was committed survives SIGKILL and a
-//! power cut. Opening replays the journal into the live state (the open calls' records
+//! one per line, each `<crc32 hex> <json>`. A batch of records is written before the
+//! caller goes on (so it survives SIGKILL) and `fdatasync`ed right after (so it survives a
+//! power cut; callers that need that wait for it). Opening replays the journal into the live state (the open calls' records
 //! and the undelivered events), then rewrites it as just that state (compaction, also
 //! done while running once the file has grown well past the live state).
 //!
