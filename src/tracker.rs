@@ -19,6 +19,13 @@
 //!   origin nor any dialed leg is left.
 //! - A channel whose Linkedid changes (bridges adopt the oldest Linkedid on transfers and
 //!   pickups) moves to the call that owns the new Linkedid; callIds never change.
+//!
+//! Besides AMI events it takes: FastAGI claims ([`Tracker::claim`]: the dialplan announces
+//! a call, whose `newCall` goes out at once and only once), the calls the state dir kept
+//! ([`Tracker::restore`], with [`Tracker::take_changes`] feeding it), Asterisk's channel
+//! list after a (re)connect ([`Tracker::reconcile`]: vanished channels hang up, unknown ones
+//! are adopted), the time ([`Tracker::set_now`]) for [`Tracker::sweep`], and new settings on
+//! SIGHUP ([`Tracker::set_settings`]).
 
 use crate::ami::AmiMessage;
 use crate::config::{AgentEntry, CallsConfig, Config};
