@@ -1111,7 +1111,7 @@ mod tests {
         }
     }
 
-    /// DESIGN.md §3, literally.
+    /// DESIGN.md §3, literally, plus the keys added since (agi.max_sessions, ...).
     const DEFAULTS: &[(&str, &str)] = &[
         ("ami.address", r#""127.0.0.1:5038""#),
         ("ami.username", r#""zammad""#),

@@ -174,7 +174,9 @@ pub async fn run_with(
     tracker.persist_changes();
     tracker.set_now(unix_now());
     let next_seq = state.next_seq();
-    tracker.restore(state.calls);
+    // Calls kept without a live channel end at once.
+    let mut restored = Vec::new();
+    tracker.restore(state.calls, &mut restored);
     outbox.restore(state.items);
 
     let (claims_tx, mut claims) = mpsc::unbounded_channel::<Claim>();
@@ -192,12 +194,13 @@ pub async fn run_with(
         ami,
         next_seq,
         pending: Vec::new(),
-        requests: Vec::new(),
+        requests: restored,
         snapshots,
         stale_after: config.calls.stale_after,
         metrics: metrics.clone(),
         ami_logins: 0,
     };
+    d.take_requests();
     let every = config.ami.reconcile_interval;
     let mut reconcile_timer = interval_at(Instant::now() + every, every);
     let sweep_every = (config.calls.stale_after / 4).min(Duration::from_secs(60));

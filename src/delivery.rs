@@ -62,11 +62,6 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An outbox without a state journal (tests, `replay`-like uses).
-    pub fn new(client: ZammadClient, cancel: CancellationToken) -> Self {
-        Self::with_store(client, cancel, None, usize::MAX, Arc::default())
-    }
-
     /// An outbox that marks its progress in `store` and takes at most `max_items`
     /// undelivered events (see [`Outbox::admit`]); counts into `metrics`.
     pub fn with_store(

@@ -215,14 +215,8 @@ impl Journal {
         &self.state
     }
 
-    /// Appends `records`, syncs, and applies them to the live state.
+    /// Appends `records` (no sync: [`Store`] syncs) and applies them to the live state.
     pub fn append(&mut self, records: Vec<Record>) -> io::Result<()> {
-        self.append_with(records, true)
-    }
-
-    /// Appends `records` and applies them; syncs only if `sync` (records written without
-    /// a sync reach the disk with the next synced batch, or are lost in a crash).
-    pub fn append_with(&mut self, records: Vec<Record>, sync: bool) -> io::Result<()> {
         if records.is_empty() {
             return Ok(());
         }
@@ -231,9 +225,6 @@ impl Journal {
             encode(record, &mut buf);
         }
         (&*self.file).write_all(&buf)?;
-        if sync {
-            self.file.sync_data()?;
-        }
         self.bytes += buf.len() as u64;
         for record in records {
             self.state.apply(record);
@@ -422,7 +413,7 @@ impl Store {
         let Some(journal) = guard.as_mut() else {
             return Err(StoreError::Closed);
         };
-        let result = journal.append_with(records, false);
+        let result = journal.append(records);
         let file = journal.file();
         drop(guard);
         match result {

@@ -477,7 +477,13 @@ impl Tracker {
     }
 
     /// Takes back the calls the state dir kept (at start-up, before any event).
-    pub fn restore(&mut self, records: impl IntoIterator<Item = (String, CallRecord)>) {
+    /// A call kept without any live channel has nothing left to follow: its hangup goes
+    /// to `out` at once.
+    pub fn restore(
+        &mut self,
+        records: impl IntoIterator<Item = (String, CallRecord)>,
+        out: &mut Vec<CtiRequest>,
+    ) {
         for (key, r) in records {
             let key: Box<str> = key.into();
             let mut call = Call {
@@ -513,12 +519,15 @@ impl Tracker {
                     },
                 );
             }
-            if call.members.is_empty() {
-                // Nothing left to follow: the reconciliation ends it.
-                call.members.push(format!("{key}.gone").into());
-            }
+            let nothing_left = call.members.is_empty();
             self.stored.insert(key.clone());
-            self.calls.insert(key, call);
+            self.calls.insert(key.clone(), call);
+            if nothing_left {
+                self.mark(&key);
+                self.report_hangup(&key, out);
+                self.calls.remove(&key);
+                self.ended.insert(key);
+            }
         }
     }
 
@@ -530,35 +539,15 @@ impl Tracker {
     /// late"), answered if its caller is already talking to a phone.
     pub fn reconcile(&mut self, live: &[AmiMessage], since: u64, out: &mut Vec<CtiRequest>) {
         let present: HashSet<&str> = live.iter().filter_map(|c| c.get("Uniqueid")).collect();
-        let mut gone: Vec<(Box<str>, Box<str>, Box<str>)> = self
+        let mut gone: Vec<Box<str>> = self
             .channels
             .iter()
             .filter(|(uid, ch)| ch.seen_at <= since && !present.contains(&***uid))
-            .map(|(uid, ch)| (uid.clone(), ch.name.clone(), ch.linkedid.clone()))
+            .map(|(uid, _)| uid.clone())
             .collect();
-        // Placeholders of restored calls that had no channel left.
-        for (key, call) in &self.calls {
-            for m in call
-                .members
-                .iter()
-                .filter(|m| !self.channels.contains_key(*m))
-            {
-                gone.push((m.clone(), "".into(), key.clone()));
-            }
-        }
         gone.sort();
-        for (uid, name, linkedid) in gone {
-            if !self.channels.contains_key(&uid) {
-                self.drop_placeholder(&uid, &linkedid, out);
-                continue;
-            }
-            let hangup = AmiMessage::from_pairs([
-                ("Event", "Hangup"),
-                ("Channel", &*name),
-                ("Uniqueid", &*uid),
-                ("Linkedid", &*linkedid),
-            ]);
-            self.on_hangup(&hangup, out);
+        for uid in gone {
+            self.hang_up_unseen(&uid, out);
         }
         let mut adopted: Vec<Box<str>> = Vec::new();
         for snapshot in live {
@@ -676,43 +665,32 @@ impl Tracker {
         Some(other)
     }
 
-    /// A restored call's placeholder member (the call had no live channel when saved).
-    fn drop_placeholder(&mut self, member: &str, key: &str, out: &mut Vec<CtiRequest>) {
-        let Some(call) = self.calls.get_mut(key) else {
+    /// A channel whose `Hangup` we did not see (it vanished meanwhile, or went silent):
+    /// handled as if Asterisk had sent one without a cause.
+    fn hang_up_unseen(&mut self, uid: &str, out: &mut Vec<CtiRequest>) {
+        let Some(ch) = self.channels.get(uid) else {
             return;
         };
-        call.members.retain(|m| &**m != member);
-        if call.members.is_empty() {
-            self.mark(key);
-            self.report_hangup(key, out);
-            self.calls.remove(key);
-            self.ended.insert(key.into());
-        }
+        let hangup = AmiMessage::from_pairs([
+            ("Event", "Hangup"),
+            ("Channel", &*ch.name),
+            ("Uniqueid", uid),
+            ("Linkedid", &*ch.linkedid),
+        ]);
+        self.on_hangup(&hangup, out);
     }
 
     /// Ends the calls that saw no event for longer than `max_age` seconds (by the time of
     /// [`Tracker::set_now`]), as if their channels had hung up.
     pub fn sweep(&mut self, max_age: u64, out: &mut Vec<CtiRequest>) {
-        let stale: Vec<(Box<str>, Vec<Box<str>>)> = self
+        let stale: Vec<Vec<Box<str>>> = self
             .calls
-            .iter()
-            .filter(|(_, c)| self.now.saturating_sub(c.last_event_at) > max_age)
-            .map(|(k, c)| (k.clone(), c.members.clone()))
+            .values()
+            .filter(|c| self.now.saturating_sub(c.last_event_at) > max_age)
+            .map(|c| c.members.clone())
             .collect();
-        for (key, members) in stale {
-            for uid in members {
-                let Some(ch) = self.channels.get(&uid) else {
-                    self.drop_placeholder(&uid, &key, out);
-                    continue;
-                };
-                let hangup = AmiMessage::from_pairs([
-                    ("Event", "Hangup"),
-                    ("Channel", &*ch.name.clone()),
-                    ("Uniqueid", &*uid),
-                    ("Linkedid", &*ch.linkedid.clone()),
-                ]);
-                self.on_hangup(&hangup, out);
-            }
+        for uid in stale.into_iter().flatten() {
+            self.hang_up_unseen(&uid, out);
         }
     }
 

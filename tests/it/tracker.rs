@@ -659,3 +659,51 @@ fn reconcile_ends_vanished_calls_and_adopts_unknown_ones() {
     assert_eq!(sent[1]["from"], "4930777");
     assert_eq!(sent[2]["user"], "Carol");
 }
+
+#[test]
+fn a_kept_call_goes_on_after_a_restart_and_one_kept_without_channels_ends_at_once() {
+    let mut pbx = Pbx::new();
+    pbx.tracker.persist_changes();
+    pbx.ev(
+        "Newchannel",
+        (T, "14.1", "14.1", 4, "from-trunk", "4930100", "+4930555"),
+        &[],
+    );
+    pbx.ev(
+        "HangupRequest",
+        (T, "14.1", "14.1", 4, "from-trunk", "4930100", "+4930555"),
+        &[],
+    );
+    let claimed = pbx
+        .tracker
+        .claim(&claim("14.1", "14.1", "from-trunk", "4930100", "+4930555"));
+    assert!(matches!(claimed, ClaimOutcome::New(_)));
+    let changes = pbx.tracker.take_changes();
+    assert_eq!(changes.len(), 1);
+    let (key, record) = changes.into_iter().next().unwrap();
+    let record = record.expect("a reported call is kept");
+
+    // A new daemon takes it back: its channel's hangup ends it, with no second newCall.
+    let mut next = Pbx::new();
+    next.tracker
+        .restore([(key.clone(), record.clone())], &mut next.out);
+    assert_eq!(next.sent(), Vec::<Value>::new());
+    next.ev(
+        "Hangup",
+        (T, "14.1", "14.1", 6, "from-trunk", "4930100", "+4930555"),
+        &[("Cause", "16")],
+    );
+    let sent = next.sent();
+    assert_eq!(names(&sent), ["hangup"]);
+    assert_eq!(sent[0]["callId"], "14.1");
+
+    // Kept with no live channel: nothing to follow, so it ends at once.
+    let mut bare: Value = serde_json::to_value(&record).unwrap();
+    bare["channels"] = json!([]);
+    let bare = serde_json::from_value(bare).unwrap();
+    let mut other = Pbx::new();
+    other.tracker.restore([(key, bare)], &mut other.out);
+    let sent = other.sent();
+    assert_eq!(names(&sent), ["hangup"]);
+    assert_eq!(other.tracker.active_calls(), 0);
+}
