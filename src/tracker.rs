@@ -136,6 +136,17 @@ pub struct CallRecord {
     last_event_at: u64,
 }
 
+impl CallRecord {
+    /// A hash of the record's content.
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let json = serde_json::to_string(self).expect("a CallRecord serialises");
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        json.hash(&mut h);
+        h.finish()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ChannelRecord {
     uniqueid: Box<str>,
@@ -212,8 +223,9 @@ pub struct Tracker {
     now: u64,
     /// Calls changed since the last [`Tracker::take_changes`].
     dirty: HashSet<Box<str>>,
-    /// Calls whose record the state dir holds.
-    stored: HashSet<Box<str>>,
+    /// Calls whose record the state dir holds, with a hash of that record, so that an event
+    /// that changes nothing a restart needs writes nothing.
+    stored: HashMap<Box<str>, u64>,
     /// Whether [`Tracker::take_changes`] is used (the daemon); `replay` leaves it off.
     persisting: bool,
 }
@@ -270,7 +282,7 @@ impl Tracker {
             events: 0,
             now: 0,
             dirty: HashSet::new(),
-            stored: HashSet::new(),
+            stored: HashMap::new(),
             persisting: false,
         }
     }
@@ -420,7 +432,8 @@ impl Tracker {
             }
             None => false,
         };
-        if self.persisting && (exists || self.stored.contains(key)) && !self.dirty.contains(key) {
+        if self.persisting && (exists || self.stored.contains_key(key)) && !self.dirty.contains(key)
+        {
             self.dirty.insert(key.into());
         }
     }
@@ -432,11 +445,14 @@ impl Tracker {
         for key in std::mem::take(&mut self.dirty) {
             match self.calls.get(&*key).filter(|c| c.reported && !c.ended) {
                 Some(call) => {
-                    changes.push((key.to_string(), Some(self.record_of(call))));
-                    self.stored.insert(key);
+                    let record = self.record_of(call);
+                    let hash = record.fingerprint();
+                    if self.stored.insert(key.clone(), hash) != Some(hash) {
+                        changes.push((key.to_string(), Some(record)));
+                    }
                 }
                 None => {
-                    if self.stored.remove(&*key) {
+                    if self.stored.remove(&*key).is_some() {
                         changes.push((key.to_string(), None));
                     }
                 }
@@ -472,7 +488,9 @@ impl Tracker {
                     })
                 })
                 .collect(),
-            last_event_at: call.last_event_at,
+            // To the minute: the sweep needs no more after a restart, and a record then
+            // changes only when something a restart needs changes.
+            last_event_at: call.last_event_at - call.last_event_at % 60,
         }
     }
 
@@ -520,7 +538,7 @@ impl Tracker {
                 );
             }
             let nothing_left = call.members.is_empty();
-            self.stored.insert(key.clone());
+            self.stored.insert(key.clone(), 0);
             self.calls.insert(key.clone(), call);
             if nothing_left {
                 self.mark(&key);

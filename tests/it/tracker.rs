@@ -707,3 +707,54 @@ fn a_kept_call_goes_on_after_a_restart_and_one_kept_without_channels_ends_at_onc
     assert_eq!(names(&sent), ["hangup"]);
     assert_eq!(other.tracker.active_calls(), 0);
 }
+
+#[test]
+fn only_changes_a_restart_needs_are_kept() {
+    let mut pbx = Pbx::new();
+    pbx.tracker.persist_changes();
+    pbx.tracker.set_now(1_000_020);
+    pbx.ev(
+        "Newchannel",
+        (T, "15.1", "15.1", 4, "from-trunk", "4930100", "+4930555"),
+        &[],
+    );
+    // Not reported yet: nothing to keep.
+    assert_eq!(pbx.tracker.take_changes(), Vec::new());
+    let claimed = pbx
+        .tracker
+        .claim(&claim("15.1", "15.1", "from-trunk", "4930100", "+4930555"));
+    assert!(matches!(claimed, ClaimOutcome::New(_)));
+    assert_eq!(pbx.tracker.take_changes().len(), 1);
+    // A chatty event within the same minute changes nothing a restart needs.
+    pbx.tracker.set_now(1_000_030);
+    pbx.ev(
+        "VarSet",
+        (T, "15.1", "15.1", 4, "from-trunk", "4930100", "+4930555"),
+        &[],
+    );
+    assert_eq!(pbx.tracker.take_changes(), Vec::new());
+    // A new leg does; the hangup forgets the call.
+    pbx.ev(
+        "Newchannel",
+        (
+            "PJSIP/201-09",
+            "15.2",
+            "15.1",
+            0,
+            "from-internal",
+            "s",
+            "201",
+        ),
+        &[],
+    );
+    assert!(matches!(
+        pbx.tracker.take_changes().as_slice(),
+        [(_, Some(_))]
+    ));
+    pbx.ev(
+        "Hangup",
+        (T, "15.1", "15.1", 6, "from-trunk", "4930100", "+4930555"),
+        &[("Cause", "16")],
+    );
+    assert!(matches!(pbx.tracker.take_changes().as_slice(), [(k, None)] if k == "15.1"));
+}
