@@ -14,7 +14,8 @@
 //! parsing, the claim, the HTTP client, building and sending the commands, and the
 //! loopback hops. Asterisk's own time to answer a command is not counted; the peers and
 //! the stand-in share the machine's two cores with the daemon, so their load is. Prints
-//! p50, p99 and the maximum, and the whole session for comparison.
+//! p50, p99 and the maximum, the whole session for comparison, and the bridge's share
+//! of the wait before each command (where the time goes).
 
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::ami::codec::AmiCodec;
@@ -38,16 +39,26 @@ const PACES: [(Duration, usize); 2] = [
     (Duration::from_millis(100), 25),
 ];
 
+/// A session's commands: what the bridge waited for before each.
+const STEPS: [&str; 4] = [
+    "connect + environment -> GET VARIABLE",
+    "linkedid -> SET VARIABLE ZAMMAD_CALLID, minus Zammad's time",
+    "reply -> SET VARIABLE ZAMMAD_ACTION",
+    "reply -> EXEC Hangup 17 (blocked callers)",
+];
+
 fn main() {
     // The daemon gets a runtime of its own, as it would be a process of its own; the
     // peers and the stand-ins share the other one (and the same two cores).
     let daemon_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("daemon")
         .enable_all()
         .build()
         .expect("daemon runtime");
     let peers_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("peers")
         .enable_all()
         .build()
         .expect("peers runtime");
@@ -109,7 +120,7 @@ async fn bench(
         let ami = ami.clone();
         async move {
             tokio::time::sleep(zammad_delay * peer as u32 / CONCURRENCY as u32).await;
-            let mut elapsed = Vec::with_capacity(sessions_per_peer);
+            let mut sessions = Vec::with_capacity(sessions_per_peer);
             for i in 0..sessions_per_peer {
                 let seq = (round * CONCURRENCY + peer) * sessions_per_peer + i;
                 let linkedid = format!("2000000000.{}", seq * 2);
@@ -122,11 +133,11 @@ async fn bench(
                 let call = FakeAgiCall::inbound(&linkedid, &uniqueid, caller, "800");
                 let t = call.run(agi).await.expect("session runs");
                 assert!(t.commands.len() >= 3, "a full session: {:?}", t.commands);
-                elapsed.push((linkedid.clone(), t.bridge_time, t.elapsed));
+                sessions.push((linkedid.clone(), t));
                 // The call ends, so the daemon's state stays the size of a busy PBX's.
                 ami.send_raw(hangups(&call.channel, &uniqueid, &linkedid));
             }
-            elapsed
+            sessions
         }
     };
     // Round 0 warms up (connections to Zammad, allocator); round 1 is measured.
@@ -150,11 +161,11 @@ async fn bench(
         .collect();
     let mut added: Vec<Duration> = measured
         .iter()
-        .map(|(id, bridge, _)| bridge.saturating_sub(zammad_time[id]))
+        .map(|(id, t)| t.bridge_time.saturating_sub(zammad_time[id]))
         .collect();
     let mut whole: Vec<Duration> = measured
         .iter()
-        .map(|(id, _, total)| total.saturating_sub(zammad_time[id]))
+        .map(|(id, t)| t.elapsed.saturating_sub(zammad_time[id]))
         .collect();
     added.sort();
     whole.sort();
@@ -175,6 +186,25 @@ async fn bench(
         ms(pick(&whole, 0.50)),
         ms(pick(&whole, 0.99)),
     );
+    // Where the time goes: the bridge's share of each wait for its next command.
+    for (step, what) in STEPS.iter().enumerate() {
+        let mut times: Vec<Duration> = measured
+            .iter()
+            .filter_map(|(id, t)| {
+                let wait = *t.steps.get(step)?;
+                Some(match step {
+                    1 => wait.saturating_sub(zammad_time[id]),
+                    _ => wait,
+                })
+            })
+            .collect();
+        times.sort();
+        println!(
+            "  {what}: p50 {:.3} ms, p99 {:.3} ms",
+            ms(pick(&times, 0.50)),
+            ms(pick(&times, 0.99)),
+        );
+    }
     shutdown.cancel();
     let _ = daemon.await;
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!(

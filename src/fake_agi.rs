@@ -48,6 +48,8 @@ pub struct AgiTranscript {
     /// (the environment block or a reply) to the command's arrival. Asterisk's own time to
     /// answer is not in it; the time the bridge waits for Zammad is.
     pub bridge_time: Duration,
+    /// `bridge_time` per command: `steps[n]` is the wait for command `n`.
+    pub steps: Vec<Duration>,
 }
 
 impl FakeAgiCall {
@@ -133,7 +135,9 @@ impl FakeAgiCall {
         let mut t = AgiTranscript::default();
         let mut dead = false;
         while let Some(line) = lines.next_line().await? {
-            t.bridge_time += last_write.elapsed();
+            let step = last_write.elapsed();
+            t.bridge_time += step;
+            t.steps.push(step);
             let n = t.commands.len();
             t.commands.push(line.clone());
             if self.close_at_command == Some(n) {

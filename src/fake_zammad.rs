@@ -137,6 +137,7 @@ pub struct LogEntry {
 pub struct RecordedRequest {
     /// 0 for the first request the stand-in received.
     pub seq: usize,
+    /// When the stand-in's handler got the request (headers and body read).
     pub received_at: Instant,
     pub method: String,
     /// The raw path, token included: use [`RecordedRequest::token`] or
@@ -422,9 +423,10 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let received_at = Instant::now();
     // Zammad handles a request to the end even when the client has gone: the work runs in
     // its own task so a client timeout does not cancel it.
-    let task = tokio::spawn(serve_one(shared, method, uri, headers, body));
+    let task = tokio::spawn(serve_one(shared, received_at, method, uri, headers, body));
     match task.await {
         Ok(response) => response,
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -433,12 +435,12 @@ async fn handle(
 
 async fn serve_one(
     shared: Arc<Shared>,
+    received_at: Instant,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let received_at = Instant::now();
     let header_text = |name: header::HeaderName| {
         headers
             .get(name)

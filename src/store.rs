@@ -19,9 +19,9 @@
 //! format.)
 //!
 //! [`Store`] appends under a mutex (a page-cache write: it survives SIGKILL at once) and
-//! syncs on a thread of its own, grouping the syncs asked for meanwhile: the daemon's
-//! batches ask for a sync without waiting for it; the "sending" marks, `flush` and
-//! `close` wait for theirs.
+//! syncs on a thread of its own, at most once per [`SYNC_INTERVAL`], each sync covering
+//! every write asked for meanwhile: the daemon's batches ask for a sync without waiting
+//! for it; the "sending" marks, `flush` and `close` wait for theirs.
 
 use crate::cti::CtiRequest;
 use crate::tracker::CallRecord;
@@ -31,12 +31,18 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
 const JOURNAL: &str = "journal";
+/// Shortest time between two syncs. A sync costs the disk a flush (and, in a VM, an exit
+/// to the host); at a few hundred calls a second one per batch was about two per call and
+/// took CPU from the FastAGI sessions. Waiting for a sync takes at most this much longer;
+/// a power cut (not a crash: writes survive those at once) can lose this much more.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(5);
 /// Compact once the journal is this many times the size it had after the last compaction
 /// (and at least `COMPACT_MIN` bytes).
 const COMPACT_FACTOR: u64 = 4;
@@ -371,6 +377,8 @@ struct SyncJob {
 pub struct Store {
     journal: Arc<Mutex<Option<Journal>>>,
     syncs: std::sync::mpsc::Sender<SyncJob>,
+    /// Syncs done so far (by the sync thread).
+    synced: Arc<AtomicU64>,
     failing: Arc<AtomicBool>,
 }
 
@@ -390,9 +398,11 @@ impl Store {
         let journal = Journal::open(dir)?;
         let state = journal.state().clone();
         let (syncs, jobs) = std::sync::mpsc::channel();
+        let synced = Arc::new(AtomicU64::new(0));
+        let counter = synced.clone();
         let thread = std::thread::Builder::new()
             .name("azb-journal-sync".into())
-            .spawn(move || sync_loop(jobs))
+            .spawn(move || sync_loop(jobs, &counter))
             .map_err(|source| StoreError::Dir {
                 dir: dir.to_owned(),
                 what: "cannot start the journal's sync thread",
@@ -401,6 +411,7 @@ impl Store {
         let store = Store {
             journal: Arc::new(Mutex::new(Some(journal))),
             syncs,
+            synced,
             failing: Arc::new(AtomicBool::new(false)),
         };
         Ok((store, state, StoreThread(thread)))
@@ -483,6 +494,11 @@ impl Store {
         drop(closed);
     }
 
+    /// How many times the journal was synced to disk so far.
+    pub fn syncs_done(&self) -> u64 {
+        self.synced.load(Ordering::Relaxed)
+    }
+
     /// Writes `records` without a sync (for `Done` marks: losing one in a power cut only
     /// means the event is looked at again after it).
     pub fn record(&self, records: Vec<Record>) {
@@ -501,9 +517,18 @@ fn copy(result: &Result<(), StoreError>) -> Result<(), StoreError> {
     }
 }
 
-/// The sync thread: syncs the journal file for every job pending, then answers them.
-fn sync_loop(jobs: std::sync::mpsc::Receiver<SyncJob>) {
+/// The sync thread: syncs the journal file for every job pending, then answers them; at
+/// most once per [`SYNC_INTERVAL`] (jobs arriving meanwhile wait for the next sync).
+fn sync_loop(jobs: std::sync::mpsc::Receiver<SyncJob>, synced: &AtomicU64) {
+    let mut last_sync: Option<Instant> = None;
     while let Ok(first) = jobs.recv() {
+        if let Some(last) = last_sync {
+            let wait = (last + SYNC_INTERVAL).saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
+        last_sync = Some(Instant::now());
         let mut batch = vec![first];
         while let Ok(job) = jobs.try_recv() {
             batch.push(job);
@@ -519,6 +544,7 @@ fn sync_loop(jobs: std::sync::mpsc::Receiver<SyncJob>) {
         }
         let mut result = Ok(());
         for f in &files {
+            synced.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = f.sync_data() {
                 error!(error = %e, "cannot sync the state journal");
                 result = Err(StoreError::Write(e));
@@ -700,6 +726,28 @@ mod tests {
         let j = Journal::open(&dir).unwrap();
         assert_eq!(j.state().items.len(), 49);
         assert!(!j.state().items.contains_key(&7));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn syncs_are_at_most_one_per_interval_and_cover_every_write() {
+        let dir = temp_dir("paced");
+        let (store, _, thread) = Store::open(&dir).unwrap();
+        let started = Instant::now();
+        // A write every millisecond: without the interval that is a sync each.
+        for seq in 1..=100 {
+            store
+                .write_and_sync_soon(vec![item(seq, CtiEventKind::NewCall)])
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        store.flush().await.unwrap();
+        let most = started.elapsed().as_millis() / SYNC_INTERVAL.as_millis() + 2;
+        let syncs = u128::from(store.syncs_done());
+        assert!(syncs <= most, "{syncs} syncs, at most {most} expected");
+        drop(store);
+        thread.join();
+        assert_eq!(Journal::open(&dir).unwrap().state().items.len(), 100);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
