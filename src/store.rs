@@ -7,6 +7,12 @@
 //! and the undelivered events), then rewrites it as just that state (compaction, also
 //! done while running once the file has grown well past the live state).
 //!
+//! While running, compaction happens beside the writers: the live state is encoded under
+//! the journal's lock (microseconds), written and synced to `journal.tmp` by the sync
+//! thread without it, and then, under the lock again, what was appended meanwhile is
+//! copied over, synced, and the file renamed over the journal. Writers never wait for
+//! the big write or its syncs.
+//!
 //! A torn last line (a crash in the middle of a write) is expected and dropped quietly; a
 //! bad line anywhere else means the file is corrupt: it is moved aside as
 //! `journal.corrupt-<unix time>` and the daemon starts fresh, saying so in the log.
@@ -35,9 +41,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use tracing::{error, info};
+use tracing::{debug, error, info, warn};
 
 const JOURNAL: &str = "journal";
+/// A compacted journal being written.
+const TMP: &str = "journal.tmp";
 /// Shortest time between two syncs. A sync costs the disk a flush (and, in a VM, an exit
 /// to the host); at a few hundred calls a second one per batch was about two per call and
 /// took CPU from the FastAGI sessions. Waiting for a sync takes at most this much longer;
@@ -169,6 +177,8 @@ pub struct Journal {
     state: State,
     bytes: u64,
     compacted_bytes: u64,
+    /// While a compaction is under way: what was appended since its snapshot.
+    compacting: Option<Vec<u8>>,
 }
 
 impl Journal {
@@ -214,6 +224,7 @@ impl Journal {
             state,
             bytes,
             compacted_bytes: bytes,
+            compacting: None,
         })
     }
 
@@ -222,9 +233,11 @@ impl Journal {
     }
 
     /// Appends `records` (no sync: [`Store`] syncs) and applies them to the live state.
-    pub fn append(&mut self, records: Vec<Record>) -> io::Result<()> {
+    /// Returns whether the journal has grown well past the live state and no compaction
+    /// is under way: then it is time for [`Journal::begin_compaction`].
+    pub fn append(&mut self, records: Vec<Record>) -> io::Result<bool> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut buf = Vec::with_capacity(records.len() * 256);
         for record in &records {
@@ -232,13 +245,14 @@ impl Journal {
         }
         (&*self.file).write_all(&buf)?;
         self.bytes += buf.len() as u64;
+        if let Some(tail) = &mut self.compacting {
+            tail.extend_from_slice(&buf);
+        }
         for record in records {
             self.state.apply(record);
         }
-        if self.bytes > COMPACT_MIN.max(self.compacted_bytes * COMPACT_FACTOR) {
-            self.compact()?;
-        }
-        Ok(())
+        Ok(self.compacting.is_none()
+            && self.bytes > COMPACT_MIN.max(self.compacted_bytes * COMPACT_FACTOR))
     }
 
     /// The journal file, for syncing it from another thread (compaction replaces it).
@@ -246,31 +260,72 @@ impl Journal {
         self.file.clone()
     }
 
-    fn compact(&mut self) -> io::Result<()> {
-        let (file, bytes) = write_compacted(&self.dir, &self.state)?;
-        self.file = Arc::new(file);
-        self.bytes = bytes;
-        self.compacted_bytes = bytes;
+    /// Starts a compaction: returns the live state, encoded, for [`write_snapshot`]; what
+    /// is appended from now on is kept aside for [`Journal::finish_compaction`].
+    pub fn begin_compaction(&mut self) -> Vec<u8> {
+        self.compacting = Some(Vec::new());
+        encode_state(&self.state)
+    }
+
+    /// Ends a compaction with `tmp`, the snapshot [`write_snapshot`] wrote and synced:
+    /// appends what came meanwhile, syncs that, and renames it over the journal. The
+    /// caller then syncs the directory (before telling anyone their writes are synced).
+    /// On an error the journal goes on in the old file, which has everything.
+    pub fn finish_compaction(&mut self, tmp: File, snapshot_len: u64) -> io::Result<()> {
+        let tail = self.compacting.take().unwrap_or_default();
+        if !tail.is_empty() {
+            (&tmp).write_all(&tail)?;
+            tmp.sync_data()?;
+        }
+        std::fs::rename(self.dir.join(TMP), self.dir.join(JOURNAL))?;
+        self.file = Arc::new(tmp);
+        self.bytes = snapshot_len + tail.len() as u64;
+        self.compacted_bytes = self.bytes;
         Ok(())
     }
+
+    /// Drops a compaction that failed: the journal goes on in its file.
+    fn abandon_compaction(&mut self) {
+        self.compacting = None;
+        self.compacted_bytes = self.bytes;
+    }
+}
+
+/// The live state as journal lines.
+fn encode_state(state: &State) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for record in state.records() {
+        encode(&record, &mut buf);
+    }
+    buf
+}
+
+/// Writes `snapshot` to `journal.tmp` and syncs it; returns it open for appending.
+fn write_snapshot(dir: &Path, snapshot: &[u8]) -> io::Result<File> {
+    // Written only here and then by appends at its end: the cursor always stays there.
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(dir.join(TMP))?;
+    file.write_all(snapshot)?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Writes `state` as a new journal (a temporary file, synced, renamed over the old one,
 /// the directory synced); returns it open for appending, and its size.
 fn write_compacted(dir: &Path, state: &State) -> io::Result<(File, u64)> {
-    let tmp = dir.join("journal.tmp");
-    let mut buf = Vec::new();
-    for record in state.records() {
-        encode(&record, &mut buf);
-    }
-    let mut file = File::create(&tmp)?;
-    file.write_all(&buf)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, dir.join(JOURNAL))?;
-    File::open(dir)?.sync_all()?;
-    let file = OpenOptions::new().append(true).open(dir.join(JOURNAL))?;
-    Ok((file, buf.len() as u64))
+    let snapshot = encode_state(state);
+    let file = write_snapshot(dir, &snapshot)?;
+    std::fs::rename(dir.join(TMP), dir.join(JOURNAL))?;
+    sync_dir(dir)?;
+    Ok((file, snapshot.len() as u64))
 }
 
 /// `<crc32 of json, 8 hex digits> <json>\n`
@@ -364,10 +419,15 @@ pub fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
-/// What the sync thread does next: sync `file` (if any), then answer.
-struct SyncJob {
-    file: Option<Arc<File>>,
-    waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+/// What the sync thread does next.
+enum SyncJob {
+    /// Sync `file` (if any), then answer the waiters.
+    Sync {
+        file: Option<Arc<File>>,
+        waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    },
+    /// Write this snapshot of the live state as the new journal.
+    Compact { snapshot: Vec<u8> },
 }
 
 /// Cloneable handle to the journal: writers append under a mutex (a write to the page
@@ -397,19 +457,24 @@ impl Store {
     pub fn open(dir: &Path) -> Result<(Store, State, StoreThread), StoreError> {
         let journal = Journal::open(dir)?;
         let state = journal.state().clone();
+        let journal = Arc::new(Mutex::new(Some(journal)));
         let (syncs, jobs) = std::sync::mpsc::channel();
         let synced = Arc::new(AtomicU64::new(0));
-        let counter = synced.clone();
+        let sync_thread = SyncThread {
+            journal: journal.clone(),
+            dir: dir.to_owned(),
+            synced: synced.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("azb-journal-sync".into())
-            .spawn(move || sync_loop(jobs, &counter))
+            .spawn(move || sync_thread.run(jobs))
             .map_err(|source| StoreError::Dir {
                 dir: dir.to_owned(),
                 what: "cannot start the journal's sync thread",
                 source,
             })?;
         let store = Store {
-            journal: Arc::new(Mutex::new(Some(journal))),
+            journal,
             syncs,
             synced,
             failing: Arc::new(AtomicBool::new(false)),
@@ -426,9 +491,13 @@ impl Store {
         };
         let result = journal.append(records);
         let file = journal.file();
+        let snapshot = matches!(result, Ok(true)).then(|| journal.begin_compaction());
         drop(guard);
+        if let Some(snapshot) = snapshot {
+            let _ = self.syncs.send(SyncJob::Compact { snapshot });
+        }
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     info!("state journal writable again");
                 }
@@ -447,7 +516,7 @@ impl Store {
     /// on disk within about a millisecond).
     pub fn write_and_sync_soon(&self, records: Vec<Record>) -> Result<(), StoreError> {
         let file = self.write(records)?;
-        let _ = self.syncs.send(SyncJob {
+        let _ = self.syncs.send(SyncJob::Sync {
             file,
             waiters: Vec::new(),
         });
@@ -474,7 +543,7 @@ impl Store {
     async fn sync(&self, file: Option<Arc<File>>) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
         self.syncs
-            .send(SyncJob {
+            .send(SyncJob::Sync {
                 file,
                 waiters: vec![done],
             })
@@ -517,42 +586,80 @@ fn copy(result: &Result<(), StoreError>) -> Result<(), StoreError> {
     }
 }
 
-/// The sync thread: syncs the journal file for every job pending, then answers them; at
-/// most once per [`SYNC_INTERVAL`] (jobs arriving meanwhile wait for the next sync).
-fn sync_loop(jobs: std::sync::mpsc::Receiver<SyncJob>, synced: &AtomicU64) {
-    let mut last_sync: Option<Instant> = None;
-    while let Ok(first) = jobs.recv() {
-        if let Some(last) = last_sync {
-            let wait = (last + SYNC_INTERVAL).saturating_duration_since(Instant::now());
-            if !wait.is_zero() {
-                std::thread::sleep(wait);
+/// The sync thread: syncs the journal at most once per [`SYNC_INTERVAL`] for every job
+/// pending (jobs arriving meanwhile wait for the next sync), then answers them; and
+/// writes compactions.
+struct SyncThread {
+    journal: Arc<Mutex<Option<Journal>>>,
+    dir: PathBuf,
+    synced: Arc<AtomicU64>,
+}
+
+impl SyncThread {
+    fn run(self, jobs: std::sync::mpsc::Receiver<SyncJob>) {
+        let mut last_sync: Option<Instant> = None;
+        while let Ok(first) = jobs.recv() {
+            if let Some(last) = last_sync {
+                let wait = (last + SYNC_INTERVAL).saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
             }
-        }
-        last_sync = Some(Instant::now());
-        let mut batch = vec![first];
-        while let Ok(job) = jobs.try_recv() {
-            batch.push(job);
-        }
-        // Compaction may have replaced the file: sync each distinct one once.
-        let mut files: Vec<Arc<File>> = Vec::new();
-        for job in &batch {
-            if let Some(f) = &job.file
-                && !files.iter().any(|g| Arc::ptr_eq(f, g))
-            {
-                files.push(f.clone());
+            last_sync = Some(Instant::now());
+            let mut files: Vec<Arc<File>> = Vec::new();
+            let mut waiters = Vec::new();
+            for job in std::iter::once(first).chain(jobs.try_iter()) {
+                match job {
+                    // Done before any waiter of this round is answered: a rename is
+                    // durable once its directory is synced.
+                    SyncJob::Compact { snapshot } => self.compact(&snapshot),
+                    // Compaction may have replaced the file: sync each distinct one once.
+                    SyncJob::Sync { file, waiters: w } => {
+                        if let Some(f) = file
+                            && !files.iter().any(|g| Arc::ptr_eq(&f, g))
+                        {
+                            files.push(f);
+                        }
+                        waiters.extend(w);
+                    }
+                }
             }
-        }
-        let mut result = Ok(());
-        for f in &files {
-            synced.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = f.sync_data() {
-                error!(error = %e, "cannot sync the state journal");
-                result = Err(StoreError::Write(e));
+            let mut result = Ok(());
+            for f in &files {
+                self.synced.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = f.sync_data() {
+                    error!(error = %e, "cannot sync the state journal");
+                    result = Err(StoreError::Write(e));
+                }
             }
-        }
-        for job in batch {
-            for w in job.waiters {
+            for w in waiters {
                 let _ = w.send(copy(&result));
+            }
+        }
+    }
+
+    /// Writes and syncs the snapshot without the journal's lock, then takes it to add
+    /// what was appended meanwhile and put the new file in place.
+    fn compact(&self, snapshot: &[u8]) {
+        let written = write_snapshot(&self.dir, snapshot);
+        let mut guard = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(journal) = guard.as_mut() else {
+            return;
+        };
+        let result = written.and_then(|tmp| journal.finish_compaction(tmp, snapshot.len() as u64));
+        if result.is_err() {
+            journal.abandon_compaction();
+        }
+        drop(guard);
+        match result {
+            Ok(()) => match sync_dir(&self.dir) {
+                Ok(()) => debug!(bytes = snapshot.len(), "state journal compacted"),
+                Err(e) => {
+                    error!(error = %e, "cannot sync the state dir after compacting the journal")
+                }
+            },
+            Err(e) => {
+                warn!(error = %e, "cannot compact the state journal; it goes on in the old file until the next try")
             }
         }
     }
@@ -748,6 +855,76 @@ mod tests {
         drop(store);
         thread.join();
         assert_eq!(Journal::open(&dir).unwrap().state().items.len(), 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn what_is_appended_during_a_compaction_is_kept() {
+        let dir = temp_dir("compact-meanwhile");
+        let mut j = Journal::open(&dir).unwrap();
+        j.append(vec![
+            item(1, CtiEventKind::NewCall),
+            item(2, CtiEventKind::Hangup),
+            Record::Done { seq: 1 },
+        ])
+        .unwrap();
+        let snapshot = j.begin_compaction();
+        // Writers go on while the sync thread writes the snapshot.
+        j.append(vec![
+            item(3, CtiEventKind::NewCall),
+            Record::Sending { seq: 2 },
+        ])
+        .unwrap();
+        let tmp = write_snapshot(&dir, &snapshot).unwrap();
+        j.append(vec![Record::Done { seq: 3 }]).unwrap();
+        j.finish_compaction(tmp, snapshot.len() as u64).unwrap();
+        sync_dir(&dir).unwrap();
+        j.append(vec![item(4, CtiEventKind::Answer)]).unwrap();
+        let live = j.state().clone();
+        drop(j);
+        let text = std::fs::read_to_string(dir.join(JOURNAL)).unwrap();
+        // The snapshot (item 2), the three records appended during, the one after.
+        assert_eq!(text.lines().count(), 5, "{text}");
+        let j = Journal::open(&dir).unwrap();
+        assert_eq!(*j.state(), live);
+        let items: Vec<(u64, bool)> = j
+            .state()
+            .items
+            .iter()
+            .map(|(s, i)| (*s, i.sending))
+            .collect();
+        assert_eq!(items, [(2, true), (4, false)]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_store_compacts_beside_its_writers() {
+        let dir = temp_dir("compact-store");
+        let (store, _, thread) = Store::open(&dir).unwrap();
+        // Past COMPACT_MIN many times over, with at most 10 items live at any time.
+        let mut written = 0;
+        for seq in 1..=40_000 {
+            let mut records = vec![item(seq, CtiEventKind::NewCall)];
+            if seq > 10 {
+                records.push(Record::Done { seq: seq - 10 });
+            }
+            written += records.len();
+            store.write_and_sync_soon(records).unwrap();
+        }
+        store.flush().await.unwrap();
+        let size = std::fs::metadata(dir.join(JOURNAL)).unwrap().len();
+        assert!(
+            size < 2 * COMPACT_MIN,
+            "{size} bytes after {written} records"
+        );
+        drop(store);
+        thread.join();
+        let j = Journal::open(&dir).unwrap();
+        assert_eq!(
+            j.state().items.keys().copied().collect::<Vec<_>>(),
+            (39_991..=40_000).collect::<Vec<_>>()
+        );
+        assert!(!dir.join(TMP).exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
