@@ -1,8 +1,10 @@
 //! FastAGI decision latency (run with `cargo bench --bench agi_latency`).
 //!
-//! The real daemon (`daemon::run_reporting`) answers FastAGI `newcall` sessions from
-//! `CONCURRENCY` peers that play Asterisk's side (`fake_agi`), each starting its next
-//! session as soon as one ends, so that 200 sessions are open at all times. The stand-in
+//! The real daemon (`daemon::run_reporting`, on a runtime of its own as it would be a
+//! process of its own) answers FastAGI `newcall` sessions from `CONCURRENCY` peers that
+//! play Asterisk's side (`fake_agi`, one thread each with blocking sockets, as `res_agi`
+//! runs in the channel's thread), each starting its next session as soon as one ends, so
+//! that 200 sessions are open at all times; every call then ends on AMI. The stand-in
 //! Zammad takes a fixed time per request (a real Zammad takes tens to hundreds of
 //! milliseconds); the benchmark runs at two paces, 500 ms and 100 ms, which with 200
 //! sessions open are 400 and 2,000 new calls a second.
@@ -11,11 +13,12 @@
 //! environment block or a reply, to the arrival of the bridge's next command, summed;
 //! `AgiTranscript::bridge_time`) − (the stand-in Zammad's own time for that call's
 //! `newCall`, from its handler's start to its end). What remains is the bridge's work:
-//! parsing, the claim, the HTTP client, building and sending the commands, and the
-//! loopback hops. Asterisk's own time to answer a command is not counted; the peers and
-//! the stand-in share the machine's two cores with the daemon, so their load is. Prints
-//! p50, p99 and the maximum, the whole session for comparison, and the bridge's share
-//! of the wait before each command (where the time goes).
+//! parsing, the claim, the journal write, the HTTP client, building and sending the
+//! commands, and the loopback hops (the stand-in's HTTP server counts too). Asterisk's
+//! own time to answer a command is not counted; the peers and the stand-ins share the
+//! machine's cores with the daemon, so their load is. Prints p50, p99 and the maximum,
+//! the whole session for comparison, and the bridge's share of the wait before each
+//! command (where the time goes).
 
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::ami::codec::AmiCodec;
@@ -49,21 +52,21 @@ const STEPS: [&str; 4] = [
 
 fn main() {
     // The daemon gets a runtime of its own, as it would be a process of its own; the
-    // peers and the stand-ins share the other one (and the same two cores).
+    // stand-ins share the other one (and the same two cores).
     let daemon_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("daemon")
         .enable_all()
         .build()
         .expect("daemon runtime");
-    let peers_rt = tokio::runtime::Builder::new_multi_thread()
+    let stand_ins_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name("peers")
+        .thread_name("stand-ins")
         .enable_all()
         .build()
-        .expect("peers runtime");
+        .expect("stand-ins runtime");
     for (zammad_delay, sessions_per_peer) in PACES {
-        peers_rt.block_on(bench(
+        stand_ins_rt.block_on(bench(
             daemon_rt.handle().clone(),
             zammad_delay,
             sessions_per_peer,
@@ -116,10 +119,12 @@ async fn bench(
     // Half the callers are blocked, so rejects (with their extra EXEC) are measured too.
     // Peers start spread over one Zammad delay, as calls arrive on a PBX, so that 200
     // sessions are open at any moment without all of them arriving in the same instant.
+    // Each peer is a thread with blocking sockets, as each channel running an AGI is in
+    // Asterisk.
     let run = |peer: usize, round: usize| {
         let ami = ami.clone();
-        async move {
-            tokio::time::sleep(zammad_delay * peer as u32 / CONCURRENCY as u32).await;
+        move || {
+            std::thread::sleep(zammad_delay * peer as u32 / CONCURRENCY as u32);
             let mut sessions = Vec::with_capacity(sessions_per_peer);
             for i in 0..sessions_per_peer {
                 let seq = (round * CONCURRENCY + peer) * sessions_per_peer + i;
@@ -131,7 +136,7 @@ async fn bench(
                     "+15555550101"
                 };
                 let call = FakeAgiCall::inbound(&linkedid, &uniqueid, caller, "800");
-                let t = call.run(agi).await.expect("session runs");
+                let t = call.run_blocking(agi).expect("session runs");
                 assert!(t.commands.len() >= 3, "a full session: {:?}", t.commands);
                 sessions.push((linkedid.clone(), t));
                 // The call ends, so the daemon's state stays the size of a busy PBX's.
@@ -144,7 +149,7 @@ async fn bench(
     let mut measured = Vec::new();
     for round in 0..2 {
         let peers: Vec<_> = (0..CONCURRENCY)
-            .map(|peer| tokio::spawn(run(peer, round)))
+            .map(|peer| tokio::task::spawn_blocking(run(peer, round)))
             .collect();
         let mut all = Vec::new();
         for p in peers {

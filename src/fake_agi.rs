@@ -130,29 +130,36 @@ impl FakeAgiCall {
         let (read, mut write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
         write.write_all(self.environment(server).as_bytes()).await?;
-        let started = Instant::now();
-        let mut last_write = started;
-        let mut t = AgiTranscript::default();
-        let mut dead = false;
+        let mut peer = Peer::new();
         while let Some(line) = lines.next_line().await? {
-            let step = last_write.elapsed();
-            t.bridge_time += step;
-            t.steps.push(step);
-            let n = t.commands.len();
-            t.commands.push(line.clone());
-            if self.close_at_command == Some(n) {
+            let Some(reply) = peer.respond(self, line) else {
                 break;
-            }
-            if self.hangup_before_command == Some(n) {
-                dead = true;
-                write.write_all(b"HANGUP\n").await?;
-            }
-            let reply = self.answer(&line, &mut t, &mut dead);
+            };
             write.write_all(reply.as_bytes()).await?;
-            last_write = Instant::now();
+            peer.wrote();
         }
-        t.elapsed = started.elapsed();
-        Ok(t)
+        Ok(peer.end())
+    }
+
+    /// [`FakeAgiCall::run`] the way Asterisk does it: in a thread of its own with blocking
+    /// reads (`res_agi` runs in the channel's thread), so that noticing the bridge's
+    /// command takes a kernel wake-up, not a turn on a shared async scheduler.
+    pub fn run_blocking(&self, server: SocketAddr) -> std::io::Result<AgiTranscript> {
+        use std::io::{BufRead, Write};
+        let stream = std::net::TcpStream::connect(server)?;
+        stream.set_nodelay(true)?;
+        let mut write = stream.try_clone()?;
+        let lines = std::io::BufReader::new(stream).lines();
+        write.write_all(self.environment(server).as_bytes())?;
+        let mut peer = Peer::new();
+        for line in lines {
+            let Some(reply) = peer.respond(self, line?) else {
+                break;
+            };
+            write.write_all(reply.as_bytes())?;
+            peer.wrote();
+        }
+        Ok(peer.end())
     }
 
     fn answer(&self, line: &str, t: &mut AgiTranscript, dead: &mut bool) -> String {
@@ -191,6 +198,56 @@ impl FakeAgiCall {
             _ if *dead => "511 Command Not Permitted on a dead channel or intercept routine\n".into(),
             _ => "510 Invalid or unknown command\n".into(),
         }
+    }
+}
+
+/// One session in progress on this side: the transcript and the clock.
+struct Peer {
+    t: AgiTranscript,
+    dead: bool,
+    started: Instant,
+    last_write: Instant,
+}
+
+impl Peer {
+    /// Just after the environment block was written.
+    fn new() -> Peer {
+        let now = Instant::now();
+        Peer {
+            t: AgiTranscript::default(),
+            dead: false,
+            started: now,
+            last_write: now,
+        }
+    }
+
+    /// A command arrived: what to write back, or `None` to close the connection.
+    fn respond(&mut self, call: &FakeAgiCall, line: String) -> Option<String> {
+        let step = self.last_write.elapsed();
+        self.t.bridge_time += step;
+        self.t.steps.push(step);
+        let n = self.t.commands.len();
+        self.t.commands.push(line.clone());
+        if call.close_at_command == Some(n) {
+            return None;
+        }
+        let mut reply = String::new();
+        if call.hangup_before_command == Some(n) {
+            self.dead = true;
+            reply.push_str("HANGUP\n");
+        }
+        reply.push_str(&call.answer(&line, &mut self.t, &mut self.dead));
+        Some(reply)
+    }
+
+    /// The reply is written: the bridge's time runs again.
+    fn wrote(&mut self) {
+        self.last_write = Instant::now();
+    }
+
+    fn end(mut self) -> AgiTranscript {
+        self.t.elapsed = self.started.elapsed();
+        self.t
     }
 }
 
