@@ -644,11 +644,14 @@ impl SyncThread {
         let written = write_snapshot(&self.dir, snapshot);
         let mut guard = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(journal) = guard.as_mut() else {
+            // Closed meanwhile.
+            let _ = std::fs::remove_file(self.dir.join(TMP));
             return;
         };
         let result = written.and_then(|tmp| journal.finish_compaction(tmp, snapshot.len() as u64));
         if result.is_err() {
             journal.abandon_compaction();
+            let _ = std::fs::remove_file(self.dir.join(TMP));
         }
         drop(guard);
         match result {
