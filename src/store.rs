@@ -260,14 +260,14 @@ impl Journal {
         self.file.clone()
     }
 
-    /// Starts a compaction: returns the live state, encoded, for [`write_snapshot`]; what
+    /// Starts a compaction: returns the live state, encoded, for `write_snapshot`; what
     /// is appended from now on is kept aside for [`Journal::finish_compaction`].
     pub fn begin_compaction(&mut self) -> Vec<u8> {
         self.compacting = Some(Vec::new());
         encode_state(&self.state)
     }
 
-    /// Ends a compaction with `tmp`, the snapshot [`write_snapshot`] wrote and synced:
+    /// Ends a compaction with `tmp`, the snapshot `write_snapshot` wrote and synced:
     /// appends what came meanwhile, syncs that, and renames it over the journal. The
     /// caller then syncs the directory (before telling anyone their writes are synced).
     /// On an error the journal goes on in the old file, which has everything.
@@ -513,7 +513,7 @@ impl Store {
     }
 
     /// Writes `records` and asks for a sync without waiting for it (the daemon's batches:
-    /// on disk within about a millisecond).
+    /// on disk within about [`SYNC_INTERVAL`]).
     pub fn write_and_sync_soon(&self, records: Vec<Record>) -> Result<(), StoreError> {
         let file = self.write(records)?;
         let _ = self.syncs.send(SyncJob::Sync {
