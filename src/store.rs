@@ -234,7 +234,7 @@ impl Journal {
 
     /// Appends `records` (no sync: [`Store`] syncs) and applies them to the live state.
     /// Returns whether the journal has grown well past the live state and no compaction
-    /// is under way: then it is time for [`Journal::begin_compaction`].
+    /// is under way: then it is time for `begin_compaction`.
     pub fn append(&mut self, records: Vec<Record>) -> io::Result<bool> {
         if records.is_empty() {
             return Ok(false);
@@ -262,7 +262,7 @@ impl Journal {
 
     /// Starts a compaction: returns the live state, encoded, for `write_snapshot`; what
     /// is appended from now on is kept aside for [`Journal::finish_compaction`].
-    pub fn begin_compaction(&mut self) -> Vec<u8> {
+    fn begin_compaction(&mut self) -> Vec<u8> {
         self.compacting = Some(Vec::new());
         encode_state(&self.state)
     }
@@ -271,7 +271,7 @@ impl Journal {
     /// appends what came meanwhile, syncs that, and renames it over the journal. The
     /// caller then syncs the directory (before telling anyone their writes are synced).
     /// On an error the journal goes on in the old file, which has everything.
-    pub fn finish_compaction(&mut self, tmp: File, snapshot_len: u64) -> io::Result<()> {
+    fn finish_compaction(&mut self, tmp: File, snapshot_len: u64) -> io::Result<()> {
         let tail = self.compacting.take().unwrap_or_default();
         if !tail.is_empty() {
             (&tmp).write_all(&tail)?;
@@ -683,6 +683,11 @@ mod tests {
         dir
     }
 
+    /// The undelivered items: (seq, being sent).
+    fn undelivered(state: &State) -> Vec<(u64, bool)> {
+        state.items.iter().map(|(s, i)| (*s, i.sending)).collect()
+    }
+
     fn item(seq: u64, event: CtiEventKind) -> Record {
         Record::Item {
             seq,
@@ -724,13 +729,7 @@ mod tests {
         j.append(vec![item(3, CtiEventKind::Hangup)]).unwrap();
         drop(j);
         let j = Journal::open(&dir).unwrap();
-        let items: Vec<(u64, bool)> = j
-            .state()
-            .items
-            .iter()
-            .map(|(s, i)| (*s, i.sending))
-            .collect();
-        assert_eq!(items, [(2, true), (3, false)]);
+        assert_eq!(undelivered(j.state()), [(2, true), (3, false)]);
         assert_eq!(j.state().next_seq(), 4);
         // Compacted: one line per item plus the Sending mark.
         let text = std::fs::read_to_string(dir.join(JOURNAL)).unwrap();
@@ -890,13 +889,7 @@ mod tests {
         assert_eq!(text.lines().count(), 5, "{text}");
         let j = Journal::open(&dir).unwrap();
         assert_eq!(*j.state(), live);
-        let items: Vec<(u64, bool)> = j
-            .state()
-            .items
-            .iter()
-            .map(|(s, i)| (*s, i.sending))
-            .collect();
-        assert_eq!(items, [(2, true), (4, false)]);
+        assert_eq!(undelivered(j.state()), [(2, true), (4, false)]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
