@@ -25,9 +25,10 @@
 //! format.)
 //!
 //! [`Store`] appends under a mutex (a page-cache write: it survives SIGKILL at once) and
-//! syncs on a thread of its own, at most once per [`SYNC_INTERVAL`], each sync covering
-//! every write asked for meanwhile: the daemon's batches ask for a sync without waiting
-//! for it; the "sending" marks, `flush` and `close` wait for theirs.
+//! syncs on a thread of its own, each sync covering every write asked for meanwhile: the
+//! daemon's batches ask for a sync without waiting for it (paced: at most one such sync
+//! per [`SYNC_INTERVAL`]); the "sending" marks, `flush` and `close` wait for theirs (at
+//! once).
 
 use crate::cti::CtiRequest;
 use crate::tracker::CallRecord;
@@ -46,10 +47,13 @@ use tracing::{debug, error, info, warn};
 const JOURNAL: &str = "journal";
 /// A compacted journal being written.
 const TMP: &str = "journal.tmp";
-/// Shortest time between two syncs. A sync costs the disk a flush (and, in a VM, an exit
-/// to the host); at a few hundred calls a second one per batch was about two per call and
-/// took CPU from the FastAGI sessions. Waiting for a sync takes at most this much longer;
-/// a power cut (not a crash: writes survive those at once) can lose this much more.
+/// Shortest time between two syncs that nobody waits for (the daemon's batches). A sync
+/// costs the disk a flush (and, in a VM, an exit to the host); at a few hundred calls a
+/// second one per batch took CPU from the FastAGI sessions. A power cut (not a crash:
+/// writes survive those at once) can lose this much more. A sync somebody waits for (a
+/// "sending" mark, `flush`) is not held back: an answer or hangup waits for its mark's
+/// sync before it is sent, and a crash in that wait loses it (the mark says Zammad may
+/// have it), so that wait stays as short as the disk allows.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(5);
 /// Compact once the journal is this many times the size it had after the last compaction
 /// (and at least `COMPACT_MIN` bytes).
@@ -430,6 +434,13 @@ enum SyncJob {
     Compact { snapshot: Vec<u8> },
 }
 
+impl SyncJob {
+    /// Somebody waits for this sync.
+    fn is_awaited(&self) -> bool {
+        matches!(self, SyncJob::Sync { waiters, .. } if !waiters.is_empty())
+    }
+}
+
 /// Cloneable handle to the journal: writers append under a mutex (a write to the page
 /// cache, microseconds), a thread of its own syncs to disk, so writing never waits for a
 /// sync and only those who need the disk wait for one.
@@ -586,9 +597,9 @@ fn copy(result: &Result<(), StoreError>) -> Result<(), StoreError> {
     }
 }
 
-/// The sync thread: syncs the journal at most once per [`SYNC_INTERVAL`] for every job
-/// pending (jobs arriving meanwhile wait for the next sync), then answers them; and
-/// writes compactions.
+/// The sync thread: syncs the journal once for every job pending, then answers them (at
+/// most once per [`SYNC_INTERVAL`] unless somebody waits for the sync); and writes
+/// compactions.
 struct SyncThread {
     journal: Arc<Mutex<Option<Journal>>>,
     dir: PathBuf,
@@ -599,16 +610,25 @@ impl SyncThread {
     fn run(self, jobs: std::sync::mpsc::Receiver<SyncJob>) {
         let mut last_sync: Option<Instant> = None;
         while let Ok(first) = jobs.recv() {
+            let mut awaited = first.is_awaited();
+            let mut round = vec![first];
+            // Wait out the interval, unless somebody waits for this sync.
             if let Some(last) = last_sync {
-                let wait = (last + SYNC_INTERVAL).saturating_duration_since(Instant::now());
-                if !wait.is_zero() {
-                    std::thread::sleep(wait);
+                let due = last + SYNC_INTERVAL;
+                while !awaited {
+                    let left = due.saturating_duration_since(Instant::now());
+                    let Ok(job) = jobs.recv_timeout(left) else {
+                        break;
+                    };
+                    awaited = job.is_awaited();
+                    round.push(job);
                 }
             }
+            round.extend(jobs.try_iter());
             last_sync = Some(Instant::now());
             let mut files: Vec<Arc<File>> = Vec::new();
             let mut waiters = Vec::new();
-            for job in std::iter::once(first).chain(jobs.try_iter()) {
+            for job in round {
                 match job {
                     // Done before any waiter of this round is answered: a rename is
                     // durable once its directory is synced.
@@ -921,6 +941,28 @@ mod tests {
             (39_991..=40_000).collect::<Vec<_>>()
         );
         assert!(!dir.join(TMP).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sync_somebody_waits_for_is_not_held_back() {
+        let dir = temp_dir("awaited");
+        let (store, _, thread) = Store::open(&dir).unwrap();
+        // One after the other, each waiting for its sync: paced, they would take at least
+        // (n - 1) intervals.
+        let n = 40;
+        let started = Instant::now();
+        for seq in 1..=n {
+            store.commit(vec![Record::Sending { seq }]).await.unwrap();
+        }
+        let took = started.elapsed();
+        assert!(
+            took < SYNC_INTERVAL * (n as u32 - 1),
+            "{n} commits took {took:?}"
+        );
+        assert!(store.syncs_done() >= n);
+        drop(store);
+        thread.join();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
