@@ -21,7 +21,7 @@ use crate::admin::AdminServer;
 use crate::agi::AgiServer;
 use crate::agi::newcall::{Claim, ClaimReply, NewcallScript};
 use crate::ami::AmiMessage;
-use crate::ami::client::{self, AmiError, AmiHandle, AmiInput, AmiSettings, AmiStatus};
+use crate::ami::client::{self, AmiHandle, AmiInput, AmiSettings, AmiStatus};
 use crate::config::Config;
 use crate::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
 use crate::decision::{self, CallAction};
@@ -86,12 +86,6 @@ struct Pending {
     ami_target: Option<DecisionTarget>,
 }
 
-/// A `CoreShowChannels` answer, and the tracker's event count when it was asked for.
-struct Snapshot {
-    since: u64,
-    channels: Result<Vec<AmiMessage>, AmiError>,
-}
-
 /// The daemon's task state.
 struct Daemon {
     tracker: Tracker,
@@ -101,7 +95,6 @@ struct Daemon {
     next_seq: u64,
     pending: Vec<Pending>,
     requests: Vec<CtiRequest>,
-    snapshots: mpsc::UnboundedSender<Snapshot>,
     stale_after: Duration,
     metrics: Arc<Metrics>,
     /// Logins to AMI so far (every one after the first is a reconnect).
@@ -186,7 +179,6 @@ pub async fn run_with(
         let grace = config.agi.decision_timeout + Duration::from_secs(1);
         tokio::spawn(server.run(script, shutdown.clone(), grace))
     });
-    let (snapshots, mut snapshot_rx) = mpsc::unbounded_channel();
     let mut d = Daemon {
         tracker,
         outbox,
@@ -195,7 +187,6 @@ pub async fn run_with(
         next_seq,
         pending: Vec::new(),
         requests: restored,
-        snapshots,
         stale_after: config.calls.stale_after,
         metrics: metrics.clone(),
         ami_logins: 0,
@@ -232,7 +223,6 @@ pub async fn run_with(
             biased;
             _ = shutdown.cancelled() => break,
             Some(claim) = claims.recv() => d.on_claim(claim),
-            Some(snapshot) = snapshot_rx.recv() => d.on_snapshot(snapshot),
             input = inputs.recv() => match input {
                 Some(input) => d.on_input(input),
                 None => break,
@@ -359,6 +349,7 @@ impl Daemon {
                 self.ask_for_channels();
             }
             AmiInput::Disconnected => warn!("ami connection lost; reconnecting"),
+            AmiInput::List { tag, result } => self.on_channels(tag, result),
         }
     }
 
@@ -412,20 +403,24 @@ impl Daemon {
         let _ = claim.reply.send(reply);
     }
 
-    /// Asks Asterisk for its channels; the answer comes back as a [`Snapshot`].
+    /// Asks Asterisk for its channels. The answer comes in the AMI input stream where the
+    /// list ended, tagged with the tracker's event count now: the tracker takes it after
+    /// the events before it and before those after it.
     fn ask_for_channels(&self) {
         let since = self.tracker.events_seen();
         let ami = self.ami.clone();
-        let snapshots = self.snapshots.clone();
         tokio::spawn(async move {
             let action = AmiMessage::from_pairs([("Action", "CoreShowChannels")]);
-            let channels = ami.list_action(action).await;
-            let _ = snapshots.send(Snapshot { since, channels });
+            if let Err(e) = ami.list_action_in_stream(action, since).await {
+                warn!(error = %e, "could not ask asterisk for its channels (CoreShowChannels); \
+                    asking again after the next login or ami.reconcile_interval");
+            }
         });
     }
 
-    fn on_snapshot(&mut self, snapshot: Snapshot) {
-        let channels = match snapshot.channels {
+    /// Asterisk's channels (asked for when the tracker had seen `since` events).
+    fn on_channels(&mut self, since: u64, channels: Result<Vec<AmiMessage>, String>) {
+        let channels = match channels {
             Ok(channels) => channels,
             Err(e) => {
                 warn!(error = %e, "could not list asterisk's channels (CoreShowChannels; the AMI \
@@ -434,8 +429,7 @@ impl Daemon {
                 return;
             }
         };
-        self.tracker
-            .reconcile(&channels, snapshot.since, &mut self.requests);
+        self.tracker.reconcile(&channels, since, &mut self.requests);
         let count = |kind| self.requests.iter().filter(|r| r.event == kind).count();
         let (ended, adopted) = (count(CtiEventKind::Hangup), count(CtiEventKind::NewCall));
         if ended + adopted > 0 {

@@ -13,6 +13,7 @@
 //! spawn(settings, cancel) -> (AmiHandle, UnboundedReceiver<AmiInput>, watch::Receiver<AmiStatus>, JoinHandle<()>)
 //! AmiHandle::action(&self, AmiMessage) -> Result<AmiMessage, AmiError>        one response
 //! AmiHandle::list_action(&self, AmiMessage) -> Result<Vec<AmiMessage>, AmiError>  list events
+//! AmiHandle::list_action_in_stream(&self, AmiMessage, tag) -> Result<(), AmiError>  list as an AmiInput
 //! ```
 
 use std::collections::HashMap;
@@ -101,6 +102,12 @@ pub enum AmiInput {
     LoggedIn,
     /// An event that no list action claimed.
     Event(AmiMessage),
+    /// The answer to [`AmiHandle::list_action_in_stream`], where the list ended: its
+    /// events, or why there are none (the error's message), and the caller's `tag`.
+    List {
+        tag: u64,
+        result: Result<Vec<AmiMessage>, String>,
+    },
     /// The logged-in connection was lost; events may have been missed.
     Disconnected,
 }
@@ -171,8 +178,40 @@ enum Command {
     },
     List {
         action: AmiMessage,
-        reply: oneshot::Sender<Result<Vec<AmiMessage>, AmiError>>,
+        reply: ListReply,
     },
+}
+
+/// Where a list action's events go.
+#[derive(Debug)]
+enum ListReply {
+    /// Back to the caller of [`AmiHandle::list_action`].
+    Caller(oneshot::Sender<Result<Vec<AmiMessage>, AmiError>>),
+    /// Into the input stream, as [`AmiInput::List`] with this tag.
+    Stream(u64),
+}
+
+impl ListReply {
+    fn is_closed(&self) -> bool {
+        match self {
+            ListReply::Caller(reply) => reply.is_closed(),
+            ListReply::Stream(_) => false,
+        }
+    }
+
+    fn send(
+        self,
+        result: Result<Vec<AmiMessage>, AmiError>,
+        inputs: &mpsc::UnboundedSender<AmiInput>,
+    ) {
+        match self {
+            ListReply::Caller(reply) => drop(reply.send(result)),
+            ListReply::Stream(tag) => {
+                let result = result.map_err(|e| e.to_string());
+                drop(inputs.send(AmiInput::List { tag, result }));
+            }
+        }
+    }
 }
 
 impl AmiHandle {
@@ -191,8 +230,28 @@ impl AmiHandle {
     pub async fn list_action(&self, action: AmiMessage) -> Result<Vec<AmiMessage>, AmiError> {
         let name = self.check(&action)?;
         let (reply, rx) = oneshot::channel();
+        let reply = ListReply::Caller(reply);
         self.request(Command::List { action, reply }, rx, name)
             .await
+    }
+
+    /// Sends a list action whose answer comes in the input stream, as one
+    /// [`AmiInput::List`] with `tag` at the place where the list ended, so that the
+    /// consumer takes it in order with the events around it (a list handed over beside
+    /// the stream can be overtaken by the events that followed it). A rejection or a lost
+    /// connection comes the same way; no answer from a live Asterisk means no input. Returns
+    /// once the action is queued.
+    pub async fn list_action_in_stream(
+        &self,
+        action: AmiMessage,
+        tag: u64,
+    ) -> Result<(), AmiError> {
+        self.check(&action)?;
+        let reply = ListReply::Stream(tag);
+        self.commands
+            .send(Command::List { action, reply })
+            .await
+            .map_err(|_| AmiError::Stopped)
     }
 
     /// The current connection state.
@@ -322,7 +381,7 @@ enum Pending {
     List {
         name: String,
         items: Vec<AmiMessage>,
-        reply: oneshot::Sender<Result<Vec<AmiMessage>, AmiError>>,
+        reply: ListReply,
     },
 }
 
@@ -334,10 +393,14 @@ impl Pending {
         }
     }
 
-    fn fail(self, error: impl FnOnce(String) -> AmiError) {
+    fn fail(
+        self,
+        error: impl FnOnce(String) -> AmiError,
+        inputs: &mpsc::UnboundedSender<AmiInput>,
+    ) {
         match self {
             Pending::Action { name, reply } => drop(reply.send(Err(error(name)))),
-            Pending::List { name, reply, .. } => drop(reply.send(Err(error(name)))),
+            Pending::List { name, reply, .. } => reply.send(Err(error(name)), inputs),
         }
     }
 }
@@ -626,7 +689,10 @@ impl Connection {
         if let Err(source) = AmiCodec::check(&message) {
             // The handle checks too; this only guards against a bug, without dropping the
             // connection.
-            pending.fail(|action| AmiError::InvalidAction { action, source });
+            pending.fail(
+                |action| AmiError::InvalidAction { action, source },
+                &self.inputs,
+            );
             return Ok(());
         }
         self.pending.insert(id, pending);
@@ -670,7 +736,7 @@ impl Connection {
             }
             Some(Pending::List { name, items, reply }) => {
                 if let Some(rejected) = rejection(&name, &id, &response) {
-                    let _ = reply.send(Err(rejected));
+                    reply.send(Err(rejected), &self.inputs);
                 } else if response
                     .get("EventList")
                     .is_some_and(|v| v.eq_ignore_ascii_case("start"))
@@ -679,7 +745,7 @@ impl Connection {
                         .insert(id, Pending::List { name, items, reply });
                 } else {
                     // Answered without a list: nothing follows.
-                    let _ = reply.send(Ok(items));
+                    reply.send(Ok(items), &self.inputs);
                 }
             }
         }
@@ -697,7 +763,7 @@ impl Connection {
                 return;
             }
             if let Some(Pending::List { items, reply, .. }) = self.pending.remove(id) {
-                let _ = reply.send(Ok(items));
+                reply.send(Ok(items), &self.inputs);
             }
             return;
         }
@@ -707,7 +773,7 @@ impl Connection {
     /// Answers every waiter, and every command still queued, with `Disconnected`.
     fn fail_waiters(&mut self) {
         for (_, pending) in self.pending.drain() {
-            pending.fail(|action| AmiError::Disconnected { action });
+            pending.fail(|action| AmiError::Disconnected { action }, &self.inputs);
         }
         self.ping = None;
         while let Ok(command) = self.commands.try_recv() {
@@ -722,7 +788,7 @@ impl Connection {
                     reply,
                 },
             };
-            pending.fail(|action| AmiError::NotConnected { action });
+            pending.fail(|action| AmiError::NotConnected { action }, &self.inputs);
         }
     }
 }
@@ -1084,6 +1150,69 @@ mod tests {
         // Nothing of the lists reached the event channel: the next event is this one.
         assert!(fake.send_raw(&b"Event: Marker\r\nPrivilege: user,all\r\n\r\n"[..]));
         assert_eq!(client.next_event().await.event(), Some("Marker"));
+    }
+
+    #[tokio::test]
+    async fn a_list_in_the_stream_comes_where_asterisk_ended_it() {
+        let fake = FakeAmi::start(FakeAmiConfig::default()).await;
+        let mut client = start(settings(&fake));
+        client.logged_in().await;
+        fake.set_channels(vec![channel("PJSIP/trunk-00000001", "1795596369.0")]);
+        let list = || action(&[("Action", "CoreShowChannels")]);
+        let asked = |n: usize| {
+            let fake = &fake;
+            async move {
+                tokio::time::timeout(WAIT, async {
+                    while named(&fake.actions(), "CoreShowChannels").count() < n {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await
+                .expect("the list action reached the fake")
+            }
+        };
+
+        // An event before the list and one sent after Asterisk answered it.
+        assert!(fake.send_raw(&b"Event: Before\r\n\r\n"[..]));
+        client
+            .handle
+            .list_action_in_stream(list(), 7)
+            .await
+            .unwrap();
+        asked(1).await;
+        assert!(fake.send_raw(&b"Event: After\r\n\r\n"[..]));
+        assert_eq!(client.next_event().await.event(), Some("Before"));
+        match client.next().await {
+            AmiInput::List {
+                tag: 7,
+                result: Ok(items),
+            } => {
+                let names: Vec<_> = items.iter().map(|e| e.get("Channel")).collect();
+                assert_eq!(names, [Some("PJSIP/trunk-00000001")]);
+            }
+            other => panic!("expected the list tagged 7, got {other:?}"),
+        }
+        assert_eq!(client.next_event().await.event(), Some("After"));
+
+        // A rejection comes the same way.
+        fake.set_reply(
+            "CoreShowChannels",
+            action(&[("Response", "Error"), ("Message", "Permission denied")]),
+        );
+        client
+            .handle
+            .list_action_in_stream(list(), 8)
+            .await
+            .unwrap();
+        match client.next().await {
+            AmiInput::List {
+                tag: 8,
+                result: Err(message),
+            } => {
+                assert!(message.contains("Permission denied"), "{message}")
+            }
+            other => panic!("expected the rejection tagged 8, got {other:?}"),
+        }
     }
 
     #[tokio::test]
