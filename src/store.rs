@@ -25,10 +25,10 @@
 //! format.)
 //!
 //! [`Store`] appends under a mutex (a page-cache write: it survives SIGKILL at once) and
-//! syncs on a thread of its own, each sync covering every write asked for meanwhile: the
-//! daemon's batches ask for a sync without waiting for it (paced: at most one such sync
-//! per [`SYNC_INTERVAL`]); the "sending" marks, `flush` and `close` wait for theirs (at
-//! once).
+//! syncs on a thread of its own, at most once per [`SYNC_INTERVAL`], each sync covering
+//! every write asked for meanwhile: the daemon's batches ask for a sync without waiting
+//! for it; `flush` and `close` wait for theirs; a commit (the "sending" marks) hands its
+//! records to the sync thread, which writes them right before the sync.
 
 use crate::cti::CtiRequest;
 use crate::tracker::CallRecord;
@@ -47,13 +47,13 @@ use tracing::{debug, error, info, warn};
 const JOURNAL: &str = "journal";
 /// A compacted journal being written.
 const TMP: &str = "journal.tmp";
-/// Shortest time between two syncs that nobody waits for (the daemon's batches). A sync
-/// costs the disk a flush (and, in a VM, an exit to the host); at a few hundred calls a
-/// second one per batch took CPU from the FastAGI sessions. A power cut (not a crash:
-/// writes survive those at once) can lose this much more. A sync somebody waits for (a
-/// "sending" mark, `flush`) is not held back: an answer or hangup waits for its mark's
-/// sync before it is sent, and a crash in that wait loses it (the mark says Zammad may
-/// have it), so that wait stays as short as the disk allows.
+/// Shortest time between two syncs. A sync costs the disk a flush (and, in a VM, an exit
+/// to the host); at a few hundred calls a second one per batch and one per "sending" mark
+/// took CPU from the FastAGI sessions. A write waiting for its sync waits up to this much
+/// longer; a power cut (not a crash: writes survive those at once) can lose this much
+/// more. A commit's records (the "sending" marks) are written only by the sync that
+/// covers them, so that the wait adds nothing to the moment between a mark and its
+/// event leaving, where a crash loses the event (the mark says Zammad may have it).
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(5);
 /// Compact once the journal is this many times the size it had after the last compaction
 /// (and at least `COMPACT_MIN` bytes).
@@ -425,20 +425,14 @@ pub fn crc32(data: &[u8]) -> u32 {
 
 /// What the sync thread does next.
 enum SyncJob {
-    /// Sync `file` (if any), then answer the waiters.
+    /// Write `records` (a commit's), sync `file` (if any), then answer the waiters.
     Sync {
         file: Option<Arc<File>>,
+        records: Vec<Record>,
         waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
     },
     /// Write this snapshot of the live state as the new journal.
     Compact { snapshot: Vec<u8> },
-}
-
-impl SyncJob {
-    /// Somebody waits for this sync.
-    fn is_awaited(&self) -> bool {
-        matches!(self, SyncJob::Sync { waiters, .. } if !waiters.is_empty())
-    }
 }
 
 /// Cloneable handle to the journal: writers append under a mutex (a write to the page
@@ -446,11 +440,17 @@ impl SyncJob {
 /// sync and only those who need the disk wait for one.
 #[derive(Clone)]
 pub struct Store {
-    journal: Arc<Mutex<Option<Journal>>>,
+    shared: Arc<Shared>,
     syncs: std::sync::mpsc::Sender<SyncJob>,
+}
+
+/// What the writers and the sync thread share.
+struct Shared {
+    journal: Mutex<Option<Journal>>,
+    dir: PathBuf,
     /// Syncs done so far (by the sync thread).
-    synced: Arc<AtomicU64>,
-    failing: Arc<AtomicBool>,
+    synced: AtomicU64,
+    failing: AtomicBool,
 }
 
 /// The sync thread; it ends once the last [`Store`] is dropped.
@@ -468,13 +468,15 @@ impl Store {
     pub fn open(dir: &Path) -> Result<(Store, State, StoreThread), StoreError> {
         let journal = Journal::open(dir)?;
         let state = journal.state().clone();
-        let journal = Arc::new(Mutex::new(Some(journal)));
-        let (syncs, jobs) = std::sync::mpsc::channel();
-        let synced = Arc::new(AtomicU64::new(0));
-        let sync_thread = SyncThread {
-            journal: journal.clone(),
+        let shared = Arc::new(Shared {
+            journal: Mutex::new(Some(journal)),
             dir: dir.to_owned(),
-            synced: synced.clone(),
+            synced: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+        });
+        let (syncs, jobs) = std::sync::mpsc::channel();
+        let sync_thread = SyncThread {
+            shared: shared.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("azb-journal-sync".into())
@@ -484,43 +486,17 @@ impl Store {
                 what: "cannot start the journal's sync thread",
                 source,
             })?;
-        let store = Store {
-            journal,
-            syncs,
-            synced,
-            failing: Arc::new(AtomicBool::new(false)),
-        };
-        Ok((store, state, StoreThread(thread)))
+        Ok((Store { shared, syncs }, state, StoreThread(thread)))
     }
 
     /// Appends `records` to the journal file (no sync): once this returns they survive a
     /// crash or SIGKILL of the daemon. Returns the file, for a sync.
     pub fn write(&self, records: Vec<Record>) -> Result<Option<Arc<File>>, StoreError> {
-        let mut guard = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(journal) = guard.as_mut() else {
-            return Err(StoreError::Closed);
-        };
-        let result = journal.append(records);
-        let file = journal.file();
-        let snapshot = matches!(result, Ok(true)).then(|| journal.begin_compaction());
-        drop(guard);
+        let (file, snapshot) = self.shared.write(records)?;
         if let Some(snapshot) = snapshot {
             let _ = self.syncs.send(SyncJob::Compact { snapshot });
         }
-        match result {
-            Ok(_) => {
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    info!("state journal writable again");
-                }
-                Ok(Some(file))
-            }
-            Err(e) => {
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    error!(error = %e, "cannot write the state journal: calls go on, but what happens now would not survive a restart");
-                }
-                Err(StoreError::Write(e))
-            }
-        }
+        Ok(Some(file))
     }
 
     /// Writes `records` and asks for a sync without waiting for it (the daemon's batches:
@@ -529,33 +505,31 @@ impl Store {
         let file = self.write(records)?;
         let _ = self.syncs.send(SyncJob::Sync {
             file,
+            records: Vec::new(),
             waiters: Vec::new(),
         });
         Ok(())
     }
 
-    /// Writes `records` durably; returns once they are synced to disk.
+    /// Writes `records` durably; returns once they are synced to disk. The sync thread
+    /// writes them right before the sync: a crash while this waits finds them not written
+    /// rather than written and not acted on (a "sending" mark must not outlive a crash
+    /// that kept its event from being sent).
     pub async fn commit(&self, records: Vec<Record>) -> Result<(), StoreError> {
-        let file = self.write(records)?;
-        self.sync(file).await
+        self.sync(records).await
     }
 
     /// Returns once everything written before is synced to disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let file = self
-            .journal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(Journal::file);
-        self.sync(file).await
+        self.sync(Vec::new()).await
     }
 
-    async fn sync(&self, file: Option<Arc<File>>) -> Result<(), StoreError> {
+    async fn sync(&self, records: Vec<Record>) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
         self.syncs
             .send(SyncJob::Sync {
-                file,
+                file: None,
+                records,
                 waiters: vec![done],
             })
             .map_err(|_| StoreError::Closed)?;
@@ -567,6 +541,7 @@ impl Store {
     pub async fn close(&self) {
         let _ = self.flush().await;
         let closed = self
+            .shared
             .journal
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -576,13 +551,42 @@ impl Store {
 
     /// How many times the journal was synced to disk so far.
     pub fn syncs_done(&self) -> u64 {
-        self.synced.load(Ordering::Relaxed)
+        self.shared.synced.load(Ordering::Relaxed)
     }
 
     /// Writes `records` without a sync (for `Done` marks: losing one in a power cut only
     /// means the event is looked at again after it).
     pub fn record(&self, records: Vec<Record>) {
         let _ = self.write(records);
+    }
+}
+
+impl Shared {
+    /// Appends `records`; returns the journal file (for a sync) and, when the journal has
+    /// grown well past the live state, the snapshot to compact to.
+    fn write(&self, records: Vec<Record>) -> Result<(Arc<File>, Option<Vec<u8>>), StoreError> {
+        let mut guard = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(journal) = guard.as_mut() else {
+            return Err(StoreError::Closed);
+        };
+        let result = journal.append(records);
+        let file = journal.file();
+        let snapshot = matches!(result, Ok(true)).then(|| journal.begin_compaction());
+        drop(guard);
+        match result {
+            Ok(_) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    info!("state journal writable again");
+                }
+                Ok((file, snapshot))
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    error!(error = %e, "cannot write the state journal: calls go on, but what happens now would not survive a restart");
+                }
+                Err(StoreError::Write(e))
+            }
+        }
     }
 }
 
@@ -597,56 +601,66 @@ fn copy(result: &Result<(), StoreError>) -> Result<(), StoreError> {
     }
 }
 
-/// The sync thread: syncs the journal once for every job pending, then answers them (at
-/// most once per [`SYNC_INTERVAL`] unless somebody waits for the sync); and writes
-/// compactions.
+/// The sync thread: once per round, writes the commits' records, syncs the journal, then
+/// answers everyone waiting; at most one round per [`SYNC_INTERVAL`] (what arrives
+/// meanwhile waits for the next). It also writes compactions.
 struct SyncThread {
-    journal: Arc<Mutex<Option<Journal>>>,
-    dir: PathBuf,
-    synced: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 impl SyncThread {
     fn run(self, jobs: std::sync::mpsc::Receiver<SyncJob>) {
         let mut last_sync: Option<Instant> = None;
         while let Ok(first) = jobs.recv() {
-            let mut awaited = first.is_awaited();
-            let mut round = vec![first];
-            // Wait out the interval, unless somebody waits for this sync.
             if let Some(last) = last_sync {
-                let due = last + SYNC_INTERVAL;
-                while !awaited {
-                    let left = due.saturating_duration_since(Instant::now());
-                    let Ok(job) = jobs.recv_timeout(left) else {
-                        break;
-                    };
-                    awaited = job.is_awaited();
-                    round.push(job);
+                let wait = (last + SYNC_INTERVAL).saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
                 }
             }
-            round.extend(jobs.try_iter());
             last_sync = Some(Instant::now());
             let mut files: Vec<Arc<File>> = Vec::new();
+            let mut records = Vec::new();
             let mut waiters = Vec::new();
-            for job in round {
+            for job in std::iter::once(first).chain(jobs.try_iter()) {
                 match job {
                     // Done before any waiter of this round is answered: a rename is
                     // durable once its directory is synced.
                     SyncJob::Compact { snapshot } => self.compact(&snapshot),
-                    // Compaction may have replaced the file: sync each distinct one once.
-                    SyncJob::Sync { file, waiters: w } => {
-                        if let Some(f) = file
-                            && !files.iter().any(|g| Arc::ptr_eq(&f, g))
-                        {
-                            files.push(f);
-                        }
+                    SyncJob::Sync {
+                        file,
+                        records: r,
+                        waiters: w,
+                    } => {
+                        files.extend(file);
+                        records.extend(r);
                         waiters.extend(w);
                     }
                 }
             }
             let mut result = Ok(());
-            for f in &files {
-                self.synced.fetch_add(1, Ordering::Relaxed);
+            if !waiters.is_empty() {
+                // The commits' records (a compaction it starts holds them synced), then
+                // the file as it is now, which `flush` waits for.
+                match self.shared.write(records) {
+                    Ok((file, snapshot)) => {
+                        files.push(file);
+                        if let Some(snapshot) = snapshot {
+                            self.compact(&snapshot);
+                        }
+                    }
+                    Err(e) => result = Err(e),
+                }
+            }
+            // Compaction may have replaced the file: sync each distinct one once.
+            let mut distinct: Vec<Arc<File>> = Vec::new();
+            for f in files {
+                if !distinct.iter().any(|g| Arc::ptr_eq(&f, g)) {
+                    distinct.push(f);
+                }
+            }
+            for f in &distinct {
+                self.shared.synced.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = f.sync_data() {
                     error!(error = %e, "cannot sync the state journal");
                     result = Err(StoreError::Write(e));
@@ -661,21 +675,26 @@ impl SyncThread {
     /// Writes and syncs the snapshot without the journal's lock, then takes it to add
     /// what was appended meanwhile and put the new file in place.
     fn compact(&self, snapshot: &[u8]) {
-        let written = write_snapshot(&self.dir, snapshot);
-        let mut guard = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+        let dir = &self.shared.dir;
+        let written = write_snapshot(dir, snapshot);
+        let mut guard = self
+            .shared
+            .journal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let Some(journal) = guard.as_mut() else {
             // Closed meanwhile.
-            let _ = std::fs::remove_file(self.dir.join(TMP));
+            let _ = std::fs::remove_file(dir.join(TMP));
             return;
         };
         let result = written.and_then(|tmp| journal.finish_compaction(tmp, snapshot.len() as u64));
         if result.is_err() {
             journal.abandon_compaction();
-            let _ = std::fs::remove_file(self.dir.join(TMP));
+            let _ = std::fs::remove_file(dir.join(TMP));
         }
         drop(guard);
         match result {
-            Ok(()) => match sync_dir(&self.dir) {
+            Ok(()) => match sync_dir(dir) {
                 Ok(()) => debug!(bytes = snapshot.len(), "state journal compacted"),
                 Err(e) => {
                     error!(error = %e, "cannot sync the state dir after compacting the journal")
@@ -945,22 +964,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_sync_somebody_waits_for_is_not_held_back() {
-        let dir = temp_dir("awaited");
+    async fn a_commit_is_written_by_the_sync_that_covers_it() {
+        use futures_util::FutureExt;
+        let dir = temp_dir("commit-late");
         let (store, _, thread) = Store::open(&dir).unwrap();
-        // One after the other, each waiting for its sync: paced, they would take at least
-        // (n - 1) intervals.
-        let n = 40;
-        let started = Instant::now();
-        for seq in 1..=n {
-            store.commit(vec![Record::Sending { seq }]).await.unwrap();
-        }
-        let took = started.elapsed();
-        assert!(
-            took < SYNC_INTERVAL * (n as u32 - 1),
-            "{n} commits took {took:?}"
+        store
+            .write_and_sync_soon(vec![item(1, CtiEventKind::Hangup)])
+            .unwrap();
+        store.flush().await.unwrap();
+        // The next sync is an interval away: the mark waits for it unwritten (a crash now
+        // finds no mark), while a plain write goes in at once.
+        let pending = store
+            .commit(vec![Record::Sending { seq: 1 }])
+            .now_or_never();
+        assert!(pending.is_none(), "the commit waits for the next sync");
+        store.write(vec![item(2, CtiEventKind::NewCall)]).unwrap();
+        store.flush().await.unwrap();
+        let text = std::fs::read(dir.join(JOURNAL)).unwrap();
+        let ops: Vec<Record> = text.split(|b| *b == b'\n').filter_map(decode).collect();
+        assert_eq!(
+            ops,
+            [
+                item(1, CtiEventKind::Hangup),
+                item(2, CtiEventKind::NewCall),
+                Record::Sending { seq: 1 }
+            ]
         );
-        assert!(store.syncs_done() >= n);
         drop(store);
         thread.join();
         std::fs::remove_dir_all(&dir).unwrap();
