@@ -425,7 +425,8 @@ pub fn crc32(data: &[u8]) -> u32 {
 
 /// What the sync thread does next.
 enum SyncJob {
-    /// Write `records` (a commit's), sync `file` (if any), then answer the waiters.
+    /// Write `records` (a commit's, or `Done` marks), sync `file` (if any), then answer
+    /// the waiters.
     Sync {
         file: Option<Arc<File>>,
         records: Vec<Record>,
@@ -491,12 +492,12 @@ impl Store {
 
     /// Appends `records` to the journal file (no sync): once this returns they survive a
     /// crash or SIGKILL of the daemon. Returns the file, for a sync.
-    pub fn write(&self, records: Vec<Record>) -> Result<Option<Arc<File>>, StoreError> {
+    pub fn write(&self, records: Vec<Record>) -> Result<Arc<File>, StoreError> {
         let (file, snapshot) = self.shared.write(records)?;
         if let Some(snapshot) = snapshot {
             let _ = self.syncs.send(SyncJob::Compact { snapshot });
         }
-        Ok(Some(file))
+        Ok(file)
     }
 
     /// Writes `records` and asks for a sync without waiting for it (the daemon's batches:
@@ -504,7 +505,7 @@ impl Store {
     pub fn write_and_sync_soon(&self, records: Vec<Record>) -> Result<(), StoreError> {
         let file = self.write(records)?;
         let _ = self.syncs.send(SyncJob::Sync {
-            file,
+            file: Some(file),
             records: Vec::new(),
             waiters: Vec::new(),
         });
@@ -554,10 +555,15 @@ impl Store {
         self.shared.synced.load(Ordering::Relaxed)
     }
 
-    /// Writes `records` without a sync (for `Done` marks: losing one in a power cut only
-    /// means the event is looked at again after it).
+    /// Hands `records` to the sync thread, which writes them with its next round, no sync
+    /// needed (for `Done` marks: losing one in a crash or power cut only means the event
+    /// is looked at again after it).
     pub fn record(&self, records: Vec<Record>) {
-        let _ = self.write(records);
+        let _ = self.syncs.send(SyncJob::Sync {
+            file: None,
+            records,
+            waiters: Vec::new(),
+        });
     }
 }
 
@@ -639,12 +645,14 @@ impl SyncThread {
                 }
             }
             let mut result = Ok(());
-            if !waiters.is_empty() {
-                // The commits' records (a compaction it starts holds them synced), then
-                // the file as it is now, which `flush` waits for.
+            if !records.is_empty() || !waiters.is_empty() {
+                // The records handed over (a compaction it starts holds them synced),
+                // then, for those waiting, the file as it is now, which `flush` waits for.
                 match self.shared.write(records) {
                     Ok((file, snapshot)) => {
-                        files.push(file);
+                        if !waiters.is_empty() {
+                            files.push(file);
+                        }
                         if let Some(snapshot) = snapshot {
                             self.compact(&snapshot);
                         }
