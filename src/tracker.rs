@@ -55,7 +55,7 @@ impl TrackerSettings {
             plan: NumberPlan::new(&config.numbers, Regex::new(&calls.extension_pattern)?),
             inbound_contexts: calls.inbound_contexts.iter().cloned().collect(),
             outbound_contexts: calls.outbound_contexts.iter().cloned().collect(),
-            trunk_channel: calls.trunk_channel.as_deref().map(Regex::new).transpose()?,
+            trunk_channel: calls.trunk_regex(),
             agents: config.agents.clone(),
             call_id_prefix: config.zammad.call_id_prefix.clone(),
         })
@@ -72,8 +72,62 @@ struct Channel {
     linkedid: Box<str>,
     state: u8,
     caller_num: Option<Box<str>>,
+    /// The caller's presentation says the number is not to be shown (`CID-CallingPres`
+    /// restricted or unavailable).
+    withheld: bool,
+    /// Another channel's `Dial` requested this channel (the Dest of a `DialBegin` with a
+    /// caller): an outgoing leg, never a call's incoming origin.
+    dialed: bool,
+    /// The channel this one's own dial (or queue) connected it to: the Dest of its
+    /// `DialEnd ANSWER`, or of its `AgentConnect`.
+    connected_to: Option<Box<str>>,
     /// The tracker's event count when the channel was first seen (0: restored).
     seen_at: u64,
+}
+
+impl Channel {
+    fn new(
+        name: Box<str>,
+        call: Box<str>,
+        linkedid: Box<str>,
+        state: u8,
+        caller_num: Option<Box<str>>,
+        seen_at: u64,
+    ) -> Self {
+        Self {
+            name,
+            call,
+            linkedid,
+            state,
+            caller_num,
+            withheld: false,
+            dialed: false,
+            connected_to: None,
+            seen_at,
+        }
+    }
+
+    /// The other half of a Local channel pair (`Local/x@ctx-0000001a;1` ⇄ `…;2`): Asterisk
+    /// names both halves alike, with `;1` on the side the requester dialed and `;2` on the
+    /// side that runs the dialplan (core/local channel driver, `local_alloc`).
+    fn local_sibling_name(&self) -> Option<String> {
+        let base = self.name.strip_prefix("Local/")?;
+        let (base, half) = base.rsplit_once(';')?;
+        let other = match half {
+            "1" => '2',
+            "2" => '1',
+            _ => return None,
+        };
+        Some(format!("Local/{base};{other}"))
+    }
+}
+
+/// The presentation in a `CID-CallingPres` header (`"32 (Presentation Prohibited, Not
+/// Screened)"`) withholds the number: Asterisk's `AST_PRES_RESTRICTION` bits (0x60) are
+/// restricted (0x20), unavailable (0x40) or reserved (0x60), anything but allowed (0x00).
+fn presentation_withholds(pres: &str) -> Option<bool> {
+    let code: u32 = pres.split_whitespace().next()?.parse().ok()?;
+    Some(code & 0x60 != 0)
 }
 
 /// One leg dialed (or called by a queue) on behalf of a call.
@@ -98,6 +152,10 @@ struct Call {
     out_origin: Option<(Box<str>, Box<str>)>,
     from: String,
     to: String,
+    /// Inbound: the caller's number as the origin channel last showed it (kept when the
+    /// channel is gone), and whether its presentation withholds it.
+    caller: Option<Box<str>>,
+    caller_withheld: bool,
     queue: Option<String>,
     in_queue: bool,
     /// Outbound: the calling agent's extension.
@@ -228,6 +286,8 @@ pub struct Tracker {
     stored: HashMap<Box<str>, u64>,
     /// Whether [`Tracker::take_changes`] is used (the daemon); `replay` leaves it off.
     persisting: bool,
+    /// Calls emptied by a re-link during the current event ([`Tracker::end_emptied`]).
+    emptied: Vec<Box<str>>,
 }
 
 /// The last [`RecentlyEnded::CAPACITY`] keys of something that ended (calls, channels).
@@ -284,6 +344,7 @@ impl Tracker {
             dirty: HashSet::new(),
             stored: HashMap::new(),
             persisting: false,
+            emptied: Vec::new(),
         }
     }
 
@@ -324,14 +385,14 @@ impl Tracker {
                 call.members.push(uid.into());
                 self.channels.insert(
                     uid.into(),
-                    Channel {
-                        name: claim.channel.as_str().into(),
-                        call: key.clone(),
-                        linkedid: claim.linkedid.as_str().into(),
-                        state: 4,
-                        caller_num: caller.map(Into::into),
-                        seen_at: self.events,
-                    },
+                    Channel::new(
+                        claim.channel.as_str().into(),
+                        key.clone(),
+                        claim.linkedid.as_str().into(),
+                        4,
+                        caller.map(Into::into),
+                        self.events,
+                    ),
                 );
                 key
             }
@@ -366,7 +427,10 @@ impl Tracker {
         } else {
             self.settings.plan.normalise(dialed)
         };
-        let agent: Option<Box<str>> = claim.from.as_deref().or(caller).map(Into::into);
+        let agent: Option<Box<str>> = match claim.from.as_deref() {
+            Some(from) => Some(from.into()),
+            None => self.calling_agent(&claim.channel, caller),
+        };
         let from = match direction {
             Direction::In => claim
                 .from
@@ -527,14 +591,14 @@ impl Tracker {
                 }
                 self.channels.insert(
                     ch.uniqueid,
-                    Channel {
-                        name: ch.name,
-                        call: key.clone(),
-                        linkedid: ch.linkedid,
-                        state: ch.state,
-                        caller_num: ch.caller_num,
-                        seen_at: 0,
-                    },
+                    Channel::new(
+                        ch.name,
+                        key.clone(),
+                        ch.linkedid,
+                        ch.state,
+                        ch.caller_num,
+                        0,
+                    ),
                 );
             }
             let nothing_left = call.members.is_empty();
@@ -724,6 +788,27 @@ impl Tracker {
         })
     }
 
+    /// Who places an outbound call from the channel `name` showing caller number `caller`.
+    /// Two witnesses: the endpoint in the channel's name (`PJSIP/201-0000002a` → `201`)
+    /// and the caller ID, which the dialplan may have rewritten to the trunk's outbound
+    /// number before the Dial (FreePBX does) or set to the extension of a phone whose
+    /// endpoint is named otherwise (an account id). An agent of `[agents]` wins, then the
+    /// caller ID when it is an extension, then the endpoint, then the caller ID as is.
+    fn calling_agent(&self, name: &str, caller: Option<&str>) -> Option<Box<str>> {
+        let endpoint = self.extension_of(name);
+        let known = |n: &str| self.settings.agents.contains_key(n);
+        if let Some(c) = caller.filter(|c| known(c)) {
+            return Some(c.into());
+        }
+        if let Some(e) = endpoint.as_deref().filter(|e| known(e)) {
+            return Some(e.into());
+        }
+        if let Some(c) = caller.filter(|c| self.settings.plan.is_extension(c)) {
+            return Some(c.into());
+        }
+        endpoint.or_else(|| caller.map(Into::into))
+    }
+
     /// `from` of an outbound call placed by `agent` (an extension or a number): the
     /// agent's configured `number`, else the number itself, normalised.
     fn outbound_from(&self, agent: &str) -> String {
@@ -756,6 +841,9 @@ impl Tracker {
                 self.touch(msg, "");
             }
             _ => {}
+        }
+        if !self.emptied.is_empty() {
+            self.end_emptied(out);
         }
     }
 
@@ -794,25 +882,32 @@ impl Tracker {
                 call.members.push(uniqueid.into());
                 self.channels.insert(
                     uniqueid.into(),
-                    Channel {
-                        name: header(msg, prefix, "Channel").unwrap_or("").into(),
-                        call: key,
-                        linkedid: linkedid.into(),
+                    Channel::new(
+                        header(msg, prefix, "Channel").unwrap_or("").into(),
+                        key,
+                        linkedid.into(),
                         state,
-                        caller_num: caller.map(Into::into),
-                        seen_at: self.events,
-                    },
+                        caller.map(Into::into),
+                        self.events,
+                    ),
                 );
                 None
             }
         };
         let uid: Box<str> = uniqueid.into();
+        if let Some(withheld) =
+            header(msg, prefix, "CID-CallingPres").and_then(presentation_withholds)
+            && let Some(ch) = self.channels.get_mut(&uid)
+        {
+            ch.withheld = withheld;
+        }
         if let Some(old) = moved_from {
             self.mark(&old);
             self.rehome(&uid, &old);
         }
         if let Some(key) = self.call_of(&uid) {
             self.mark(&key);
+            self.refresh_caller(&key, &uid);
         }
         if let Some(key) = self
             .call_of(&uid)
@@ -821,6 +916,21 @@ impl Tracker {
             self.detect_origin(msg, &uid, &key);
         }
         Some(uid)
+    }
+
+    /// Keeps the call's caller number and presentation as its origin channel shows them,
+    /// so that they outlive the channel. A number once known is never replaced by none.
+    fn refresh_caller(&mut self, key: &str, uid: &str) {
+        let (Some(call), Some(ch)) = (self.calls.get_mut(key), self.channels.get(uid)) else {
+            return;
+        };
+        if call.origin.as_deref() != Some(uid) {
+            return;
+        }
+        if let Some(num) = &ch.caller_num {
+            call.caller = Some(num.clone());
+        }
+        call.caller_withheld = ch.withheld;
     }
 
     /// The key of the call that owns `linkedid` (following merges), created on demand.
@@ -854,6 +964,23 @@ impl Tracker {
         };
         if emptied {
             self.aliases.insert(old.into(), new);
+            self.emptied.push(old.into());
+        }
+    }
+
+    /// Calls whose last channel moved to another call (a transfer or pickup merged them):
+    /// nothing is left to end them, so a reported one gets its hangup now.
+    fn end_emptied(&mut self, out: &mut Vec<CtiRequest>) {
+        for key in std::mem::take(&mut self.emptied) {
+            let Some(call) = self.calls.get(&*key) else {
+                continue;
+            };
+            if !call.members.is_empty() {
+                continue;
+            }
+            self.report_hangup(&key, out);
+            self.calls.remove(&*key);
+            self.ended.insert(key);
         }
     }
 
@@ -883,6 +1010,7 @@ impl Tracker {
     /// it makes its call inbound (it is the external party); the first one in an outbound
     /// context is the phone whose dialed number may make the call outbound.
     fn detect_origin(&mut self, msg: &AmiMessage, uid: &str, key: &str) {
+        let dialed = self.channels.get(uid).is_some_and(|c| c.dialed);
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
@@ -892,6 +1020,11 @@ impl Tracker {
         let context = msg.get("Context").unwrap_or("");
         let exten = msg.get("Exten").unwrap_or("");
         if self.settings.inbound_contexts.contains(context) {
+            if dialed {
+                // A leg some Dial requested (an outgoing channel, e.g. to the trunk, whose
+                // driver put it in the trunk's inbound context): not a caller.
+                return;
+            }
             call.direction = Some(Direction::In);
             call.origin = Some(uid.into());
             call.to = if exten.is_empty() || exten == "s" {
@@ -899,6 +1032,7 @@ impl Tracker {
             } else {
                 self.settings.plan.normalise(exten)
             };
+            self.refresh_caller(key, uid);
         } else if call.out_origin.is_none()
             && !exten.is_empty()
             && exten != "s"
@@ -956,6 +1090,12 @@ impl Tracker {
         let Some((dest, key)) = self.dial_parties(msg) else {
             return;
         };
+        if let Some(ch) = self.channels.get_mut(&dest) {
+            ch.dialed = true;
+        }
+        if let Some(caller) = msg.get("Uniqueid") {
+            self.detect_originated_origin(msg, caller, &key);
+        }
         let dest_name = msg.get("DestChannel").unwrap_or("");
         let extension = self.extension_of(dest_name);
         let to_trunk = self
@@ -980,6 +1120,26 @@ impl Tracker {
             .filter(|n| !is_withheld(n))
             .or_else(|| msg.get("DestExten"));
         self.make_outbound(&key, to_trunk, dest_number, out);
+    }
+
+    /// A channel that dials from an outbound context without having come in there in state
+    /// Ring: an originated channel (AMI `Originate`, a call file, a CRM's click-to-dial)
+    /// that rang the agent's phone first and, answered, now runs the dialplan. Its dial
+    /// makes the call the agent's outbound call, as a phone dialing out would. A channel
+    /// that some Dial requested (a leg of another call's routing) is not one.
+    fn detect_originated_origin(&mut self, msg: &AmiMessage, caller: &str, key: &str) {
+        let dialed = self.channels.get(caller).is_none_or(|c| c.dialed);
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        if dialed || call.direction.is_some() || call.out_origin.is_some() {
+            return;
+        }
+        let context = msg.get("Context").unwrap_or("");
+        let exten = msg.get("Exten").unwrap_or("");
+        if !exten.is_empty() && exten != "s" && self.settings.outbound_contexts.contains(context) {
+            call.out_origin = Some((caller.into(), exten.into()));
+        }
     }
 
     /// Outbound: the phone that came in through an outbound context (the call's
@@ -1013,7 +1173,7 @@ impl Tracker {
         let agent = self
             .channels
             .get(&*origin)
-            .and_then(|c| c.caller_num.clone());
+            .and_then(|c| self.calling_agent(&c.name, c.caller_num.as_deref()));
         let from = self.outbound_from(agent.as_deref().unwrap_or(""));
         let call = self.calls.get_mut(key).expect("checked above");
         call.from = from;
@@ -1060,10 +1220,22 @@ impl Tracker {
         if forwarded {
             call.outcome.forwarded = true;
         }
+        let caller = msg.get("Uniqueid").unwrap_or("");
+        let from_origin = call.origin.as_deref() == Some(caller);
         match status {
             Some(DialOutcome::Answer) => {
+                if let Some(ch) = self.channels.get_mut(caller) {
+                    ch.connected_to = Some(dest.clone());
+                }
                 self.report_new_call(&key, out);
-                self.report_answer(&key, AnsweredBy::Leg(dest), out);
+                // Answered means the external party is connected: only the origin's own
+                // dial says so. An inner leg that answers (a Local channel's dial, a
+                // call-acceptance step) may still be dropped before the caller's dial
+                // ends; when it is not, the caller's DialEnd ANSWER follows.
+                if from_origin {
+                    let leg = self.connected_leg(&dest);
+                    self.report_answer(&key, AnsweredBy::Leg(leg), out);
+                }
             }
             Some(outcome) => {
                 call.outcome.best_dial = call.outcome.best_dial.max(Some(outcome));
@@ -1111,8 +1283,48 @@ impl Tracker {
         let Some(key) = self.call_of(caller) else {
             return;
         };
+        if let Some(ch) = self.channels.get_mut(caller) {
+            ch.connected_to = Some(dest.into());
+        }
         self.report_new_call(&key, out);
-        self.report_answer(&key, AnsweredBy::Leg(dest.into()), out);
+        // A queue inside a Local channel connects that channel, not yet the caller: the
+        // caller's own DialEnd ANSWER follows (see `on_dial_end`).
+        let from_origin = self
+            .calls
+            .get(&*key)
+            .is_some_and(|c| c.origin.as_deref() == Some(caller));
+        if from_origin {
+            let leg = self.connected_leg(dest);
+            self.report_answer(&key, AnsweredBy::Leg(leg), out);
+        }
+    }
+
+    /// The channel at the far end of a connection that reached `dest`: through Local
+    /// channel pairs (the `;1` the caller dialed is answered because its `;2` was
+    /// connected to someone) to the leg that really answered.
+    fn connected_leg(&self, dest: &str) -> Box<str> {
+        let mut leg: Box<str> = dest.into();
+        // Local pairs nest only as deep as the dialplan goes; the bound keeps a malformed
+        // stream from looping.
+        for _ in 0..16 {
+            let Some(sibling) = self
+                .channels
+                .get(&leg)
+                .and_then(Channel::local_sibling_name)
+            else {
+                break;
+            };
+            let inner = self
+                .channels
+                .iter()
+                .find(|(_, c)| *c.name == *sibling)
+                .and_then(|(_, c)| c.connected_to.clone());
+            match inner {
+                Some(next) => leg = next,
+                None => break,
+            }
+        }
+        leg
     }
 
     fn on_queue(&mut self, msg: &AmiMessage, join: bool) {
@@ -1237,16 +1449,20 @@ impl Tracker {
         };
         let (from, user) = match direction {
             Direction::In => {
-                let caller = call
-                    .origin
-                    .as_deref()
-                    .and_then(|o| self.channels.get(o))
+                let origin = call.origin.as_deref().and_then(|o| self.channels.get(o));
+                let caller = origin
                     .and_then(|c| c.caller_num.as_deref())
+                    .or(call.caller.as_deref())
                     .unwrap_or("");
-                let from = if call.from.is_empty() {
-                    self.settings.plan.normalise(caller)
-                } else {
+                let withheld = origin.map_or(call.caller_withheld, |c| c.withheld);
+                let from = if !call.from.is_empty() {
                     call.from.clone()
+                } else if withheld {
+                    // The caller asked not to be shown: digits the network still passed
+                    // on (a masked or partial number) are not the caller's to give away.
+                    self.settings.plan.normalise("")
+                } else {
+                    self.settings.plan.normalise(caller)
                 };
                 let mut names = call.claimed_users.clone();
                 for name in self.ringing_names(call) {
@@ -1359,7 +1575,13 @@ impl Tracker {
             (Direction::In, AnsweredBy::Voicemail) => (Some("voicemail".to_string()), None),
             (Direction::In, AnsweredBy::Leg(uid)) => {
                 let leg = call.legs.iter().find(|l| l.uniqueid == uid);
-                let ext = leg.and_then(|l| l.extension.as_deref());
+                let by_name = self
+                    .channels
+                    .get(&uid)
+                    .and_then(|c| self.extension_of(&c.name));
+                let ext = leg
+                    .and_then(|l| l.extension.as_deref())
+                    .or(by_name.as_deref());
                 self.answering(ext, leg.and_then(|l| l.member_name.as_deref()))
             }
             (Direction::In, AnsweredBy::Picker { extension }) => {

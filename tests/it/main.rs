@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod e2e;
 mod examples;
+mod expectations;
 mod faults;
 mod fuzz;
 mod package;

@@ -11,7 +11,8 @@ use asterisk_zammad_bridge::config::Config;
 use asterisk_zammad_bridge::replay::replay_files;
 use serde_json::Value;
 
-fn replay(config: &Config, rel: &str) -> Vec<Value> {
+/// The requests `replay` prints for one fixture (path under `tests/fixtures`), in order.
+pub(crate) fn replay(config: &Config, rel: &str) -> Vec<Value> {
     let mut out = Vec::new();
     replay_files(config, &[fixture(rel)], &mut out).expect("replay succeeds");
     String::from_utf8(out)

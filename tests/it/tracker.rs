@@ -758,3 +758,334 @@ fn only_changes_a_restart_needs_are_kept() {
     );
     assert!(matches!(pbx.tracker.take_changes().as_slice(), [(k, None)] if k == "15.1"));
 }
+
+/// `DialBegin`/`DialEnd` of `caller` to the channel `dest` = (name, uniqueid, linkedid).
+fn dial(
+    pbx: &mut Pbx,
+    caller: (&str, &str, &str, u8, &str, &str, &str),
+    dest: (&str, &str, &str),
+    status: Option<&str>,
+) {
+    let mut headers = vec![
+        ("DestChannel", dest.0),
+        ("DestUniqueid", dest.1),
+        ("DestLinkedid", dest.2),
+    ];
+    match status {
+        None => pbx.ev("DialBegin", caller, &headers),
+        Some(status) => {
+            headers.push(("DialStatus", status));
+            pbx.ev("DialEnd", caller, &headers);
+        }
+    }
+}
+
+#[test]
+fn a_caller_with_presentation_prohibited_is_anonymous_despite_digits() {
+    for (pres, from) in [
+        ("32 (Presentation Prohibited, Not Screened)", "anonymous"),
+        ("67 (Number Unavailable)", "anonymous"),
+        ("1 (Presentation Allowed, Passed Screen)", "4930555"),
+    ] {
+        let mut pbx = Pbx::new();
+        let t = (T, "5.1", "5.1", 4, "from-trunk", "4930100", "+4930555");
+        pbx.ev("Newchannel", t, &[]);
+        pbx.ev("NewCallerid", t, &[("CID-CallingPres", pres)]);
+        pbx.ev("Hangup", t, &[("Cause", "16")]);
+        let sent = pbx.sent();
+        assert_eq!(names(&sent), ["newCall", "hangup"], "{pres}");
+        assert_eq!(sent[0]["from"], from, "{pres}");
+    }
+}
+
+#[test]
+fn the_callers_number_outlives_its_channel() {
+    // The caller hangs up before anything rings: the newCall goes out with the hangup,
+    // when the channel is already gone, and still carries the number it showed.
+    let mut pbx = Pbx::new();
+    let t = (T, "6.1", "6.1", 4, "from-trunk", "4930100", "+4930555");
+    pbx.ev("Newchannel", t, &[]);
+    pbx.ev("Hangup", t, &[("Cause", "16")]);
+    let sent = pbx.sent();
+    assert_eq!(sent[0]["from"], "4930555");
+}
+
+#[test]
+fn an_inner_leg_answering_is_no_answer_until_the_caller_is_connected() {
+    // The caller dials a Local pair whose inner half dials Alice's phone.
+    let t = (T, "7.1", "7.1", 4, "from-trunk", "4930100", "+4930555");
+    let l1 = ("Local/201@accept-01;1", "7.2", "7.1");
+    let l2 = (
+        "Local/201@accept-01;2",
+        "7.3",
+        "7.1",
+        4,
+        "accept",
+        "201",
+        "+4930555",
+    );
+    let phone = ("PJSIP/201-04", "7.4", "7.1");
+    let start = |pbx: &mut Pbx| {
+        pbx.ev("Newchannel", t, &[]);
+        pbx.ev(
+            "Newchannel",
+            (l1.0, l1.1, l1.2, 0, "accept", "201", ""),
+            &[],
+        );
+        pbx.ev("Newchannel", l2, &[]);
+        dial(pbx, t, l1, None);
+        pbx.ev(
+            "Newchannel",
+            (phone.0, phone.1, phone.2, 0, "from-internal", "s", "201"),
+            &[],
+        );
+        dial(pbx, l2, phone, None);
+        // Alice picks up: the inner dial is answered.
+        dial(pbx, l2, phone, Some("ANSWER"));
+    };
+    // 1. Call acceptance: nobody presses 1, the inner leg is dropped, the caller's own
+    // dial ends NOANSWER. A missed call.
+    let mut pbx = Pbx::new();
+    start(&mut pbx);
+    pbx.ev(
+        "Hangup",
+        (phone.0, phone.1, phone.2, 6, "from-internal", "s", "201"),
+        &[("Cause", "16")],
+    );
+    pbx.ev("Hangup", l2, &[("Cause", "16")]);
+    dial(&mut pbx, t, l1, Some("NOANSWER"));
+    pbx.ev("Hangup", t, &[("Cause", "16")]);
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["newCall", "hangup"]);
+    assert_eq!(sent[1]["cause"], "noAnswer");
+    // 2. Accepted: the caller's dial is answered; the answer names Alice, found through
+    // the Local pair.
+    let mut pbx = Pbx::new();
+    start(&mut pbx);
+    assert_eq!(
+        names(&pbx.sent()),
+        ["newCall"],
+        "no answer for the inner leg alone"
+    );
+    dial(&mut pbx, t, l1, Some("ANSWER"));
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["answer"]);
+    assert_eq!(sent[0]["answeringNumber"], "4930123456201");
+    assert_eq!(sent[0]["user"], "Alice");
+}
+
+#[test]
+fn a_call_emptied_by_a_transfer_still_gets_its_hangup() {
+    // Two inbound calls; the agent joins them (an attended transfer between two
+    // callers): every channel of the younger call takes the older Linkedid.
+    let mut pbx = Pbx::new();
+    let t1 = (T, "8.1", "8.1", 4, "from-trunk", "4930100", "+4930555");
+    let t2 = (
+        "PJSIP/trunk-09",
+        "9.1",
+        "9.1",
+        4,
+        "from-trunk",
+        "4930100",
+        "+4930666",
+    );
+    for t in [t1, t2] {
+        pbx.ev("Newchannel", t, &[]);
+        pbx.ev("Newstate", (t.0, t.1, t.2, 6, t.4, t.5, t.6), &[]);
+        pbx.ev(
+            "Newexten",
+            (t.0, t.1, t.2, 6, t.4, t.5, t.6),
+            &[("Application", "VoiceMail")],
+        );
+    }
+    assert_eq!(
+        names(&pbx.sent()),
+        ["newCall", "answer", "newCall", "answer"]
+    );
+    pbx.ev("BridgeEnter", (t2.0, t2.1, "8.1", 6, t2.4, t2.5, t2.6), &[]);
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["hangup"]);
+    assert_eq!(sent[0]["callId"], "9.1");
+    assert_eq!(sent[0]["cause"], "normalClearing");
+    pbx.ev(
+        "Hangup",
+        (t2.0, t2.1, "8.1", 6, t2.4, t2.5, t2.6),
+        &[("Cause", "16")],
+    );
+    pbx.ev(
+        "Hangup",
+        (t1.0, t1.1, "8.1", 6, t1.4, t1.5, t1.6),
+        &[("Cause", "16")],
+    );
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["hangup"]);
+    assert_eq!(sent[0]["callId"], "8.1");
+    assert_eq!(pbx.tracker.active_calls(), 0);
+}
+
+#[test]
+fn click_to_call_is_the_agents_outbound_call() {
+    // AMI Originate rings Alice's phone (a DialBegin without a caller); answered, her
+    // channel runs from-internal and dials the customer through the trunk.
+    let mut pbx = Pbx::new();
+    let phone = ("PJSIP/201-0a", "10.1", "10.1");
+    pbx.ev(
+        "Newchannel",
+        (phone.0, phone.1, phone.2, 0, "from-internal", "s", ""),
+        &[],
+    );
+    let no_caller = |event: &str, status: Option<&str>| {
+        let mut pairs = vec![
+            ("Event", event),
+            ("DestChannel", phone.0),
+            ("DestUniqueid", phone.1),
+            ("DestLinkedid", phone.2),
+            ("DestChannelState", "0"),
+            ("DestContext", "from-internal"),
+            ("DestExten", "s"),
+        ];
+        if let Some(s) = status {
+            pairs.push(("DialStatus", s));
+        }
+        AmiMessage::from_pairs(pairs)
+    };
+    pbx.tracker
+        .handle(&no_caller("DialBegin", None), &mut pbx.out);
+    pbx.tracker
+        .handle(&no_caller("DialEnd", Some("ANSWER")), &mut pbx.out);
+    assert!(pbx.sent().is_empty(), "ringing the agent is no call yet");
+    let agent = (
+        phone.0,
+        phone.1,
+        phone.2,
+        6,
+        "from-internal",
+        "0301234567",
+        "",
+    );
+    pbx.ev("Newexten", agent, &[("Application", "Dial")]);
+    let trunk = ("PJSIP/trunk-0b", "10.2", "10.1");
+    pbx.ev(
+        "Newchannel",
+        (trunk.0, trunk.1, trunk.2, 0, "from-trunk", "s", ""),
+        &[],
+    );
+    dial(&mut pbx, agent, trunk, None);
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["newCall"]);
+    assert_eq!(sent[0]["direction"], "out");
+    assert_eq!(sent[0]["user"], "Alice");
+    assert_eq!(sent[0]["from"], "4930123456201");
+    assert_eq!(
+        sent[0]["to"], "1301234567",
+        "national number with country code 1"
+    );
+    dial(&mut pbx, agent, trunk, Some("ANSWER"));
+    pbx.ev(
+        "Hangup",
+        (trunk.0, trunk.1, trunk.2, 6, "from-trunk", "s", ""),
+        &[("Cause", "16")],
+    );
+    pbx.ev("Hangup", agent, &[("Cause", "16")]);
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["answer", "hangup"]);
+    assert_eq!(sent[1]["cause"], "normalClearing");
+
+    // The same originate to an internal extension never leaves the PBX: nothing.
+    let mut pbx = Pbx::new();
+    pbx.ev(
+        "Newchannel",
+        (phone.0, phone.1, phone.2, 0, "from-internal", "s", ""),
+        &[],
+    );
+    pbx.tracker
+        .handle(&no_caller("DialBegin", None), &mut pbx.out);
+    pbx.tracker
+        .handle(&no_caller("DialEnd", Some("ANSWER")), &mut pbx.out);
+    let agent = (phone.0, phone.1, phone.2, 6, "from-internal", "202", "");
+    let bob = ("PJSIP/202-0c", "10.3", "10.1");
+    pbx.ev(
+        "Newchannel",
+        (bob.0, bob.1, bob.2, 0, "from-internal", "s", ""),
+        &[],
+    );
+    dial(&mut pbx, agent, bob, None);
+    dial(&mut pbx, agent, bob, Some("ANSWER"));
+    pbx.ev("Hangup", agent, &[("Cause", "16")]);
+    assert!(pbx.sent().is_empty());
+}
+
+#[test]
+fn the_outbound_agent_is_the_calling_endpoint_when_the_caller_id_was_rewritten() {
+    // FreePBX sets the trunk's caller ID on the phone's channel before the Dial.
+    let mut pbx = Pbx::new();
+    let phone = (
+        "PJSIP/202-0d",
+        "11.1",
+        "11.1",
+        4,
+        "from-internal",
+        "0301234567",
+        "202",
+    );
+    pbx.ev("Newchannel", phone, &[]);
+    let rewritten = (
+        phone.0,
+        phone.1,
+        phone.2,
+        4,
+        "macro-dialout-trunk",
+        "s",
+        "+4930111000",
+    );
+    pbx.ev("NewCallerid", rewritten, &[]);
+    let trunk = ("PJSIP/trunk-0e", "11.2", "11.1");
+    pbx.ev(
+        "Newchannel",
+        (trunk.0, trunk.1, trunk.2, 0, "from-trunk", "s", ""),
+        &[],
+    );
+    dial(&mut pbx, rewritten, trunk, None);
+    // The trunk leg showing up in its endpoint's (inbound) context is still the leg.
+    pbx.ev(
+        "Newstate",
+        (trunk.0, trunk.1, trunk.2, 4, "from-trunk", "s", ""),
+        &[],
+    );
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["newCall"]);
+    assert_eq!(sent[0]["direction"], "out");
+    assert_eq!(sent[0]["user"], "Bob");
+    assert_eq!(sent[0]["from"], "202");
+}
+
+#[test]
+fn an_empty_trunk_pattern_is_unset() {
+    let mut config = lab_config();
+    config.calls.trunk_channel = Some(String::new());
+    let mut pbx = Pbx {
+        tracker: Tracker::new(TrackerSettings::from_config(&config).unwrap()),
+        out: Vec::new(),
+    };
+    // Bob calls Alice: internal, whatever the channels are named.
+    let bob = (
+        "PJSIP/202-0f",
+        "12.1",
+        "12.1",
+        4,
+        "from-internal",
+        "201",
+        "202",
+    );
+    let alice = ("PJSIP/201-10", "12.2", "12.1");
+    pbx.ev("Newchannel", bob, &[]);
+    pbx.ev(
+        "Newchannel",
+        (alice.0, alice.1, alice.2, 0, "from-internal", "s", "201"),
+        &[],
+    );
+    dial(&mut pbx, bob, alice, None);
+    dial(&mut pbx, bob, alice, Some("ANSWER"));
+    pbx.ev("Hangup", bob, &[("Cause", "16")]);
+    assert!(pbx.sent().is_empty(), "an internal call is not reported");
+}
