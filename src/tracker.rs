@@ -31,7 +31,7 @@ use crate::ami::AmiMessage;
 use crate::config::{AgentEntry, CallsConfig, Config};
 use crate::cti::{CallId, CtiEventKind, CtiRequest, Direction, Users};
 use crate::policy::cause::{CallOutcome, DialOutcome, zammad_cause};
-use crate::policy::number::{NumberPlan, is_withheld};
+use crate::policy::number::{NumberPlan, is_withheld, presentation_withholds};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -120,14 +120,6 @@ impl Channel {
         };
         Some(format!("Local/{base};{other}"))
     }
-}
-
-/// The presentation in a `CID-CallingPres` header (`"32 (Presentation Prohibited, Not
-/// Screened)"`) withholds the number: Asterisk's `AST_PRES_RESTRICTION` bits (0x60) are
-/// restricted (0x20), unavailable (0x40) or reserved (0x60), anything but allowed (0x00).
-fn presentation_withholds(pres: &str) -> Option<bool> {
-    let code: u32 = pres.split_whitespace().next()?.parse().ok()?;
-    Some(code & 0x60 != 0)
 }
 
 /// One leg dialed (or called by a queue) on behalf of a call.
@@ -231,6 +223,8 @@ pub struct CallClaim {
     pub dnid: Option<String>,
     /// The channel's caller number, when known.
     pub caller_num: Option<String>,
+    /// The caller's presentation withholds the number (`agi_callingpres`).
+    pub caller_withheld: bool,
     /// `from=` and `to=` of the URL: what the dialplan says is the caller and the callee
     /// (inside a subroutine the channel's own caller ID or extension can be wrong).
     pub from: Option<String>,
@@ -377,6 +371,7 @@ impl Tracker {
                 if let Some(c) = caller {
                     ch.caller_num = Some(c.into());
                 }
+                ch.withheld = claim.caller_withheld;
                 ch.call.clone()
             }
             None => {
@@ -394,6 +389,9 @@ impl Tracker {
                         self.events,
                     ),
                 );
+                if let Some(ch) = self.channels.get_mut(uid) {
+                    ch.withheld = claim.caller_withheld;
+                }
                 key
             }
         };

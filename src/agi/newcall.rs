@@ -15,6 +15,7 @@ use crate::config::{AgiConfig, RejectMode};
 use crate::cti::{CallId, Direction, ZammadDecision};
 use crate::decision::{CallAction, agi_commands};
 use crate::metrics::Metrics;
+use crate::policy::number::presentation_withholds;
 use crate::tracker::CallClaim;
 use crate::zammad::ZammadError;
 use std::sync::Arc;
@@ -136,6 +137,10 @@ impl NewcallScript {
             exten: env.get("extension").unwrap_or("").to_string(),
             dnid: env.known("dnid").map(str::to_string),
             caller_num: env.known("callerid").map(str::to_string),
+            caller_withheld: env
+                .get("callingpres")
+                .and_then(presentation_withholds)
+                .unwrap_or(false),
             ..CallClaim::default()
         };
         for (key, value) in env.query() {

@@ -102,6 +102,16 @@ fn strip_nonempty<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 /// Asterisk's ways of saying "no caller ID".
+/// Whether a caller presentation withholds the number. `pres` is Asterisk's presentation
+/// as AMI's `CID-CallingPres` (`"32 (Presentation Prohibited, Not Screened)"`) or FastAGI's
+/// `agi_callingpres` (`"32"`) show it: its `AST_PRES_RESTRICTION` bits (0x60, in
+/// `include/asterisk/callerid.h`) are restricted (0x20), unavailable (0x40) or reserved
+/// (0x60), anything but allowed (0x00). `None` when it is not a presentation at all.
+pub fn presentation_withholds(pres: &str) -> Option<bool> {
+    let code: u32 = pres.split_whitespace().next()?.parse().ok()?;
+    Some(code & 0x60 != 0)
+}
+
 pub fn is_withheld(raw: &str) -> bool {
     let raw = raw.trim();
     raw.is_empty()
@@ -145,6 +155,22 @@ mod tests {
     fn withheld_callers_become_anonymous() {
         for raw in ["", "<unknown>", "anonymous", "Anonymous", "unknown", "  "] {
             check(raw, "anonymous");
+        }
+    }
+
+    #[test]
+    fn presentations_as_asterisk_shows_them() {
+        for (pres, withholds) in [
+            ("0 (Presentation Allowed, Not Screened)", Some(false)),
+            ("1 (Presentation Allowed, Passed Screen)", Some(false)),
+            ("3", Some(false)),
+            ("32 (Presentation Prohibited, Not Screened)", Some(true)),
+            ("35", Some(true)),
+            ("67 (Number Unavailable)", Some(true)),
+            ("", None),
+            ("Prohibited", None),
+        ] {
+            assert_eq!(presentation_withholds(pres), withholds, "{pres:?}");
         }
     }
 

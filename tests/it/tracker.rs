@@ -1089,3 +1089,11 @@ fn an_empty_trunk_pattern_is_unset() {
     pbx.ev("Hangup", bob, &[("Cause", "16")]);
     assert!(pbx.sent().is_empty(), "an internal call is not reported");
 }
+
+#[test]
+fn a_claimed_caller_with_presentation_prohibited_is_anonymous() {
+    let mut pbx = Pbx::new();
+    let mut c = claim("13.1", "13.1", "from-trunk", "4930100", "+4930555");
+    c.caller_withheld = true;
+    assert_eq!(body(pbx.tracker.claim(&c))["from"], "anonymous");
+}
