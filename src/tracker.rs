@@ -78,6 +78,8 @@ struct Channel {
     /// Another channel's `Dial` requested this channel (the Dest of a `DialBegin` with a
     /// caller): an outgoing leg, never a call's incoming origin.
     dialed: bool,
+    /// The channel reached state Ring (entered the dialplan as an incoming channel).
+    entered: bool,
     /// The channel this one's own dial (or queue) connected it to: the Dest of its
     /// `DialEnd ANSWER`, or of its `AgentConnect`.
     connected_to: Option<Box<str>>,
@@ -102,6 +104,7 @@ impl Channel {
             caller_num,
             withheld: false,
             dialed: false,
+            entered: state == 4 && seen_at == 0,
             connected_to: None,
             seen_at,
         }
@@ -907,10 +910,16 @@ impl Tracker {
             self.mark(&key);
             self.refresh_caller(&key, &uid);
         }
-        if let Some(key) = self
-            .call_of(&uid)
-            .filter(|_| prefix.is_empty() && state == 4)
-        {
+        let entering = prefix.is_empty()
+            && state == 4
+            && self.channels.get_mut(&uid).is_some_and(|ch| {
+                // A channel enters the dialplan once, when it first reaches Ring. Later
+                // snapshots in Ring can show another context: after a masquerade (a
+                // blonde transfer moves the transferee into the transferer's place) the
+                // hung-up husk carries the other channel's location.
+                !std::mem::replace(&mut ch.entered, true)
+            });
+        if let Some(key) = self.call_of(&uid).filter(|_| entering) {
             self.detect_origin(msg, &uid, &key);
         }
         Some(uid)
@@ -1168,11 +1177,26 @@ impl Tracker {
         call.direction = Some(Direction::Out);
         call.origin = Some(origin.clone());
         call.to = self.settings.plan.normalise(&number);
+        let caller = self
+            .channels
+            .get(&*origin)
+            .and_then(|c| c.caller_num.clone());
         let agent = self
             .channels
             .get(&*origin)
-            .and_then(|c| self.calling_agent(&c.name, c.caller_num.as_deref()));
-        let from = self.outbound_from(agent.as_deref().unwrap_or(""));
+            .and_then(|c| self.calling_agent(&c.name, caller.as_deref()));
+        // The number the far end sees: the agent's configured one, else the caller ID
+        // the phone's channel presents (which the dialplan may have set to the trunk's
+        // outbound number), else the agent's extension.
+        let configured = agent
+            .as_deref()
+            .and_then(|a| self.settings.agents.get(a))
+            .and_then(AgentEntry::number);
+        let from = match (configured, caller.as_deref()) {
+            (Some(number), _) => number.to_string(),
+            (None, Some(caller)) => self.settings.plan.normalise(caller),
+            (None, None) => self.outbound_from(agent.as_deref().unwrap_or("")),
+        };
         let call = self.calls.get_mut(key).expect("checked above");
         call.from = from;
         call.agent = agent;

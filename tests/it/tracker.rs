@@ -1056,7 +1056,7 @@ fn the_outbound_agent_is_the_calling_endpoint_when_the_caller_id_was_rewritten()
     assert_eq!(names(&sent), ["newCall"]);
     assert_eq!(sent[0]["direction"], "out");
     assert_eq!(sent[0]["user"], "Bob");
-    assert_eq!(sent[0]["from"], "202");
+    assert_eq!(sent[0]["from"], "4930111000", "what the far end sees");
 }
 
 #[test]
@@ -1096,4 +1096,73 @@ fn a_claimed_caller_with_presentation_prohibited_is_anonymous() {
     let mut c = claim("13.1", "13.1", "from-trunk", "4930100", "+4930555");
     c.caller_withheld = true;
     assert_eq!(body(pbx.tracker.claim(&c))["from"], "anonymous");
+}
+
+#[test]
+fn a_masqueraded_husk_in_an_inbound_context_is_no_new_caller() {
+    // Alice consults Bob (internal) and completes a blonde transfer while Bob rings:
+    // Asterisk moves the transferee into her consultation channel's place, and that
+    // channel's last snapshot carries the transferee's old dialplan location, an
+    // inbound context, in state Ring.
+    let mut pbx = Pbx::new();
+    let a2 = (
+        "PJSIP/201-11",
+        "14.1",
+        "14.1",
+        4,
+        "from-internal",
+        "202",
+        "201",
+    );
+    pbx.ev("Newchannel", (a2.0, a2.1, a2.2, 0, a2.4, a2.5, a2.6), &[]);
+    pbx.ev("Newstate", a2, &[]);
+    let bob = ("PJSIP/202-12", "14.2", "14.1");
+    pbx.ev(
+        "Newchannel",
+        (bob.0, bob.1, bob.2, 0, "from-internal", "s", "202"),
+        &[],
+    );
+    dial(&mut pbx, a2, bob, None);
+    pbx.ev(
+        "Hangup",
+        (a2.0, a2.1, a2.2, 4, "from-trunk", "", "201"),
+        &[("Cause", "16")],
+    );
+    pbx.ev(
+        "Hangup",
+        (bob.0, bob.1, bob.2, 6, "from-internal", "s", "202"),
+        &[("Cause", "16")],
+    );
+    assert!(
+        pbx.sent().is_empty(),
+        "no phantom inbound call: {:?}",
+        pbx.sent()
+    );
+}
+
+#[test]
+fn the_outbound_from_is_the_caller_id_the_far_end_sees() {
+    // Dave (no configured number) dials out; the dialplan set the site's outbound
+    // caller ID on his channel before the Dial.
+    let mut pbx = Pbx::new();
+    let phone = (
+        "PJSIP/204-13",
+        "15.1",
+        "15.1",
+        4,
+        "from-internal",
+        "0301234567",
+        "+1555000",
+    );
+    pbx.ev("Newchannel", phone, &[]);
+    let trunk = ("PJSIP/trunk-14", "15.2", "15.1");
+    pbx.ev(
+        "Newchannel",
+        (trunk.0, trunk.1, trunk.2, 0, "from-trunk", "s", ""),
+        &[],
+    );
+    dial(&mut pbx, phone, trunk, None);
+    let sent = pbx.sent();
+    assert_eq!(sent[0]["user"], "Dave");
+    assert_eq!(sent[0]["from"], "1555000");
 }
