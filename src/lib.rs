@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod agi;
 pub mod ami;
+pub mod calls;
 pub mod check;
 pub mod config;
 pub mod cti;
@@ -39,5 +40,4 @@ pub mod policy;
 pub mod replay;
 pub mod store;
 pub mod systemd;
-pub mod tracker;
 pub mod zammad;

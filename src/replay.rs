@@ -5,9 +5,9 @@
 
 use crate::ami::AmiMessage;
 use crate::ami::codec::{AmiCodec, AmiFrame};
+use crate::calls::{Tracker, TrackerSettings};
 use crate::config::Config;
 use crate::cti::CtiRequest;
-use crate::tracker::{Tracker, TrackerSettings};
 use anyhow::Context;
 use bytes::BytesMut;
 use std::io::Write;

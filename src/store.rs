@@ -30,8 +30,8 @@
 //! for it; `flush` and `close` wait for theirs; a commit (the "sending" marks) hands its
 //! records to the sync thread, which writes them right before the sync.
 
+use crate::calls::CallRecord;
 use crate::cti::CtiRequest;
-use crate::tracker::CallRecord;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

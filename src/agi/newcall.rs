@@ -11,12 +11,12 @@
 
 use super::protocol::AgiCommand;
 use super::server::{Session, SessionError};
+use crate::calls::CallClaim;
 use crate::config::{AgiConfig, RejectMode};
 use crate::cti::{CallId, Direction, ZammadDecision};
 use crate::decision::{CallAction, agi_commands};
 use crate::metrics::Metrics;
 use crate::policy::number::presentation_withholds;
-use crate::tracker::CallClaim;
 use crate::zammad::ZammadError;
 use std::sync::Arc;
 use std::time::Duration;

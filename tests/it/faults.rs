@@ -13,10 +13,10 @@
 use crate::support::bridge::{Bridge, BridgeSetup, Scratch};
 use crate::support::lab_config;
 use crate::support::traffic::{Kind, PlanSpec, Player, Traffic, settled};
+use asterisk_zammad_bridge::calls::{Tracker, TrackerSettings};
 use asterisk_zammad_bridge::cti::CtiEventKind;
 use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
 use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
-use asterisk_zammad_bridge::tracker::{Tracker, TrackerSettings};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;

@@ -4,8 +4,8 @@
 
 use crate::support::lab_config;
 use asterisk_zammad_bridge::ami::AmiMessage;
+use asterisk_zammad_bridge::calls::{CallClaim, ClaimOutcome, Tracker, TrackerSettings};
 use asterisk_zammad_bridge::cti::{CallId, CtiRequest, Direction};
-use asterisk_zammad_bridge::tracker::{CallClaim, ClaimOutcome, Tracker, TrackerSettings};
 use serde_json::{Value, json};
 
 struct Pbx {

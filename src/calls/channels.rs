@@ -1,0 +1,262 @@
+//! Channels and call membership: a channel joins the call of its Linkedid, moves when
+//! its Linkedid changes (bridges adopt the oldest), and leaves at its Hangup, which may
+//! end its call.
+
+use super::Tracker;
+use super::model::{Call, Channel, Prefix, header};
+use crate::ami::AmiMessage;
+use crate::cti::{CtiRequest, Direction};
+use crate::policy::number::{is_withheld, presentation_withholds};
+
+impl Tracker {
+    /// Creates or refreshes the channel of the block with `prefix`; returns its Uniqueid.
+    /// Re-homes the channel when its Linkedid changed.
+    pub(super) fn touch(&mut self, msg: &AmiMessage, prefix: Prefix) -> Option<Box<str>> {
+        let uniqueid = header(msg, prefix, "Uniqueid")?;
+        let linkedid = header(msg, prefix, "Linkedid").unwrap_or(uniqueid);
+        let state = header(msg, prefix, "ChannelState")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let caller = header(msg, prefix, "CallerIDNum").filter(|c| !is_withheld(c));
+        let relinked = self
+            .channels
+            .get(uniqueid)
+            .map(|ch| &*ch.linkedid != linkedid);
+        let moved_from = match relinked {
+            Some(relinked) => {
+                let target = relinked.then(|| self.call_key_for(linkedid));
+                let ch = self.channels.get_mut(uniqueid).expect("checked above");
+                ch.state = state;
+                if let Some(c) = caller.filter(|c| ch.caller_num.as_deref() != Some(*c)) {
+                    ch.caller_num = Some(c.into());
+                }
+                match target {
+                    Some(target) => {
+                        ch.linkedid = linkedid.into();
+                        (ch.call != target).then(|| std::mem::replace(&mut ch.call, target))
+                    }
+                    None => None,
+                }
+            }
+            None => {
+                let key = self.call_key_for(linkedid);
+                let call = self.calls.get_mut(&*key).expect("just made");
+                call.members.push(uniqueid.into());
+                self.channels.insert(
+                    uniqueid.into(),
+                    Channel::new(
+                        header(msg, prefix, "Channel").unwrap_or("").into(),
+                        key,
+                        linkedid.into(),
+                        state,
+                        caller.map(Into::into),
+                        self.events,
+                    ),
+                );
+                None
+            }
+        };
+        let uid: Box<str> = uniqueid.into();
+        if let Some(withheld) =
+            header(msg, prefix, "CID-CallingPres").and_then(presentation_withholds)
+            && let Some(ch) = self.channels.get_mut(&uid)
+        {
+            ch.withheld = withheld;
+        }
+        if let Some(old) = moved_from {
+            self.mark(&old);
+            self.rehome(&uid, &old);
+        }
+        if let Some(key) = self.call_of(&uid) {
+            self.mark(&key);
+            self.refresh_caller(&key, &uid);
+        }
+        let entering = prefix.is_empty()
+            && state == 4
+            && self.channels.get_mut(&uid).is_some_and(|ch| {
+                // A channel enters the dialplan once, when it first reaches Ring. Later
+                // snapshots in Ring can show another context: after a masquerade (a
+                // blonde transfer moves the transferee into the transferer's place) the
+                // hung-up husk carries the other channel's location.
+                !std::mem::replace(&mut ch.entered, true)
+            });
+        if let Some(key) = self.call_of(&uid).filter(|_| entering) {
+            self.detect_origin(msg, &uid, &key);
+        }
+        Some(uid)
+    }
+
+    /// Keeps the call's caller number and presentation as its origin channel shows them,
+    /// so that they outlive the channel. A number once known is never replaced by none.
+    pub(super) fn refresh_caller(&mut self, key: &str, uid: &str) {
+        let (Some(call), Some(ch)) = (self.calls.get_mut(key), self.channels.get(uid)) else {
+            return;
+        };
+        if call.origin.as_deref() != Some(uid) {
+            return;
+        }
+        if let Some(num) = &ch.caller_num {
+            call.caller = Some(num.clone());
+        }
+        call.caller_withheld = ch.withheld;
+    }
+
+    /// The key of the call that owns `linkedid` (following merges), created on demand.
+    pub(super) fn call_key_for(&mut self, linkedid: &str) -> Box<str> {
+        if let Some(key) = self.aliases.get(linkedid) {
+            return key.clone();
+        }
+        if let Some((key, _)) = self.calls.get_key_value(linkedid) {
+            return key.clone();
+        }
+        let key: Box<str> = linkedid.into();
+        self.calls.insert(key.clone(), Call::default());
+        key
+    }
+
+    /// Moves a channel from call `old` to its new call; an emptied old call is dropped
+    /// (a merged consult call) and its Linkedid aliased to the new one.
+    pub(super) fn rehome(&mut self, uniqueid: &str, old: &str) {
+        let Some(new) = self.channels.get(uniqueid).map(|c| c.call.clone()) else {
+            return;
+        };
+        if let Some(call) = self.calls.get_mut(&*new) {
+            call.members.push(uniqueid.into());
+        }
+        let emptied = match self.calls.get_mut(old) {
+            Some(call) => {
+                call.members.retain(|m| &**m != uniqueid);
+                call.members.is_empty()
+            }
+            None => false,
+        };
+        if emptied {
+            self.aliases.insert(old.into(), new);
+            self.emptied.push(old.into());
+        }
+    }
+
+    /// Calls whose last channel moved to another call (a transfer or pickup merged them):
+    /// nothing is left to end them, so a reported one gets its hangup now.
+    pub(super) fn end_emptied(&mut self, out: &mut Vec<CtiRequest>) {
+        for key in std::mem::take(&mut self.emptied) {
+            let Some(call) = self.calls.get(&*key) else {
+                continue;
+            };
+            if !call.members.is_empty() {
+                continue;
+            }
+            self.report_hangup(&key, out);
+            self.calls.remove(&*key);
+            self.ended.insert(key);
+        }
+    }
+
+    pub(super) fn call_of(&self, uniqueid: &str) -> Option<Box<str>> {
+        self.channels.get(uniqueid).map(|c| c.call.clone())
+    }
+
+    /// The extension behind a channel or interface name: `PJSIP/201-00000a`,
+    /// `SIP/201-0a`, `Local/201@phones-0000001;1`, `PJSIP/201` → `201`, if it is one of ours.
+    pub(super) fn extension_of(&self, name: &str) -> Option<Box<str>> {
+        let rest = name.split_once('/')?.1;
+        let end = rest.find(['@', '-', ';', '/']).unwrap_or(rest.len());
+        let ext = &rest[..end];
+        (self.settings.agents.contains_key(ext) || self.settings.plan.is_extension(ext))
+            .then(|| ext.into())
+    }
+
+    pub(super) fn on_channel_update(
+        &mut self,
+        msg: &AmiMessage,
+        event: &str,
+        out: &mut Vec<CtiRequest>,
+    ) {
+        let Some(uid) = self.touch(msg, "") else {
+            return;
+        };
+        let Some(key) = self.call_of(&uid) else {
+            return;
+        };
+        match event {
+            "Newstate" if msg.get("ChannelState") == Some("5") => {
+                self.on_leg_ringing(&key, &uid, out)
+            }
+            "Newexten" if msg.get("Application") == Some("VoiceMail") => {
+                self.on_voicemail(&key, &uid, out)
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_hangup_request(&mut self, msg: &AmiMessage) {
+        let Some(uid) = self.touch(msg, "") else {
+            return;
+        };
+        let Some(key) = self.call_of(&uid) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&*key) else {
+            return;
+        };
+        if call.direction == Some(Direction::In)
+            && call.origin.as_deref() == Some(&*uid)
+            && !call.answered
+        {
+            let ringing = call.legs.iter().any(|l| l.alive);
+            if ringing || call.in_queue || call.legs.is_empty() {
+                call.outcome.caller_gave_up = true;
+            }
+        }
+    }
+
+    pub(super) fn on_hangup(&mut self, msg: &AmiMessage, out: &mut Vec<CtiRequest>) {
+        let Some(uid) = msg.get("Uniqueid") else {
+            return;
+        };
+        if !self.channels.contains_key(uid) {
+            self.touch(msg, "");
+        }
+        let Some(ch) = self.channels.remove(uid) else {
+            return;
+        };
+        self.hung_up.insert(uid.into());
+        let key = ch.call;
+        self.mark(&key);
+        let cause = msg.get("Cause").and_then(|c| c.parse::<u16>().ok());
+        let Some(call) = self.calls.get_mut(&*key) else {
+            return;
+        };
+        call.members.retain(|m| &**m != uid);
+        for leg in call.legs.iter_mut().filter(|l| &*l.uniqueid == uid) {
+            leg.alive = false;
+        }
+        let is_origin = call.origin.as_deref() == Some(uid);
+        let ends = match call.direction {
+            Some(Direction::In) => is_origin,
+            Some(Direction::Out) => {
+                let origin_alive = call
+                    .origin
+                    .as_deref()
+                    .is_some_and(|o| o != uid && self.channels.contains_key(o));
+                !origin_alive && !call.legs.iter().any(|l| l.alive)
+            }
+            None => false,
+        } || call.members.is_empty();
+        if ends && !call.ended {
+            if is_origin || call.outcome.q850.is_none() {
+                call.outcome.q850 = cause;
+            }
+            if call.direction == Some(Direction::In) {
+                self.report_new_call(&key, out);
+            }
+            self.report_hangup(&key, out);
+        }
+        let call = self.calls.get(&*key).expect("still here");
+        if call.members.is_empty() {
+            self.calls.remove(&*key);
+            self.aliases.retain(|_, v| **v != *key);
+            self.ended.insert(key);
+        }
+    }
+}

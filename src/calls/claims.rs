@@ -1,0 +1,181 @@
+//! What the dialplan tells the tracker over FastAGI (a claim: this call, announce it
+//! now) and where Zammad's decision acts over AMI for calls nobody claimed.
+
+use super::Tracker;
+use super::model::Channel;
+use crate::cti::{CallId, CtiRequest, Direction};
+use crate::policy::number::is_withheld;
+
+/// What a FastAGI `newcall` session learned about its call: the dialplan claims the call,
+/// so its `newCall` goes out now (and Zammad's answer can steer the call) and the tracker
+/// never sends a second one.
+#[derive(Debug, Clone, Default)]
+pub struct CallClaim {
+    /// `CHANNEL(linkedid)` of the channel running the AGI.
+    pub linkedid: String,
+    pub uniqueid: String,
+    pub channel: String,
+    /// `direction=` of the AGI URL; without it the context decides, as for AMI calls.
+    pub direction: Option<Direction>,
+    pub context: String,
+    pub exten: String,
+    /// The dialed number as the channel driver saw it, when Asterisk knows it.
+    pub dnid: Option<String>,
+    /// The channel's caller number, when known.
+    pub caller_num: Option<String>,
+    /// The caller's presentation withholds the number (`agi_callingpres`).
+    pub caller_withheld: bool,
+    /// `from=` and `to=` of the URL: what the dialplan says is the caller and the callee
+    /// (inside a subroutine the channel's own caller ID or extension can be wrong).
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub queue: Option<String>,
+    /// `user=`: who will ring (inbound) or who calls (outbound).
+    pub users: Vec<String>,
+}
+
+/// What the tracker made of a [`CallClaim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Send this `newCall` now; the tracker will not send another for the call.
+    New(CtiRequest),
+    /// Zammad already heard of this call (its `newCall` went out before the AGI ran).
+    Known(CallId),
+    /// Not a call Zammad hears of: internal, ended, or no direction applies.
+    NotReported(CallId),
+}
+
+/// The channel Zammad's decision acts on over AMI, as known when the `newCall` went out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionTarget {
+    pub direction: Direction,
+    /// Inbound: the caller's channel (to hang up). Outbound: the calling phone's channel.
+    pub channel: String,
+    /// The call already dialed out, so a new caller ID comes too late for this call.
+    pub dialed: bool,
+}
+
+impl Tracker {
+    /// The dialplan's FastAGI `newcall` claims the call of `claim.linkedid`: its `newCall`
+    /// is built now (even before the AMI events of the channel arrive) and the tracker
+    /// will not send another one.
+    pub fn claim(&mut self, claim: &CallClaim) -> ClaimOutcome {
+        self.events += 1;
+        let uid: &str = &claim.uniqueid;
+        if !self.channels.contains_key(uid) && self.ended.contains(&claim.linkedid) {
+            // The call ended on AMI while its FastAGI session was still talking.
+            let call_id = CallId(format!(
+                "{}{}",
+                self.settings.call_id_prefix, claim.linkedid
+            ));
+            return ClaimOutcome::NotReported(call_id);
+        }
+        let caller = claim.caller_num.as_deref().filter(|c| !is_withheld(c));
+        let key = match self.channels.get_mut(uid) {
+            Some(ch) => {
+                if let Some(c) = caller {
+                    ch.caller_num = Some(c.into());
+                }
+                ch.withheld = claim.caller_withheld;
+                ch.call.clone()
+            }
+            None => {
+                let key = self.call_key_for(&claim.linkedid);
+                let call = self.calls.get_mut(&*key).expect("just made");
+                call.members.push(uid.into());
+                self.channels.insert(
+                    uid.into(),
+                    Channel::new(
+                        claim.channel.as_str().into(),
+                        key.clone(),
+                        claim.linkedid.as_str().into(),
+                        4,
+                        caller.map(Into::into),
+                        self.events,
+                    ),
+                );
+                if let Some(ch) = self.channels.get_mut(uid) {
+                    ch.withheld = claim.caller_withheld;
+                }
+                key
+            }
+        };
+        self.mark(&key);
+        let call_id = CallId(format!("{}{}", self.settings.call_id_prefix, key));
+        let call = self.calls.get(&*key).expect("a channel's call exists");
+        if call.reported {
+            return ClaimOutcome::Known(call.call_id.clone().unwrap_or(call_id));
+        }
+        let by_context = if self.settings.inbound_contexts.contains(&claim.context) {
+            Some(Direction::In)
+        } else if self.settings.outbound_contexts.contains(&claim.context) {
+            Some(Direction::Out)
+        } else {
+            None
+        };
+        let Some(direction) = claim.direction.or(call.direction).or(by_context) else {
+            return ClaimOutcome::NotReported(call_id);
+        };
+        if call.internal || call.ended {
+            return ClaimOutcome::NotReported(call_id);
+        }
+        let dialed = claim
+            .to
+            .as_deref()
+            .or(Some(claim.exten.as_str()).filter(|e| !e.is_empty() && *e != "s"))
+            .or(claim.dnid.as_deref())
+            .unwrap_or("");
+        let to = if dialed.is_empty() {
+            String::new()
+        } else {
+            self.settings.plan.normalise(dialed)
+        };
+        let agent: Option<Box<str>> = match claim.from.as_deref() {
+            Some(from) => Some(from.into()),
+            None => self.calling_agent(&claim.channel, caller),
+        };
+        let from = match direction {
+            Direction::In => claim
+                .from
+                .as_deref()
+                .map(|f| self.settings.plan.normalise(f))
+                .unwrap_or_default(),
+            Direction::Out => self.outbound_from(agent.as_deref().unwrap_or("")),
+        };
+        if direction == Direction::Out && self.settings.plan.is_extension(&to) {
+            let call = self.calls.get_mut(&*key).expect("checked above");
+            call.internal = true;
+            return ClaimOutcome::NotReported(call_id);
+        }
+        let call = self.calls.get_mut(&*key).expect("checked above");
+        call.direction = Some(direction);
+        call.origin = Some(uid.into());
+        call.to = to;
+        call.from = from;
+        if direction == Direction::Out {
+            call.agent = agent;
+        }
+        if claim.queue.is_some() {
+            call.queue = claim.queue.clone();
+        }
+        call.claimed_users = claim.users.clone();
+        let mut out = Vec::with_capacity(1);
+        self.report_new_call(&key, &mut out);
+        match out.pop() {
+            Some(request) => ClaimOutcome::New(request),
+            None => ClaimOutcome::NotReported(call_id),
+        }
+    }
+
+    /// Where Zammad's answer to the `newCall` of `call_id` would act over AMI.
+    pub fn decision_target(&self, call_id: &CallId) -> Option<DecisionTarget> {
+        let key = call_id.0.strip_prefix(&*self.settings.call_id_prefix)?;
+        let call = self.calls.get(key)?;
+        let origin = call.origin.as_deref()?;
+        Some(DecisionTarget {
+            direction: call.direction?,
+            channel: self.channels.get(origin)?.name.to_string(),
+            dialed: !call.legs.is_empty(),
+        })
+    }
+}

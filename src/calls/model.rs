@@ -1,0 +1,163 @@
+//! The model the rules read: a channel (one Uniqueid), a leg dialed on a call's behalf,
+//! a call (the channels sharing its Linkedid), and the small helpers to read AMI channel
+//! blocks. Plain data: the rules that change it live beside it in `calls`.
+
+use crate::ami::AmiMessage;
+use crate::cti::{CallId, Direction};
+use crate::policy::cause::CallOutcome;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashSet, VecDeque};
+
+/// One channel (Uniqueid) as far as call tracking needs it.
+#[derive(Debug)]
+pub(super) struct Channel {
+    pub(super) name: Box<str>,
+    /// Key of the call this channel belongs to.
+    pub(super) call: Box<str>,
+    /// The Linkedid last seen on this channel.
+    pub(super) linkedid: Box<str>,
+    pub(super) state: u8,
+    pub(super) caller_num: Option<Box<str>>,
+    /// The caller's presentation says the number is not to be shown (`CID-CallingPres`
+    /// restricted or unavailable).
+    pub(super) withheld: bool,
+    /// Another channel's `Dial` requested this channel (the Dest of a `DialBegin` with a
+    /// caller): an outgoing leg, never a call's incoming origin.
+    pub(super) dialed: bool,
+    /// The channel reached state Ring (entered the dialplan as an incoming channel).
+    pub(super) entered: bool,
+    /// The channel this one's own dial (or queue) connected it to: the Dest of its
+    /// `DialEnd ANSWER`, or of its `AgentConnect`.
+    pub(super) connected_to: Option<Box<str>>,
+    /// The tracker's event count when the channel was first seen (0: restored).
+    pub(super) seen_at: u64,
+}
+
+impl Channel {
+    pub(super) fn new(
+        name: Box<str>,
+        call: Box<str>,
+        linkedid: Box<str>,
+        state: u8,
+        caller_num: Option<Box<str>>,
+        seen_at: u64,
+    ) -> Self {
+        Self {
+            name,
+            call,
+            linkedid,
+            state,
+            caller_num,
+            withheld: false,
+            dialed: false,
+            entered: state == 4 && seen_at == 0,
+            connected_to: None,
+            seen_at,
+        }
+    }
+
+    /// The other half of a Local channel pair (`Local/x@ctx-0000001a;1` ⇄ `…;2`): Asterisk
+    /// names both halves alike, with `;1` on the side the requester dialed and `;2` on the
+    /// side that runs the dialplan (core/local channel driver, `local_alloc`).
+    pub(super) fn local_sibling_name(&self) -> Option<String> {
+        let base = self.name.strip_prefix("Local/")?;
+        let (base, half) = base.rsplit_once(';')?;
+        let other = match half {
+            "1" => '2',
+            "2" => '1',
+            _ => return None,
+        };
+        Some(format!("Local/{base};{other}"))
+    }
+}
+
+/// One leg dialed (or called by a queue) on behalf of a call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Leg {
+    pub(super) uniqueid: Box<str>,
+    /// The agent's extension, if the leg goes to an internal phone.
+    pub(super) extension: Option<Box<str>>,
+    /// A display name from the queue (`MemberName`), used when `[agents]` has none.
+    pub(super) member_name: Option<Box<str>>,
+    pub(super) alive: bool,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Call {
+    pub(super) call_id: Option<CallId>,
+    pub(super) direction: Option<Direction>,
+    /// Inbound: the external party's channel. Outbound: the dialing phone's channel.
+    pub(super) origin: Option<Box<str>>,
+    /// The first channel that entered the dialplan in an outbound context, and the number
+    /// it dialed there: the call becomes outbound when that number is dialed out.
+    pub(super) out_origin: Option<(Box<str>, Box<str>)>,
+    pub(super) from: String,
+    pub(super) to: String,
+    /// Inbound: the caller's number as the origin channel last showed it (kept when the
+    /// channel is gone), and whether its presentation withholds it.
+    pub(super) caller: Option<Box<str>>,
+    pub(super) caller_withheld: bool,
+    pub(super) queue: Option<String>,
+    pub(super) in_queue: bool,
+    /// Outbound: the calling agent's extension.
+    pub(super) agent: Option<Box<str>>,
+    /// Inbound: who rings, as the dialplan told the FastAGI `newcall` (`user=`).
+    pub(super) claimed_users: Vec<String>,
+    pub(super) legs: Vec<Leg>,
+    /// Both ends are internal: never reported.
+    pub(super) internal: bool,
+    pub(super) reported: bool,
+    pub(super) answered: bool,
+    pub(super) ended: bool,
+    pub(super) outcome: CallOutcome,
+    /// Uniqueids of this call's channels still alive.
+    pub(super) members: Vec<Box<str>>,
+    /// The time ([`Tracker::set_now`]) of the call's last event.
+    pub(super) last_event_at: u64,
+}
+
+/// The last [`RecentlyEnded::CAPACITY`] keys of something that ended (calls, channels).
+#[derive(Debug, Default)]
+pub(super) struct RecentlyEnded {
+    pub(super) order: VecDeque<Box<str>>,
+    pub(super) keys: HashSet<Box<str>>,
+}
+
+impl RecentlyEnded {
+    pub(super) const CAPACITY: usize = 4096;
+
+    pub(super) fn insert(&mut self, key: Box<str>) {
+        if self.keys.insert(key.clone()) {
+            self.order.push_back(key);
+            if self.order.len() > Self::CAPACITY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.keys.remove(&old);
+            }
+        }
+    }
+
+    pub(super) fn contains(&self, key: &str) -> bool {
+        self.keys.contains(key)
+    }
+}
+
+/// The header prefix of a channel block inside an event (`Dest`, `Target`, ...).
+pub(super) type Prefix = &'static str;
+
+pub(super) fn header<'a>(msg: &'a AmiMessage, prefix: Prefix, key: &str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        msg.get(key)
+    } else {
+        let mut full = String::with_capacity(prefix.len() + key.len());
+        full.push_str(prefix);
+        full.push_str(key);
+        msg.get(&full)
+    }
+}
+
+pub(super) enum AnsweredBy {
+    Leg(Box<str>),
+    Picker { extension: Option<Box<str>> },
+    Voicemail,
+}

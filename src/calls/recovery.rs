@@ -1,0 +1,331 @@
+//! What lets a call go on across a restart or an AMI gap: the record the state dir
+//! keeps ([`CallRecord`]), restoring it, reconciling with Asterisk's channel list, and
+//! the sweep of calls that went silent.
+
+use super::Tracker;
+use super::model::{AnsweredBy, Call, Channel, Leg};
+use crate::ami::AmiMessage;
+use crate::cti::{CallId, CtiRequest, Direction};
+use crate::policy::cause::CallOutcome;
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+/// A reported call as the state dir keeps it: what the tracker needs to go on with it
+/// after a restart (its callId, what Zammad was told, its live channels).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub(super) call_id: CallId,
+    pub(super) direction: Direction,
+    pub(super) origin: Option<Box<str>>,
+    pub(super) from: String,
+    pub(super) to: String,
+    pub(super) queue: Option<String>,
+    pub(super) in_queue: bool,
+    pub(super) agent: Option<Box<str>>,
+    pub(super) legs: Vec<Leg>,
+    pub(super) answered: bool,
+    pub(super) outcome: CallOutcome,
+    pub(super) channels: Vec<ChannelRecord>,
+    pub(super) last_event_at: u64,
+}
+
+impl CallRecord {
+    /// A hash of the record's content.
+    pub(super) fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let json = serde_json::to_string(self).expect("a CallRecord serialises");
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        json.hash(&mut h);
+        h.finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct ChannelRecord {
+    pub(super) uniqueid: Box<str>,
+    pub(super) name: Box<str>,
+    pub(super) linkedid: Box<str>,
+    pub(super) state: u8,
+    pub(super) caller_num: Option<Box<str>>,
+}
+
+impl Tracker {
+    /// The reported calls changed since the last call: `Some(record)` to keep, `None` to
+    /// forget (the call ended, or is no longer one Zammad hears of).
+    pub fn take_changes(&mut self) -> Vec<(String, Option<CallRecord>)> {
+        let mut changes = Vec::with_capacity(self.dirty.len());
+        for key in std::mem::take(&mut self.dirty) {
+            match self.calls.get(&*key).filter(|c| c.reported && !c.ended) {
+                Some(call) => {
+                    let record = self.record_of(call);
+                    let hash = record.fingerprint();
+                    if self.stored.insert(key.clone(), hash) != Some(hash) {
+                        changes.push((key.to_string(), Some(record)));
+                    }
+                }
+                None => {
+                    if self.stored.remove(&*key).is_some() {
+                        changes.push((key.to_string(), None));
+                    }
+                }
+            }
+        }
+        changes
+    }
+
+    pub(super) fn record_of(&self, call: &Call) -> CallRecord {
+        CallRecord {
+            call_id: call.call_id.clone().expect("reported calls have an id"),
+            direction: call.direction.expect("reported calls have a direction"),
+            origin: call.origin.clone(),
+            from: call.from.clone(),
+            to: call.to.clone(),
+            queue: call.queue.clone(),
+            in_queue: call.in_queue,
+            agent: call.agent.clone(),
+            legs: call.legs.clone(),
+            answered: call.answered,
+            outcome: call.outcome,
+            channels: call
+                .members
+                .iter()
+                .filter_map(|uid| {
+                    let ch = self.channels.get(uid)?;
+                    Some(ChannelRecord {
+                        uniqueid: uid.clone(),
+                        name: ch.name.clone(),
+                        linkedid: ch.linkedid.clone(),
+                        state: ch.state,
+                        caller_num: ch.caller_num.clone(),
+                    })
+                })
+                .collect(),
+            // To the minute: the sweep needs no more after a restart, and a record then
+            // changes only when something a restart needs changes.
+            last_event_at: call.last_event_at - call.last_event_at % 60,
+        }
+    }
+
+    /// Takes back the calls the state dir kept (at start-up, before any event).
+    /// A call kept without any live channel has nothing left to follow: its hangup goes
+    /// to `out` at once.
+    pub fn restore(
+        &mut self,
+        records: impl IntoIterator<Item = (String, CallRecord)>,
+        out: &mut Vec<CtiRequest>,
+    ) {
+        for (key, r) in records {
+            let key: Box<str> = key.into();
+            let mut call = Call {
+                call_id: Some(r.call_id),
+                direction: Some(r.direction),
+                origin: r.origin,
+                from: r.from,
+                to: r.to,
+                queue: r.queue,
+                in_queue: r.in_queue,
+                agent: r.agent,
+                legs: r.legs,
+                reported: true,
+                answered: r.answered,
+                outcome: r.outcome,
+                last_event_at: r.last_event_at,
+                ..Call::default()
+            };
+            for ch in r.channels {
+                call.members.push(ch.uniqueid.clone());
+                if ch.linkedid != key {
+                    self.aliases.insert(ch.linkedid.clone(), key.clone());
+                }
+                self.channels.insert(
+                    ch.uniqueid,
+                    Channel::new(
+                        ch.name,
+                        key.clone(),
+                        ch.linkedid,
+                        ch.state,
+                        ch.caller_num,
+                        0,
+                    ),
+                );
+            }
+            let nothing_left = call.members.is_empty();
+            self.stored.insert(key.clone(), 0);
+            self.calls.insert(key.clone(), call);
+            if nothing_left {
+                self.mark(&key);
+                self.report_hangup(&key, out);
+                self.calls.remove(&key);
+                self.ended.insert(key);
+            }
+        }
+    }
+
+    /// Brings the tracker in line with the channels Asterisk has now (`CoreShowChannel`
+    /// events, asked for when [`Tracker::events_seen`] was `since`): channels known
+    /// before that and no longer there hung up while we were not looking (their calls get
+    /// their hangup, with the best cause known); channels we did not know are followed
+    /// from now on, and an inbound call found that way is reported at once ("joined
+    /// late"), answered if its caller is already talking to a phone.
+    pub fn reconcile(&mut self, live: &[AmiMessage], since: u64, out: &mut Vec<CtiRequest>) {
+        let present: HashSet<&str> = live.iter().filter_map(|c| c.get("Uniqueid")).collect();
+        let mut gone: Vec<Box<str>> = self
+            .channels
+            .iter()
+            .filter(|(uid, ch)| ch.seen_at <= since && !present.contains(&***uid))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        gone.sort();
+        for uid in gone {
+            self.hang_up_unseen(&uid, out);
+        }
+        let mut adopted: Vec<Box<str>> = Vec::new();
+        for snapshot in live {
+            let Some(uid) = snapshot.get("Uniqueid") else {
+                continue;
+            };
+            let known = self.channels.contains_key(uid);
+            let linkedid = snapshot.get("Linkedid").unwrap_or(uid);
+            if !known && (self.hung_up.contains(uid) || self.ended.contains(linkedid)) {
+                // Listed before its hangup reached us: gone already.
+                continue;
+            }
+            self.touch(snapshot, "");
+            if !known && let Some(key) = self.call_of(uid) {
+                self.adopt(snapshot, uid, &key);
+                adopted.push(key);
+            }
+        }
+        adopted.sort();
+        adopted.dedup();
+        for key in &adopted {
+            self.adopt_outbound(key, live, out);
+        }
+        let keys: Vec<Box<str>> = self.calls.keys().cloned().collect();
+        for key in keys {
+            let Some(call) = self.calls.get(&key) else {
+                continue;
+            };
+            if call.direction != Some(Direction::In) || call.answered || call.ended {
+                continue;
+            }
+            let talking = self.talking_to(&key, live);
+            if !call.reported && (adopted.contains(&key) || talking.is_some()) {
+                self.report_new_call(&key, out);
+            }
+            if let Some(extension) = talking {
+                self.report_answer(&key, AnsweredBy::Picker { extension }, out);
+            }
+        }
+    }
+
+    /// A call found only in a snapshot whose phone (in an outbound context) has another
+    /// channel with it: the dial out happened unseen. Its other channels become its legs;
+    /// if the phone is already up in a bridge, the far end answered.
+    pub(super) fn adopt_outbound(
+        &mut self,
+        key: &str,
+        live: &[AmiMessage],
+        out: &mut Vec<CtiRequest>,
+    ) {
+        let Some(call) = self.calls.get(key) else {
+            return;
+        };
+        let Some((origin, _)) = call.out_origin.clone() else {
+            return;
+        };
+        if call.direction.is_some() || call.reported {
+            return;
+        }
+        let others: Vec<Box<str>> = call
+            .members
+            .iter()
+            .filter(|m| **m != origin)
+            .cloned()
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let to_trunk = others.iter().any(|uid| {
+            let name = self.channels.get(uid).map_or("", |c| &c.name);
+            self.settings
+                .trunk_channel
+                .as_ref()
+                .is_some_and(|re| re.is_match(name))
+        });
+        let call = self.calls.get_mut(key).expect("checked above");
+        for uid in others {
+            call.legs.push(Leg {
+                uniqueid: uid,
+                extension: None,
+                member_name: None,
+                alive: true,
+            });
+        }
+        self.make_outbound(key, to_trunk, None, out);
+        let up_and_bridged = live.iter().any(|c| {
+            c.get("Uniqueid") == Some(&*origin)
+                && c.get("ChannelState") == Some("6")
+                && c.get("BridgeId").is_some_and(|b| !b.is_empty())
+        });
+        if up_and_bridged {
+            self.report_answer(key, AnsweredBy::Picker { extension: None }, out);
+        }
+    }
+
+    /// A channel found only in a snapshot: an inbound caller up or ringing in an inbound
+    /// context makes its call inbound, as `Newchannel` would have.
+    pub(super) fn adopt(&mut self, snapshot: &AmiMessage, uid: &str, key: &str) {
+        let state = snapshot.get("ChannelState").unwrap_or("");
+        if state == "6" {
+            self.detect_origin(snapshot, uid, key);
+        }
+    }
+
+    /// For an inbound call whose caller is up and bridged: the extension of the phone in
+    /// the same bridge, if any (`Some(None)` when the other party is no known phone).
+    pub(super) fn talking_to(&self, key: &str, live: &[AmiMessage]) -> Option<Option<Box<str>>> {
+        let call = self.calls.get(key)?;
+        let origin = call.origin.as_deref()?;
+        let snap = |uid: &str| live.iter().find(|c| c.get("Uniqueid") == Some(uid));
+        let o = snap(origin)?;
+        let bridge = o.get("BridgeId").filter(|b| !b.is_empty())?;
+        if o.get("ChannelState") != Some("6") {
+            return None;
+        }
+        let other = live
+            .iter()
+            .filter(|c| c.get("BridgeId") == Some(bridge) && c.get("Uniqueid") != Some(origin))
+            .find_map(|c| c.get("Channel").and_then(|n| self.extension_of(n)));
+        Some(other)
+    }
+
+    /// A channel whose `Hangup` we did not see (it vanished meanwhile, or went silent):
+    /// handled as if Asterisk had sent one without a cause.
+    pub(super) fn hang_up_unseen(&mut self, uid: &str, out: &mut Vec<CtiRequest>) {
+        let Some(ch) = self.channels.get(uid) else {
+            return;
+        };
+        let hangup = AmiMessage::from_pairs([
+            ("Event", "Hangup"),
+            ("Channel", &*ch.name),
+            ("Uniqueid", uid),
+            ("Linkedid", &*ch.linkedid),
+        ]);
+        self.on_hangup(&hangup, out);
+    }
+
+    /// Ends the calls that saw no event for longer than `max_age` seconds (by the time of
+    /// [`Tracker::set_now`]), as if their channels had hung up.
+    pub fn sweep(&mut self, max_age: u64, out: &mut Vec<CtiRequest>) {
+        let stale: Vec<Vec<Box<str>>> = self
+            .calls
+            .values()
+            .filter(|c| self.now.saturating_sub(c.last_event_at) > max_age)
+            .map(|c| c.members.clone())
+            .collect();
+        for uid in stale.into_iter().flatten() {
+            self.hang_up_unseen(&uid, out);
+        }
+    }
+}
