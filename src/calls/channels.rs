@@ -3,7 +3,7 @@
 //! end its call.
 
 use super::Tracker;
-use super::model::{Call, Channel, Prefix, header};
+use super::model::{Call, Channel, ChannelState, Prefix, header};
 use crate::ami::AmiMessage;
 use crate::cti::{CtiRequest, Direction};
 use crate::policy::number::{is_withheld, presentation_withholds};
@@ -14,9 +14,7 @@ impl Tracker {
     pub(super) fn touch(&mut self, msg: &AmiMessage, prefix: Prefix) -> Option<Box<str>> {
         let uniqueid = header(msg, prefix, "Uniqueid")?;
         let linkedid = header(msg, prefix, "Linkedid").unwrap_or(uniqueid);
-        let state = header(msg, prefix, "ChannelState")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let state = ChannelState::of(msg, prefix);
         let caller = header(msg, prefix, "CallerIDNum").filter(|c| !is_withheld(c));
         let relinked = self
             .channels
@@ -72,7 +70,7 @@ impl Tracker {
             self.refresh_caller(&key, &uid);
         }
         let entering = prefix.is_empty()
-            && state == 4
+            && state == ChannelState::Ring
             && self.channels.get_mut(&uid).is_some_and(|ch| {
                 // A channel enters the dialplan once, when it first reaches Ring. Later
                 // snapshots in Ring can show another context: after a masquerade (a
@@ -179,7 +177,7 @@ impl Tracker {
             return;
         };
         match event {
-            "Newstate" if msg.get("ChannelState") == Some("5") => {
+            "Newstate" if ChannelState::of(msg, "") == ChannelState::Ringing => {
                 self.on_leg_ringing(&key, &uid, out)
             }
             "Newexten" if msg.get("Application") == Some("VoiceMail") => {

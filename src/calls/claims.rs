@@ -2,7 +2,7 @@
 //! now) and where Zammad's decision acts over AMI for calls nobody claimed.
 
 use super::Tracker;
-use super::model::Channel;
+use super::model::{Channel, ChannelState};
 use crate::cti::{CallId, CtiRequest, Direction};
 use crate::policy::number::is_withheld;
 
@@ -89,7 +89,7 @@ impl Tracker {
                         claim.channel.as_str().into(),
                         key.clone(),
                         claim.linkedid.as_str().into(),
-                        4,
+                        ChannelState::Ring,
                         caller.map(Into::into),
                         self.events,
                     ),

@@ -16,7 +16,7 @@ pub(super) struct Channel {
     pub(super) call: Box<str>,
     /// The Linkedid last seen on this channel.
     pub(super) linkedid: Box<str>,
-    pub(super) state: u8,
+    pub(super) state: ChannelState,
     pub(super) caller_num: Option<Box<str>>,
     /// The caller's presentation says the number is not to be shown (`CID-CallingPres`
     /// restricted or unavailable).
@@ -38,7 +38,7 @@ impl Channel {
         name: Box<str>,
         call: Box<str>,
         linkedid: Box<str>,
-        state: u8,
+        state: ChannelState,
         caller_num: Option<Box<str>>,
         seen_at: u64,
     ) -> Self {
@@ -50,7 +50,7 @@ impl Channel {
             caller_num,
             withheld: false,
             dialed: false,
-            entered: state == 4 && seen_at == 0,
+            entered: state == ChannelState::Ring && seen_at == 0,
             connected_to: None,
             seen_at,
         }
@@ -68,6 +68,50 @@ impl Channel {
             _ => return None,
         };
         Some(format!("Local/{base};{other}"))
+    }
+}
+
+/// A channel's state, as Asterisk's `enum ast_channel_state` (`include/asterisk/channelstate.h`)
+/// numbers it in AMI's `ChannelState`. Incoming channels are created in `Ring`; outgoing
+/// ones (requested by a Dial or an Originate) in `Down`, then `Ringing`, then `Up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ChannelState {
+    Down,
+    Ring,
+    Ringing,
+    Up,
+    /// Reserved, off hook, dialing, busy, pre-ring: nothing the rules read.
+    Other(u8),
+}
+
+impl ChannelState {
+    pub(super) fn from_code(code: u8) -> Self {
+        match code {
+            0 => Self::Down,
+            4 => Self::Ring,
+            5 => Self::Ringing,
+            6 => Self::Up,
+            other => Self::Other(other),
+        }
+    }
+
+    /// The state of a channel block (`ChannelState` with `prefix`); `Down` when absent.
+    pub(super) fn of(msg: &AmiMessage, prefix: Prefix) -> Self {
+        Self::from_code(
+            header(msg, prefix, "ChannelState")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        )
+    }
+
+    pub(super) fn code(self) -> u8 {
+        match self {
+            Self::Down => 0,
+            Self::Ring => 4,
+            Self::Ringing => 5,
+            Self::Up => 6,
+            Self::Other(code) => code,
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! the sweep of calls that went silent.
 
 use super::Tracker;
-use super::model::{AnsweredBy, Call, Channel, Leg};
+use super::model::{AnsweredBy, Call, Channel, ChannelState, Leg};
 use crate::ami::AmiMessage;
 use crate::cti::{CallId, CtiRequest, Direction};
 use crate::policy::cause::CallOutcome;
@@ -95,7 +95,7 @@ impl Tracker {
                         uniqueid: uid.clone(),
                         name: ch.name.clone(),
                         linkedid: ch.linkedid.clone(),
-                        state: ch.state,
+                        state: ch.state.code(),
                         caller_num: ch.caller_num.clone(),
                     })
                 })
@@ -143,7 +143,7 @@ impl Tracker {
                         ch.name,
                         key.clone(),
                         ch.linkedid,
-                        ch.state,
+                        ChannelState::from_code(ch.state),
                         ch.caller_num,
                         0,
                     ),
@@ -265,7 +265,7 @@ impl Tracker {
         self.make_outbound(key, to_trunk, None, out);
         let up_and_bridged = live.iter().any(|c| {
             c.get("Uniqueid") == Some(&*origin)
-                && c.get("ChannelState") == Some("6")
+                && ChannelState::of(c, "") == ChannelState::Up
                 && c.get("BridgeId").is_some_and(|b| !b.is_empty())
         });
         if up_and_bridged {
@@ -276,8 +276,7 @@ impl Tracker {
     /// A channel found only in a snapshot: an inbound caller up or ringing in an inbound
     /// context makes its call inbound, as `Newchannel` would have.
     pub(super) fn adopt(&mut self, snapshot: &AmiMessage, uid: &str, key: &str) {
-        let state = snapshot.get("ChannelState").unwrap_or("");
-        if state == "6" {
+        if ChannelState::of(snapshot, "") == ChannelState::Up {
             self.detect_origin(snapshot, uid, key);
         }
     }
@@ -290,7 +289,7 @@ impl Tracker {
         let snap = |uid: &str| live.iter().find(|c| c.get("Uniqueid") == Some(uid));
         let o = snap(origin)?;
         let bridge = o.get("BridgeId").filter(|b| !b.is_empty())?;
-        if o.get("ChannelState") != Some("6") {
+        if ChannelState::of(o, "") != ChannelState::Up {
             return None;
         }
         let other = live

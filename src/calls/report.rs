@@ -2,7 +2,7 @@
 //! at most once, and the names and numbers in them.
 
 use super::Tracker;
-use super::model::{AnsweredBy, Call};
+use super::model::{AnsweredBy, Call, ChannelState};
 use crate::config::AgentEntry;
 use crate::cti::{CallId, CtiEventKind, CtiRequest, Direction, Users};
 use crate::policy::cause::zammad_cause;
@@ -115,7 +115,10 @@ impl Tracker {
             let Some(ch) = self.channels.get(uid) else {
                 continue;
             };
-            if ch.state != 0 || call.origin.as_deref() == Some(&**uid) || Self::is_leg(call, uid) {
+            if ch.state != ChannelState::Down
+                || call.origin.as_deref() == Some(&**uid)
+                || Self::is_leg(call, uid)
+            {
                 continue;
             }
             let ext = self.extension_of(&ch.name);
