@@ -1166,3 +1166,57 @@ fn the_outbound_from_is_the_caller_id_the_far_end_sees() {
     assert_eq!(sent[0]["user"], "Dave");
     assert_eq!(sent[0]["from"], "1555000");
 }
+
+#[test]
+fn predial_hook_legs_of_an_inbound_call_stay_part_of_it() {
+    // FreePBX runs its predial hook (and with it the FastAGI) also for legs nobody
+    // dialed: a ring-group member that is an outside number (a Local channel) and a call
+    // forward (the inbound channel itself). Both carry the inbound call's Linkedid.
+    let mut pbx = Pbx::new();
+    let inbound = claim("16.1", "16.1", "from-trunk", "4930100", "+4930555");
+    let call_id = body(pbx.tracker.claim(&inbound))["callId"].clone();
+    let mut member = claim("16.1", "16.3", "macro-dialout-trunk", "s", "+4930555");
+    member.channel = "Local/0301234@from-internal-0001;2".into();
+    member.direction = Some(Direction::Out);
+    member.to = Some("0301234".into());
+    let mut forward = claim("16.1", "16.1", "macro-dialout-trunk", "s", "+4930555");
+    forward.direction = Some(Direction::Out);
+    forward.to = Some("0307777".into());
+    for leg in [member, forward] {
+        match pbx.tracker.claim(&leg) {
+            ClaimOutcome::Known(id) => assert_eq!(json!(id.0), call_id, "the inbound callId"),
+            other => panic!("a hook leg must stay part of the inbound call: {other:?}"),
+        }
+    }
+    // On AMI the member leg dials the trunk: still no outbound call of its own.
+    let t = (T, "16.1", "16.1", 4, "from-trunk", "4930100", "+4930555");
+    let l2 = (
+        "Local/0301234@from-internal-0001;2",
+        "16.3",
+        "16.1",
+        4,
+        "from-internal",
+        "0301234",
+        "+4930555",
+    );
+    pbx.ev("Newchannel", t, &[]);
+    pbx.ev("Newchannel", l2, &[]);
+    let trunk = ("PJSIP/trunk-15", "16.4", "16.1");
+    pbx.ev(
+        "Newchannel",
+        (trunk.0, trunk.1, trunk.2, 0, "from-trunk", "s", ""),
+        &[],
+    );
+    dial(&mut pbx, l2, trunk, None);
+    pbx.ev(
+        "Hangup",
+        (trunk.0, trunk.1, trunk.2, 5, "from-trunk", "s", ""),
+        &[("Cause", "16")],
+    );
+    pbx.ev("Hangup", l2, &[("Cause", "16")]);
+    pbx.ev("Hangup", t, &[("Cause", "16")]);
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["hangup"], "{sent:?}");
+    assert_eq!(sent[0]["callId"], call_id);
+    assert_eq!(sent[0]["direction"], "in");
+}
