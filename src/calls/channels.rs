@@ -187,6 +187,18 @@ impl Tracker {
         }
     }
 
+    /// `VarSet`: the variables the rules read (FreePBX's `AMPUSER`).
+    pub(super) fn on_var_set(&mut self, msg: &AmiMessage) {
+        let Some(uid) = self.touch(msg, "") else {
+            return;
+        };
+        if msg.get("Variable") == Some("AMPUSER")
+            && let Some(ch) = self.channels.get_mut(&uid)
+        {
+            ch.ampuser = msg.get("Value").filter(|v| !v.is_empty()).map(Into::into);
+        }
+    }
+
     pub(super) fn on_hangup_request(&mut self, msg: &AmiMessage) {
         let Some(uid) = self.touch(msg, "") else {
             return;

@@ -11,11 +11,21 @@ impl Tracker {
     /// Two witnesses: the endpoint in the channel's name (`PJSIP/201-0000002a` → `201`)
     /// and the caller ID, which the dialplan may have rewritten to the trunk's outbound
     /// number before the Dial (FreePBX does) or set to the extension of a phone whose
-    /// endpoint is named otherwise (an account id). An agent of `[agents]` wins, then the
-    /// caller ID when it is an extension, then the endpoint, then the caller ID as is.
+    /// endpoint is named otherwise (an account id). FreePBX states the calling extension
+    /// itself in `AMPUSER`, which wins when it is an extension. Then an agent of `[agents]`
+    /// wins, then the caller ID when it is an extension, then the endpoint, then the
+    /// caller ID as is.
     pub(super) fn calling_agent(&self, name: &str, caller: Option<&str>) -> Option<Box<str>> {
         let endpoint = self.extension_of(name);
         let known = |n: &str| self.settings.agents.contains_key(n);
+        let ampuser = self
+            .channels
+            .values()
+            .find(|c| *c.name == *name)
+            .and_then(|c| c.ampuser.as_deref());
+        if let Some(a) = ampuser.filter(|a| known(a) || self.settings.plan.is_extension(a)) {
+            return Some(a.into());
+        }
         if let Some(c) = caller.filter(|c| known(c)) {
             return Some(c.into());
         }

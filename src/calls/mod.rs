@@ -198,7 +198,8 @@ impl Tracker {
             "Pickup" => self.on_pickup(msg, out),
             "HangupRequest" => self.on_hangup_request(msg),
             "Hangup" => self.on_hangup(msg, out),
-            "BridgeEnter" | "BridgeLeave" | "SoftHangupRequest" | "VarSet" | "Hold" | "Unhold"
+            "VarSet" => self.on_var_set(msg),
+            "BridgeEnter" | "BridgeLeave" | "SoftHangupRequest" | "Hold" | "Unhold"
             | "MusicOnHoldStart" | "MusicOnHoldStop" => {
                 self.touch(msg, "");
             }

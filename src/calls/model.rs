@@ -24,6 +24,9 @@ pub(super) struct Channel {
     /// Another channel's `Dial` requested this channel (the Dest of a `DialBegin` with a
     /// caller): an outgoing leg, never a call's incoming origin.
     pub(super) dialed: bool,
+    /// FreePBX's `AMPUSER` on this channel (`VarSet`): the calling extension as FreePBX's
+    /// `macro-user-callerid` decided it; cleared when it found no internal user.
+    pub(super) ampuser: Option<Box<str>>,
     /// The channel reached state Ring (entered the dialplan as an incoming channel).
     pub(super) entered: bool,
     /// The channel this one's own dial (or queue) connected it to: the Dest of its
@@ -50,6 +53,7 @@ impl Channel {
             caller_num,
             withheld: false,
             dialed: false,
+            ampuser: None,
             entered: state == ChannelState::Ring && seen_at == 0,
             connected_to: None,
             seen_at,

@@ -1220,3 +1220,33 @@ fn predial_hook_legs_of_an_inbound_call_stay_part_of_it() {
     assert_eq!(sent[0]["callId"], call_id);
     assert_eq!(sent[0]["direction"], "in");
 }
+
+#[test]
+fn freepbx_ampuser_names_the_calling_extension() {
+    // A device whose endpoint is not named after the extension (FreePBX's
+    // device-and-user mode): FreePBX states the calling extension in AMPUSER.
+    let mut pbx = Pbx::new();
+    let phone = (
+        "PJSIP/desk7-16",
+        "17.1",
+        "17.1",
+        4,
+        "from-internal",
+        "0301234567",
+        "+4930111000",
+    );
+    pbx.ev("Newchannel", phone, &[]);
+    pbx.ev(
+        "VarSet",
+        phone,
+        &[("Variable", "AMPUSER"), ("Value", "202")],
+    );
+    let trunk = ("PJSIP/trunk-17", "17.2", "17.1");
+    pbx.ev(
+        "Newchannel",
+        (trunk.0, trunk.1, trunk.2, 0, "from-trunk", "s", ""),
+        &[],
+    );
+    dial(&mut pbx, phone, trunk, None);
+    assert_eq!(pbx.sent()[0]["user"], "Bob");
+}
