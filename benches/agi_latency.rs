@@ -1,6 +1,6 @@
 //! FastAGI decision latency (run with `cargo bench --bench agi_latency`).
 //!
-//! The real daemon (`daemon::run_reporting`, on a runtime of its own as it would be a
+//! The real daemon (`daemon::run`, on a runtime of its own as it would be a
 //! process of its own) answers FastAGI `newcall` sessions from `CONCURRENCY` peers that
 //! play Asterisk's side (`fake_agi`, one thread each with blocking sockets, as `res_agi`
 //! runs in the channel's thread), each starting its next session as soon as one ends, so
@@ -112,7 +112,12 @@ async fn bench(
     ));
     let shutdown = CancellationToken::new();
     let (ready, listening) = tokio::sync::oneshot::channel();
-    let daemon = daemon_rt.spawn(daemon::run_reporting(config, shutdown.clone(), Some(ready)));
+    let daemon = daemon_rt.spawn(daemon::run(
+        config,
+        shutdown.clone(),
+        ready,
+        tokio::sync::mpsc::unbounded_channel().1,
+    ));
     let agi = listening.await.expect("daemon starts").agi.expect("agi on");
     ami.wait_logged_in().await;
 

@@ -10,7 +10,7 @@
 //! else 503; either way the body says why:
 //! `{"status":"ok"|"unhealthy","ami":"connected"|"disconnected","agi":"listening"|"off"|"down","active_calls":N,"outbox_depth":N}`.
 
-use crate::daemon::Health;
+use crate::health::Health;
 use crate::metrics::{self, Metrics};
 use axum::Router;
 use axum::extract::State;

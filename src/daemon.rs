@@ -27,11 +27,11 @@ use crate::config::Config;
 use crate::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
 use crate::decision::{self, CallAction};
 use crate::delivery::{DecisionSender, Outbox};
+use crate::health::{Health, Listening};
 use crate::metrics::Metrics;
 use crate::store::{Record, Store};
 use crate::zammad::{ZammadClient, ZammadError};
 use anyhow::Context;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -41,41 +41,6 @@ use tracing::{error, info, warn};
 
 /// Most inputs taken into one batch (one journal commit).
 const MAX_BATCH: usize = 512;
-
-/// The addresses the daemon listens on, once they are bound, and its health from then on.
-#[derive(Debug, Clone)]
-pub struct Listening {
-    pub agi: Option<SocketAddr>,
-    /// The admin listener (`/health`, `/metrics`), unless `admin.listen` is empty.
-    pub admin: Option<SocketAddr>,
-    /// Updated after every batch of inputs (and on AMI state changes).
-    pub health: watch::Receiver<Health>,
-}
-
-/// What `/health`, systemd's watchdog and `STATUS=` report (DESIGN.md §7).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Health {
-    /// Logged in to AMI.
-    pub ami_connected: bool,
-    /// The FastAGI listener is bound (or FastAGI is off).
-    pub agi_ok: bool,
-    /// Calls the tracker follows.
-    pub active_calls: usize,
-    /// Events waiting for Zammad.
-    pub outbox_depth: usize,
-}
-
-impl Health {
-    /// Healthy: AMI logged in and FastAGI (if enabled) listening.
-    pub fn is_healthy(&self) -> bool {
-        self.ami_connected && self.agi_ok
-    }
-}
-
-/// Runs the daemon until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_reporting(config, shutdown, None).await
-}
 
 /// A request on its way to the outbox, with who waits for Zammad's answer to it.
 struct Pending {
@@ -101,26 +66,18 @@ struct Daemon {
     ami_logins: u64,
 }
 
-/// Like [`run`]; tells `ready` where it listens once every listener is bound (ports chosen
-/// by the system with `:0` become known this way).
-pub async fn run_reporting(
+/// Runs the daemon until `shutdown` is cancelled. Tells `ready` where it listens once
+/// every listener is bound (ports chosen by the system with `:0` become known this way;
+/// a caller that does not care drops the receiver). Each config from `reloads` (a SIGHUP)
+/// replaces `[agents]`, `[calls]` and `[numbers]` without touching the calls under way;
+/// changes to other sections are logged as needing a restart (a caller without reloads
+/// passes a receiver whose sender is gone).
+pub async fn run(
     config: Config,
     shutdown: CancellationToken,
-    ready: Option<oneshot::Sender<Listening>>,
+    ready: oneshot::Sender<Listening>,
+    mut reloads: mpsc::UnboundedReceiver<Config>,
 ) -> anyhow::Result<()> {
-    run_with(config, shutdown, ready, None).await
-}
-
-/// Like [`run_reporting`]; each config from `reloads` (a SIGHUP) replaces `[agents]`,
-/// `[calls]` and `[numbers]` without touching the calls under way; changes to other
-/// sections are logged as needing a restart.
-pub async fn run_with(
-    config: Config,
-    shutdown: CancellationToken,
-    ready: Option<oneshot::Sender<Listening>>,
-    reloads: Option<mpsc::UnboundedReceiver<Config>>,
-) -> anyhow::Result<()> {
-    let mut reloads = reloads.unwrap_or_else(|| mpsc::unbounded_channel().1);
     anyhow::ensure!(
         !config.ami.tls,
         "ami.tls = true: AMI over TLS is not supported yet; use loopback or an stunnel"
@@ -156,10 +113,10 @@ pub async fn run_with(
     let ami_settings = AmiSettings::from_config(&config.ami, secret);
     let (ami, mut inputs, mut ami_status, ami_task) = client::spawn(ami_settings, shutdown.clone());
     let metrics = Arc::new(Metrics::new());
-    let outbox = Outbox::with_store(
+    let outbox = Outbox::new(
         zammad,
         shutdown.clone(),
-        Some(store.clone()),
+        store.clone(),
         config.state.max_outbox,
         metrics.clone(),
     );
@@ -209,13 +166,11 @@ pub async fn run_with(
             shutdown.clone(),
         )
     });
-    if let Some(ready) = ready {
-        let _ = ready.send(Listening {
-            agi: agi_addr,
-            admin: admin_addr,
-            health,
-        });
-    }
+    let _ = ready.send(Listening {
+        agi: agi_addr,
+        admin: admin_addr,
+        health,
+    });
 
     loop {
         d.tracker.set_now(unix_now());

@@ -52,7 +52,7 @@ pub struct Outbox {
     tasks: TaskTracker,
     cancel: CancellationToken,
     retry: Backoff,
-    store: Option<Store>,
+    store: Store,
     /// Events queued and not yet done with: the `azb_cti_outbox_depth` gauge itself.
     depth: Gauge,
     max_items: usize,
@@ -64,10 +64,10 @@ pub struct Outbox {
 impl Outbox {
     /// An outbox that marks its progress in `store` and takes at most `max_items`
     /// undelivered events (see [`Outbox::admit`]); counts into `metrics`.
-    pub fn with_store(
+    pub fn new(
         client: ZammadClient,
         cancel: CancellationToken,
-        store: Option<Store>,
+        store: Store,
         max_items: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -153,9 +153,7 @@ impl Outbox {
             }
             self.push(seq, item.request);
         }
-        if let Some(store) = &self.store {
-            store.record(dropped);
-        }
+        self.store.record(dropped);
     }
 
     fn push_item(&self, item: Item) {
@@ -205,7 +203,7 @@ struct Worker {
     cancel: CancellationToken,
     retry: Backoff,
     call_id: CallId,
-    store: Option<Store>,
+    store: Store,
     depth: Gauge,
     metrics: Arc<Metrics>,
 }
@@ -280,10 +278,8 @@ impl Worker {
     /// The event is done with: count it out and mark it in the journal.
     fn done(&self, seq: u64) {
         self.depth.dec();
-        if let Some(store) = &self.store
-            && seq != 0
-        {
-            store.record(vec![Record::Done { seq }]);
+        if seq != 0 {
+            self.store.record(vec![Record::Done { seq }]);
         }
     }
 
@@ -298,10 +294,7 @@ impl Worker {
         // An answer or hangup is marked as being sent before each attempt, and unmarked
         // when an attempt certainly did not reach Zammad, so that after a crash the
         // journal tells whether Zammad may have it.
-        let journal = self
-            .store
-            .clone()
-            .filter(|_| seq != 0 && event != CtiEventKind::NewCall);
+        let journal = (seq != 0 && event != CtiEventKind::NewCall).then(|| self.store.clone());
         let mut marked = false;
         loop {
             if let Some(store) = &journal
@@ -323,9 +316,7 @@ impl Worker {
                 Err(e) if e.retryable(event) && !self.cancel.is_cancelled() => {
                     (None, CtiOutcome::Retried)
                 }
-                Err(e) if e.retryable(event) && self.store.is_some() && seq != 0 => {
-                    (Some(Outcome::Kept), CtiOutcome::Kept)
-                }
+                Err(e) if e.retryable(event) && seq != 0 => (Some(Outcome::Kept), CtiOutcome::Kept),
                 Err(e) => match self.give_up(event, e) {
                     Outcome::CallRefused => (Some(Outcome::CallRefused), CtiOutcome::Refused),
                     other => (Some(other), CtiOutcome::Dropped),

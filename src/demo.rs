@@ -5,7 +5,7 @@
 //! blocked caller and an outbound routing rule, so that a reject and a caller-ID change
 //! show), [`FakeAmi`] streams the recorded AMI bytes (tests/fixtures/ami-transcripts,
 //! embedded), [`FakeAgiCall`] plays the dialplan's `AGI(agi://…/newcall)` where a recorded
-//! call ran one, and [`daemon::run_reporting`] does the rest exactly as in production
+//! call ran one, and [`daemon::run`] does the rest exactly as in production
 //! (state dir in a temporary directory, FastAGI on `127.0.0.1:0`). Calls are played one
 //! after the other; each is done when Zammad has its hangup.
 
@@ -120,11 +120,8 @@ async fn play(state_dir: PathBuf) -> anyhow::Result<Report> {
 
     let shutdown = CancellationToken::new();
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let daemon = tokio::spawn(daemon::run_reporting(
-        config,
-        shutdown.clone(),
-        Some(ready_tx),
-    ));
+    let no_reloads = tokio::sync::mpsc::unbounded_channel().1;
+    let daemon = tokio::spawn(daemon::run(config, shutdown.clone(), ready_tx, no_reloads));
     let listening = match tokio::time::timeout(PER_CALL, ready).await {
         Ok(Ok(listening)) => listening,
         _ => {

@@ -34,6 +34,7 @@ pub mod demo;
 pub mod fake_agi;
 pub mod fake_ami;
 pub mod fake_zammad;
+pub mod health;
 pub mod metrics;
 pub mod observability;
 pub mod policy;

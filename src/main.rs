@@ -3,7 +3,7 @@
 //! Owns the command line, the exit codes (0 fine, 1 failed, 78 invalid config) and the
 //! signals that start a shutdown and a reload (SIGHUP), and starts the systemd notifier
 //! (`systemd::report`) beside the daemon. Everything else is the library's:
-//! `daemon::run_with`, `replay::replay_files`, `check::run`, `demo::run`, `Config::load`.
+//! `daemon::run`, `replay::replay_files`, `check::run`, `demo::run`, `Config::load`.
 
 use anyhow::Context as _;
 use asterisk_zammad_bridge::config::{Config, ConfigError, DEFAULT_PATH};
@@ -179,7 +179,7 @@ fn run_daemon(config: Config, path: &Path) -> anyhow::Result<()> {
                 shutdown.clone(),
             ))
         });
-        let result = daemon::run_with(config, shutdown.clone(), Some(ready), Some(reloads)).await;
+        let result = daemon::run(config, shutdown.clone(), ready, reloads).await;
         if let Some(reporter) = reporter {
             // It ends with the daemon loop (STOPPING=1) or with the ready channel dropped.
             shutdown.cancel();

@@ -13,7 +13,6 @@
 //! each series exists before its first event. Labels stay low-cardinality: no numbers, no
 //! callIds.
 
-use crate::agi::newcall::SessionOutcome;
 use crate::cti::CtiEventKind;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -22,6 +21,36 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::time::Duration;
+
+/// How a `newcall` session ended (for the log line and `azb_agi_sessions_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionOutcome {
+    Continue,
+    Reject,
+    Dial,
+    /// Zammad did not answer within `agi.decision_timeout`.
+    Timeout,
+    /// Not a call Zammad hears of, or one it already heard of.
+    NotClaimed,
+    /// The session broke (Asterisk closed it, garbage, idle).
+    Failed,
+    /// Not taken: `agi.max_sessions` sessions were open already.
+    Overloaded,
+}
+
+impl SessionOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionOutcome::Continue => "continue",
+            SessionOutcome::Reject => "reject",
+            SessionOutcome::Dial => "dial",
+            SessionOutcome::Timeout => "timeout",
+            SessionOutcome::NotClaimed => "not_claimed",
+            SessionOutcome::Failed => "failed",
+            SessionOutcome::Overloaded => "overloaded",
+        }
+    }
+}
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -10,12 +10,13 @@
 //! delivered by the outbox afterwards.
 
 use super::protocol::AgiCommand;
+use super::server::{NotRun, Script};
 use super::server::{Session, SessionError};
 use crate::calls::CallClaim;
 use crate::config::{AgiConfig, RejectMode};
 use crate::cti::{CallId, Direction, ZammadDecision};
 use crate::decision::{CallAction, agi_commands};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SessionOutcome};
 use crate::policy::number::presentation_withholds;
 use crate::zammad::ZammadError;
 use std::sync::Arc;
@@ -44,42 +45,25 @@ pub struct ClaimReply {
 
 pub type ClaimSender = mpsc::UnboundedSender<Claim>;
 
-/// How a `newcall` session ended (for the log line and `azb_agi_sessions_total{outcome}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionOutcome {
-    Continue,
-    Reject,
-    Dial,
-    /// Zammad did not answer within `agi.decision_timeout`.
-    Timeout,
-    /// Not a call Zammad hears of, or one it already heard of.
-    NotClaimed,
-    /// The session broke (Asterisk closed it, garbage, idle).
-    Failed,
-    /// Not taken: `agi.max_sessions` sessions were open already.
-    Overloaded,
-}
-
-impl SessionOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionOutcome::Continue => "continue",
-            SessionOutcome::Reject => "reject",
-            SessionOutcome::Dial => "dial",
-            SessionOutcome::Timeout => "timeout",
-            SessionOutcome::NotClaimed => "not_claimed",
-            SessionOutcome::Failed => "failed",
-            SessionOutcome::Overloaded => "overloaded",
-        }
-    }
-}
-
 /// The `newcall` script, shared by all sessions.
 pub struct NewcallScript {
     claims: ClaimSender,
     decision_timeout: Duration,
     reject: RejectMode,
     metrics: Arc<Metrics>,
+}
+
+impl Script for NewcallScript {
+    async fn run(&self, session: &mut Session) {
+        NewcallScript::run(self, session).await;
+    }
+
+    fn not_run(&self, why: NotRun) {
+        self.metrics.agi_session(match why {
+            NotRun::Overloaded => SessionOutcome::Overloaded,
+            NotRun::Failed => SessionOutcome::Failed,
+        });
+    }
 }
 
 impl NewcallScript {
@@ -97,12 +81,6 @@ impl NewcallScript {
         let outcome = self.run_session(session).await;
         self.metrics.agi_session(outcome);
         outcome
-    }
-
-    /// Counts a session that never reached the script: it broke before its environment
-    /// ended (`Failed`), or too many were open (`Overloaded`).
-    pub fn count_unrun(&self, outcome: SessionOutcome) {
-        self.metrics.agi_session(outcome);
     }
 
     async fn run_session(&self, session: &mut Session) -> SessionOutcome {

@@ -6,7 +6,6 @@
 //! when the caller hangs up), and the idle timeout on every read. A session that sends
 //! garbage or goes silent is closed and logged; no session affects another.
 
-use super::newcall::{NewcallScript, SessionOutcome};
 use super::protocol::{AgiCommand, AgiEnv, AgiError, AgiReply, MAX_LINE, ReplyLine, ReplyReader};
 use crate::config::AgiConfig;
 use futures_util::{SinkExt, StreamExt};
@@ -19,6 +18,24 @@ use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
+
+/// What runs in a session: the listener is generic over it, so that it knows nothing of
+/// the script it serves (`newcall`, in `agi::newcall`).
+pub trait Script: Send + Sync + 'static {
+    /// Runs one session, its environment read, to its end.
+    fn run(&self, session: &mut Session) -> impl Future<Output = ()> + Send;
+    /// A session the script never saw (for its log and metrics).
+    fn not_run(&self, why: NotRun);
+}
+
+/// Why a session never reached its script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotRun {
+    /// `agi.max_sessions` sessions were open already; this one was closed at once.
+    Overloaded,
+    /// It broke before its environment block ended.
+    Failed,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -139,7 +156,7 @@ impl AgiServer {
     }
 
     /// Accepts sessions until `cancel`, then waits up to `grace` for those in progress.
-    pub async fn run(self, script: NewcallScript, cancel: CancellationToken, grace: Duration) {
+    pub async fn run<S: Script>(self, script: S, cancel: CancellationToken, grace: Duration) {
         let script = Arc::new(script);
         let slots = Arc::new(Semaphore::new(self.max_sessions));
         let sessions = TaskTracker::new();
@@ -164,7 +181,7 @@ impl AgiServer {
                     "too many FastAGI sessions at once (agi.max_sessions): closed this one; its \
                      call goes on without Zammad's decision"
                 );
-                script.count_unrun(SessionOutcome::Overloaded);
+                script.not_run(NotRun::Overloaded);
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -182,7 +199,7 @@ impl AgiServer {
                         }
                         Err(e) => {
                             warn!(error = %e, "FastAGI session refused");
-                            script.count_unrun(SessionOutcome::Failed);
+                            script.not_run(NotRun::Failed);
                         }
                     }
                 }

@@ -246,6 +246,8 @@ async fn an_admin_address_in_use_stops_the_start() {
     let error = asterisk_zammad_bridge::daemon::run(
         config.clone(),
         tokio_util::sync::CancellationToken::new(),
+        tokio::sync::oneshot::channel().0,
+        tokio::sync::mpsc::unbounded_channel().1,
     )
     .await
     .expect_err("the start fails");

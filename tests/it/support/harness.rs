@@ -1,11 +1,12 @@
-//! The real daemon (`daemon::run_reporting`) on loopback between the scripted AMI peer
+//! The real daemon (`daemon::run`) on loopback between the scripted AMI peer
 //! and the stand-in Zammad.
 
 use super::lab_config;
 use asterisk_zammad_bridge::config::Config;
-use asterisk_zammad_bridge::daemon::{self, Listening};
+use asterisk_zammad_bridge::daemon;
 use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
 use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
+use asterisk_zammad_bridge::health::Listening;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -121,17 +122,14 @@ impl Harness {
     }
 }
 
-/// Starts `daemon::run_reporting` on `config`; returns once its listeners are bound.
+/// Starts `daemon::run` on `config`; returns once its listeners are bound.
 pub async fn launch(
     config: Config,
 ) -> (CancellationToken, JoinHandle<anyhow::Result<()>>, Listening) {
     let shutdown = CancellationToken::new();
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let daemon = tokio::spawn(daemon::run_reporting(
-        config,
-        shutdown.clone(),
-        Some(ready_tx),
-    ));
+    let no_reloads = tokio::sync::mpsc::unbounded_channel().1;
+    let daemon = tokio::spawn(daemon::run(config, shutdown.clone(), ready_tx, no_reloads));
     let listening = tokio::time::timeout(Duration::from_secs(10), ready)
         .await
         .expect("the daemon binds its listeners")
