@@ -301,6 +301,36 @@ impl AmiHandle {
     }
 }
 
+impl Connection {
+    /// A connection not made yet, and the handle that talks to it (`queue` actions may
+    /// wait at once).
+    fn new(
+        settings: AmiSettings,
+        cancel: CancellationToken,
+        inputs: mpsc::UnboundedSender<AmiInput>,
+        queue: usize,
+    ) -> (Self, AmiHandle) {
+        let (commands_tx, commands) = mpsc::channel(queue);
+        let (status, status_rx) = watch::channel(AmiStatus::Connecting);
+        let handle = AmiHandle {
+            commands: commands_tx,
+            status: status_rx,
+            action_timeout: settings.action_timeout,
+        };
+        let connection = Connection {
+            settings,
+            cancel,
+            commands,
+            inputs,
+            status,
+            next_id: 0,
+            pending: HashMap::new(),
+            ping: None,
+        };
+        (connection, handle)
+    }
+}
+
 /// Starts the connection task, which runs until `cancel` fires.
 ///
 /// Returns the handle for actions, the inputs (login, events, disconnects) in wire order,
@@ -314,25 +344,10 @@ pub fn spawn(
     watch::Receiver<AmiStatus>,
     JoinHandle<()>,
 ) {
-    let (commands_tx, commands) = mpsc::channel(256);
     let (inputs, inputs_rx) = mpsc::unbounded_channel();
-    let (status, status_rx) = watch::channel(AmiStatus::Connecting);
-    let handle = AmiHandle {
-        commands: commands_tx,
-        status: status_rx.clone(),
-        action_timeout: settings.action_timeout,
-    };
     let span = info_span!("ami", address = %settings.address);
-    let connection = Connection {
-        settings,
-        cancel,
-        commands,
-        inputs,
-        status,
-        next_id: 0,
-        pending: HashMap::new(),
-        ping: None,
-    };
+    let (connection, handle) = Connection::new(settings, cancel, inputs, 256);
+    let status_rx = handle.status.clone();
     let task = tokio::spawn(connection.run().instrument(span));
     (handle, inputs_rx, status_rx, task)
 }
@@ -344,24 +359,8 @@ pub async fn connect_once(
     settings: AmiSettings,
     cancel: CancellationToken,
 ) -> Result<(AmiHandle, JoinHandle<()>), AmiError> {
-    let (commands_tx, commands) = mpsc::channel(16);
     let (inputs, _) = mpsc::unbounded_channel();
-    let (status, status_rx) = watch::channel(AmiStatus::Connecting);
-    let handle = AmiHandle {
-        commands: commands_tx,
-        status: status_rx,
-        action_timeout: settings.action_timeout,
-    };
-    let mut connection = Connection {
-        settings,
-        cancel,
-        commands,
-        inputs,
-        status,
-        next_id: 0,
-        pending: HashMap::new(),
-        ping: None,
-    };
+    let (mut connection, handle) = Connection::new(settings, cancel, inputs, 16);
     let framed = connection.connect_and_login().await?;
     connection.status.send_replace(AmiStatus::LoggedIn);
     let task = tokio::spawn(async move {

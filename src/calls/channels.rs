@@ -84,6 +84,13 @@ impl Tracker {
         Some(uid)
     }
 
+    /// [`Tracker::touch`] of the event's own channel, with the key of its call.
+    pub(super) fn touch_in_call(&mut self, msg: &AmiMessage) -> Option<(Box<str>, Box<str>)> {
+        let uid = self.touch(msg, "")?;
+        let key = self.call_of(&uid)?;
+        Some((uid, key))
+    }
+
     /// Keeps the call's caller number and presentation as its origin channel shows them,
     /// so that they outlive the channel. A number once known is never replaced by none.
     pub(super) fn refresh_caller(&mut self, key: &str, uid: &str) {
@@ -170,10 +177,7 @@ impl Tracker {
         event: &str,
         out: &mut Vec<CtiRequest>,
     ) {
-        let Some(uid) = self.touch(msg, "") else {
-            return;
-        };
-        let Some(key) = self.call_of(&uid) else {
+        let Some((uid, key)) = self.touch_in_call(msg) else {
             return;
         };
         match event {
@@ -200,10 +204,7 @@ impl Tracker {
     }
 
     pub(super) fn on_hangup_request(&mut self, msg: &AmiMessage) {
-        let Some(uid) = self.touch(msg, "") else {
-            return;
-        };
-        let Some(key) = self.call_of(&uid) else {
+        let Some((uid, key)) = self.touch_in_call(msg) else {
             return;
         };
         let Some(call) = self.calls.get_mut(&*key) else {

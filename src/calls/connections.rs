@@ -226,10 +226,7 @@ impl Tracker {
     }
 
     pub(super) fn on_queue(&mut self, msg: &AmiMessage, join: bool) {
-        let Some(uid) = self.touch(msg, "") else {
-            return;
-        };
-        let Some(key) = self.call_of(&uid) else {
+        let Some((_, key)) = self.touch_in_call(msg) else {
             return;
         };
         let Some(call) = self.calls.get_mut(&*key) else {

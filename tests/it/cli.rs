@@ -37,15 +37,7 @@ fn check(args: &[&str], config: Option<&str>, code: i32, stdout: &str, stderr: &
     let args: Vec<String> = args.iter().map(|a| a.replace("{}", &path)).collect();
     let mut command = Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"));
     command.args(&args);
-    for (name, _) in std::env::vars_os() {
-        if name
-            .to_string_lossy()
-            .to_ascii_uppercase()
-            .starts_with("AZB__")
-        {
-            command.env_remove(name);
-        }
-    }
+    crate::support::without_azb_env(&mut command);
     let output = command.output().unwrap();
     let (out, err) = (
         String::from_utf8_lossy(&output.stdout),

@@ -157,15 +157,7 @@ fn deb_installs_binary_unit_and_config() {
     let daemon = |args: &[&str]| {
         let mut command = Command::new(&bin);
         command.args(args).env_remove("RUST_LOG");
-        for (name, _) in std::env::vars_os() {
-            if name
-                .to_string_lossy()
-                .to_ascii_uppercase()
-                .starts_with("AZB__")
-            {
-                command.env_remove(name);
-            }
-        }
+        crate::support::without_azb_env(&mut command);
         command
     };
     let help = run(&mut daemon(&["--help"]));

@@ -92,15 +92,7 @@ impl Bridge {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
             .env_remove("RUST_LOG");
-        for (name, _) in std::env::vars_os() {
-            if name
-                .to_string_lossy()
-                .to_ascii_uppercase()
-                .starts_with("AZB__")
-            {
-                command.env_remove(name);
-            }
-        }
+        crate::support::without_azb_env(&mut command);
         self.child = Some(command.spawn().expect("start the daemon binary"));
     }
 

@@ -143,16 +143,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // The config file says it all: no AZB__* overrides from the environment.
-        for (name, _) in std::env::vars_os() {
-            if name
-                .to_string_lossy()
-                .to_ascii_uppercase()
-                .starts_with("AZB__")
-            {
-                command.env_remove(name);
-            }
-        }
+        crate::support::without_azb_env(&mut command);
         let child = command
             .spawn()
             .map_err(|e| format!("cannot start the daemon: {e}"))?;

@@ -165,3 +165,17 @@ pub fn encode(events: &[AmiMessage]) -> bytes::Bytes {
     }
     buf.freeze()
 }
+
+/// Removes every `AZB__*` override this process's environment would pass on to the binary:
+/// the config file a test writes says it all.
+pub fn without_azb_env(command: &mut std::process::Command) {
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("AZB__")
+        {
+            command.env_remove(name);
+        }
+    }
+}
