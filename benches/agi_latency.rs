@@ -101,10 +101,10 @@ async fn bench(
         "#,
     )
     .expect("bench config");
-    config.ami.address = ami.addr().to_string();
+    config.ami.address = ami.addr().into();
     config.ami.username = "bridge".into();
     config.ami.secret = Some("bridge-secret".to_string().into());
-    config.zammad.url = Some(zammad.url().into());
+    config.zammad.url = Some(zammad.url().parse().unwrap());
     config.state.dir = std::env::temp_dir().join(format!(
         "azb-bench-agi-{}-{}",
         std::process::id(),

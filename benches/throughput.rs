@@ -74,8 +74,8 @@ fn transcripts() -> Vec<u8> {
 
 fn lab_settings() -> TrackerSettings {
     let mut config = Config::default();
-    config.calls.inbound_contexts = vec!["from-trunk".into()];
-    config.calls.outbound_contexts = vec!["from-internal".into()];
+    config.calls.inbound_contexts = vec!["from-trunk".into()].try_into().unwrap();
+    config.calls.outbound_contexts = vec!["from-internal".into()].try_into().unwrap();
     for (ext, name) in [
         ("201", "Alice"),
         ("202", "Bob"),
@@ -87,7 +87,7 @@ fn lab_settings() -> TrackerSettings {
             asterisk_zammad_bridge::config::AgentEntry::Name(name.into()),
         );
     }
-    TrackerSettings::from_config(&config).unwrap()
+    TrackerSettings::from_config(&config)
 }
 
 fn codec_only(stream: &[u8], rounds: usize) {

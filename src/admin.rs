@@ -1,4 +1,4 @@
-//! The admin HTTP listener on `admin.listen` (DESIGN.md §7): `GET /health` and
+//! The admin HTTP listener on `admin.listen` (docs/observability.md): `GET /health` and
 //! `GET /metrics`.
 //!
 //! Owns the socket and the two answers; what they say comes from elsewhere: health from

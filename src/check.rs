@@ -1,5 +1,5 @@
 //! `check` without `--offline`: log in to AMI once and ask Zammad once, without touching
-//! a call, and say in one plain line per probe what was found (DESIGN.md §2).
+//! a call, and say in one plain line per probe what was found (docs/commands.md).
 //!
 //! - AMI: one connection and login as the configured user (no reconnect), then the two
 //!   kinds of action the daemon sends: `CoreShowChannels` (write class `reporting`) and

@@ -55,7 +55,7 @@ impl CtiEventKind {
     }
 }
 
-/// The hangup causes Zammad knows (zammad-cti.md §3.4). Anything else would show raw.
+/// The hangup causes Zammad knows (docs/zammad.md). Anything else would show raw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Cause {

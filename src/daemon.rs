@@ -2,7 +2,7 @@
 //! one tracker task, which turns AMI events and FastAGI claims into CTI requests; those
 //! are written to the state journal and then handed to the outbox, which talks to Zammad.
 //! Zammad's answer to a `newCall` goes back to the FastAGI session that claimed the call,
-//! or, for a call seen only on AMI, becomes an AMI action here (DESIGN.md §6).
+//! or, for a call seen only on AMI, becomes an AMI action here (docs/dialplan.md).
 //!
 //! The tracker runs here, not in the socket reader: the reader only decodes and forwards,
 //! so Asterisk never waits on us. Claims are taken before AMI events, so a claimed call's
@@ -10,7 +10,7 @@
 //! in batches (whatever is ready); one journal write covers a batch, before its events are
 //! queued (its sync follows on the journal's sync thread).
 //!
-//! Recovery (DESIGN.md §5): at start-up the tracker and the outbox take back what the
+//! Recovery (docs/persistence.md): at start-up the tracker and the outbox take back what the
 //! state dir kept; after every AMI login, and every `ami.reconcile_interval`, the daemon
 //! asks Asterisk for its channels (`CoreShowChannels`) and the tracker ends the calls that
 //! vanished and adopts the ones it did not know; calls silent for `calls.stale_after` are
@@ -82,7 +82,7 @@ pub async fn run(
         !config.ami.tls,
         "ami.tls = true: AMI over TLS is not supported yet; use loopback or an stunnel"
     );
-    let settings = TrackerSettings::from_config(&config).context("invalid [calls] patterns")?;
+    let settings = TrackerSettings::from_config(&config);
     let url = config.zammad.url.clone().context("zammad.url is not set")?;
     let zammad = ZammadClient::new(url, config.zammad.timeout)
         .context("failed to set up the zammad client")?;
@@ -269,17 +269,13 @@ impl Daemon {
         // The callId prefix belongs to [zammad]: calls under way must keep theirs.
         let mut reloaded = new.clone();
         reloaded.zammad = running.zammad.clone();
-        match TrackerSettings::from_config(&reloaded) {
-            Ok(settings) => {
-                self.tracker.set_settings(settings);
-                self.stale_after = new.calls.stale_after;
-                info!(
-                    agents = new.agents.len(),
-                    "config reloaded: [agents], [calls] and [numbers] apply to what happens from now on"
-                );
-            }
-            Err(e) => error!(error = %e, "config reload refused: invalid [calls] patterns"),
-        }
+        self.tracker
+            .set_settings(TrackerSettings::from_config(&reloaded));
+        self.stale_after = new.calls.stale_after;
+        info!(
+            agents = new.agents.len(),
+            "config reloaded: [agents], [calls] and [numbers] apply to what happens from now on"
+        );
         if !restart.is_empty() {
             warn!(
                 sections = ?restart,

@@ -1,4 +1,4 @@
-//! Acting on Zammad's answer to a `newCall` (DESIGN.md §6): what the call does next
+//! Acting on Zammad's answer to a `newCall` (docs/dialplan.md): what the call does next
 //! (continue, reject as busy, dial with Zammad's caller ID), the guard that lets only a
 //! plausible number from Zammad reach Asterisk, and the exact FastAGI commands and AMI
 //! actions that carry the decision out.

@@ -1,11 +1,11 @@
 //! The outbox: gets every CTI request to Zammad, one call's requests one at a time and in
 //! order, different calls concurrently.
 //!
-//! Owns the per-call queues, the retry policy (zammad-cti.md §11.12: a duplicate `newCall`
-//! counts as delivered, an unknown callId is permanent, a `hangup` is only retried when it
-//! certainly did not reach Zammad) and what happens to a call whose `newCall` Zammad
-//! refused (its later events are dropped: Zammad would answer them with 500s). `push`
-//! never blocks, so the AMI side never waits on HTTP.
+//! Owns the per-call queues, the retry policy (docs/zammad.md, "Errors and retries": a
+//! duplicate `newCall` counts as delivered, an unknown callId is permanent, a `hangup` is
+//! only retried when it certainly did not reach Zammad) and what happens to a call whose
+//! `newCall` Zammad refused (its later events are dropped: Zammad would answer them with
+//! 500s). `push` never blocks, so the AMI side never waits on HTTP.
 //!
 //! With a [`Store`], every event comes in already written to the state journal (the
 //! daemon commits it before pushing), an `answer` or `hangup` is marked as being sent

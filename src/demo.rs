@@ -92,7 +92,7 @@ struct Report {
     calls: Vec<LogEntry>,
     answers: HashMap<String, String>,
     agi: HashMap<String, AgiTranscript>,
-    /// Breaches of Zammad's rules for a bridge (zammad-cti.md §11); none expected.
+    /// Breaches of Zammad's rules for a bridge (docs/zammad.md); none expected.
     violations: Vec<String>,
 }
 
@@ -112,10 +112,10 @@ async fn play(state_dir: PathBuf) -> anyhow::Result<Report> {
     })
     .await;
     let mut config = Config::from_toml_str(LAB_CONFIG).context("the demo config")?;
-    config.ami.address = ami.addr().to_string();
+    config.ami.address = ami.addr().into();
     config.ami.username = "zammad".into();
     config.ami.secret = Some("demo".to_string().into());
-    config.zammad.url = Some(zammad.url().into());
+    config.zammad.url = Some(zammad.url().parse().map_err(anyhow::Error::msg)?);
     config.state.dir = state_dir;
 
     let shutdown = CancellationToken::new();

@@ -1,13 +1,14 @@
 //! A stand-in for Zammad's Generic CTI endpoint, for tests and the in-process demo.
 //!
 //! Owns an axum server on `127.0.0.1:0` that answers `POST /api/v1/cti/{token}` the way
-//! Zammad's code does (reference/zammad-cti.md §1-§5, §8, checklist §10): the controller
-//! checks in their order, form/JSON/query parameter parsing, the newCall block list and
-//! routing table, the per-callId log with its `done` rules, Zammad's error bodies and their
-//! Accept-dependent format. It also records every request, checks the bridge against the
-//! invariants of §11 (`violations`), and injects faults (delay, failing statuses, HTML
-//! pages). It does not model the caller-ID directory (§7), agents, `notify_map`, multipart
-//! bodies or connection resets. The bridge's own code never depends on it.
+//! Zammad's code does (docs/zammad.md): the controller checks in their order,
+//! form/JSON/query parameter parsing, the newCall block list and routing table, the
+//! per-callId log with its `done` rules, Zammad's error bodies and their Accept-dependent
+//! format, and what out-of-order and repeated events do. It also records every request,
+//! checks the bridge against the rules for a bridge of docs/zammad.md (`violations`), and
+//! injects faults (delay, failing statuses, HTML pages). It does not model the customer
+//! lookup by number (docs/zammad.md, "Numbers"), agents, `notify_map`, multipart bodies or
+//! connection resets. The bridge's own code never depends on it.
 //!
 //! Timestamps come from `tokio::time::Instant`, so tests with paused time control the
 //! clock; durations are whole seconds of truncated timestamps counted from the stand-in's
@@ -29,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 /// Path prefix of the one route Zammad has for CTI.
 const CTI_PREFIX: &str = "/api/v1/cti/";
 
-/// Exact bodies from zammad-cti.md §1 and §5 (current code).
+/// Exact bodies of Zammad's current code (docs/zammad.md, "Checks before any event" and
+/// "Errors and retries").
 pub const BODY_DISABLED: &str =
     r#"{"error":"Feature is disabled, please contact your administrator!"}"#;
 pub const BODY_NOT_CONFIGURED: &str =
@@ -272,7 +274,8 @@ impl FakeZammad {
             .collect()
     }
 
-    /// Every breach of zammad-cti.md §11 seen so far, one line each, naming the callId.
+    /// Every breach of the rules for a bridge (docs/zammad.md, "What a bridge must keep
+    /// to") seen so far, one line each, naming the callId.
     pub fn violations(&self) -> Vec<String> {
         self.shared.lock().violations.clone()
     }
@@ -357,7 +360,8 @@ struct State {
     logs: HashMap<String, LogEntry>,
     order: Vec<String>,
     violations: Vec<String>,
-    /// Requests of each callId that arrived and are not answered yet (§11.4).
+    /// Requests of each callId that arrived and are not answered yet (one at a time:
+    /// docs/zammad.md, "What a bridge must keep to").
     in_flight: HashMap<String, usize>,
     fail_next: Option<(usize, u16, bool)>,
     fail_for: Option<(Option<Instant>, u16)>,
@@ -408,9 +412,11 @@ impl State {
 enum Reply {
     /// A 200 with this JSON body.
     Ok(String),
-    /// A controller check failed: JSON whatever the Accept header says (§1).
+    /// A controller check failed: JSON whatever the Accept header says (docs/zammad.md,
+    /// "Checks before any event").
     Controller(u16, &'static str),
-    /// An exception went through the error handler: JSON or an HTML page per Accept (§5).
+    /// An exception went through the error handler: JSON or an HTML page per Accept
+    /// (docs/zammad.md, "Errors and retries").
     Error(u16, String),
     /// An injected fault.
     Fault(u16, bool),
@@ -534,7 +540,7 @@ async fn serve_one(
     (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-/// The controller checks (§1) in Zammad's order, then the event (§3).
+/// The controller checks in Zammad's order, then the event (docs/zammad.md).
 fn process(shared: &Shared, state: &mut State, token: &str, params: &Map<String, Value>) -> Reply {
     if !state.config.enabled {
         return Reply::Controller(422, BODY_DISABLED);
@@ -590,7 +596,8 @@ fn new_call(
     } else if let Some(to_text) = to.as_deref().filter(|t| !t.is_empty()) {
         let routes = &state.config.routes;
         if !routes.is_empty() && !matches!(raw_to, Some(Value::String(_))) {
-            // A numeric `to` breaks Zammad's pattern match (§2): NoMethodError, 500.
+            // A numeric `to` breaks Zammad's pattern match (docs/zammad.md, "Request
+            // bodies"): NoMethodError, 500.
             return Reply::Error(500, error_id_body());
         }
         let mut caller_id = None;
@@ -664,7 +671,8 @@ fn new_call(
         hangups: 0,
     };
     if too_long(&entry) {
-        // PostgreSQL refuses over-length values (§6): StatementInvalid, 422 "Error ID".
+        // PostgreSQL refuses over-length values (docs/zammad.md, "Field limits"):
+        // StatementInvalid, 422 "Error ID".
         return Reply::Error(422, error_id_body());
     }
     state.order.push(call_id.clone());
@@ -727,7 +735,8 @@ fn answer(
     state.logs.insert(id, updated);
     let answering = text(params.get("answeringNumber")).filter(|n| !n.is_empty());
     if direction == "in" && matches!(user, Some(Value::Array(_))) && answering.is_none() {
-        // The agent lookup lower-cases `user`; an array raises, after the save (§3.2).
+        // The agent lookup lower-cases `user`; an array raises, after the save
+        // (docs/zammad.md, "answer").
         return Reply::Error(500, error_id_body());
     }
     Reply::Ok("{}".into())
@@ -785,7 +794,8 @@ fn hangup(
     Reply::Ok("{}".into())
 }
 
-/// Breaches of §11 visible in one request's parameters alone.
+/// Breaches of the rules for a bridge (docs/zammad.md) visible in one request's
+/// parameters alone.
 fn check_shape(state: &mut State, params: &Map<String, Value>, content_type: Option<&str>) {
     let id = call_id_of(params).unwrap_or_default();
     match (params.get("callId"), params.get("call_id")) {
@@ -860,7 +870,7 @@ fn is_blank(s: &str) -> bool {
     s.trim().is_empty()
 }
 
-/// Column sizes of `cti_logs` (§6), in characters.
+/// Column sizes of `cti_logs` (docs/zammad.md, "Field limits"), in characters.
 fn too_long(e: &LogEntry) -> bool {
     let over = |s: &str, max: usize| s.chars().count() > max;
     let over_opt = |s: &Option<String>, max: usize| s.as_deref().is_some_and(|s| over(s, max));
@@ -1054,7 +1064,7 @@ fn nginx_page(status: u16) -> String {
 
 #[cfg(test)]
 mod tests {
-    //! Expected values come from reference/zammad-cti.md; the client is raw HTTP/1.1 so
+    //! Expected values come from docs/zammad.md; the client is raw HTTP/1.1 so
     //! every header (or its absence) is under the test's control.
 
     use super::*;
@@ -1364,7 +1374,7 @@ mod tests {
             ("in", json!("030123456"), "{}"),
             ("in", json!("anonymous"), reject),
             ("in", json!("Anonymous"), "{}"),
-            // A number is not the string "4930123456" (§2).
+            // A number is not the string "4930123456" (docs/zammad.md, "Request bodies").
             ("in", json!(4930123456u64), "{}"),
             // The block list is inbound only.
             ("out", json!("4930123456"), "{}"),
@@ -1402,7 +1412,7 @@ mod tests {
 
     #[tokio::test]
     async fn routing_table_rewrites_outbound_caller_id() {
-        // The configuration behind Zammad's own doc samples (§9, note 7).
+        // The configuration behind Zammad's own doc samples (docs/zammad.md, "newCall").
         let fz = FakeZammad::start(FakeZammadConfig {
             routes: vec![
                 Route::new("4989*", "498999998145"),

@@ -15,7 +15,7 @@ pub struct Listening {
     pub health: watch::Receiver<Health>,
 }
 
-/// What `/health`, systemd's watchdog and `STATUS=` report (DESIGN.md §7).
+/// What `/health`, systemd's watchdog and `STATUS=` report (docs/observability.md).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Health {
     /// Logged in to AMI.

@@ -12,7 +12,7 @@
 //! - [`replay`]: recorded AMI streams through the tracker, printed as JSON.
 //! - [`store`]: the state dir's journal: open calls and undelivered events across restarts.
 //! - [`daemon`]: `run`, wiring the parts together.
-//! - [`metrics`]: the Prometheus registry and every metric (DESIGN.md §7).
+//! - [`metrics`]: the Prometheus registry and every metric (docs/observability.md).
 //! - [`admin`]: the admin HTTP listener: `/health`, `/metrics`.
 //! - [`config`]: the typed config tree.
 //! - [`check`]: `check`'s online probes: one AMI login, one Zammad request that stores nothing.

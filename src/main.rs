@@ -1,4 +1,4 @@
-//! The binary: arguments → config → tracing → runtime → exit code (DESIGN.md §2).
+//! The binary: arguments → config → tracing → runtime → exit code (docs/commands.md).
 //!
 //! Owns the command line, the exit codes (0 fine, 1 failed, 78 invalid config) and the
 //! signals that start a shutdown and a reload (SIGHUP), and starts the systemd notifier

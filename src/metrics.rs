@@ -1,8 +1,8 @@
-//! The daemon's metrics (DESIGN.md §7): one [`Metrics`] per daemon run, holding its own
-//! `prometheus-client` registry (no process-wide globals), shared as an `Arc` by the parts
-//! that count: the daemon loop (AMI, calls), the outbox (CTI requests, outbox depth) and the
-//! FastAGI `newcall` script (sessions, decision time). [`Metrics::encode`] renders it for
-//! `GET /metrics` (see `admin`).
+//! The daemon's metrics (docs/observability.md): one [`Metrics`] per daemon run, holding
+//! its own `prometheus-client` registry (no process-wide globals), shared as an `Arc` by
+//! the parts that count: the daemon loop (AMI, calls), the outbox (CTI requests, outbox
+//! depth) and the FastAGI `newcall` script (sessions, decision time). [`Metrics::encode`]
+//! renders it for `GET /metrics` (see `admin`).
 //!
 //! The names are a contract: `azb_ami_connected`, `azb_ami_events_total`,
 //! `azb_ami_reconnects_total`, `azb_calls_active`, `azb_cti_requests_total{event,outcome}`,
@@ -290,7 +290,8 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    /// Every contract name (DESIGN.md §7) appears as a sample, before anything happened.
+    /// Every metric name of docs/observability.md appears as a sample, before anything
+    /// happened.
     #[test]
     fn every_contract_name_is_exposed_from_the_start() {
         let text = Metrics::new().encode();

@@ -16,8 +16,7 @@ use tokio_util::codec::Decoder;
 
 /// Replays each transcript in turn and writes every CTI request body it would send.
 pub fn replay_files(config: &Config, paths: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<()> {
-    let settings = TrackerSettings::from_config(config).context("invalid [calls] patterns")?;
-    let mut tracker = Tracker::new(settings);
+    let mut tracker = Tracker::new(TrackerSettings::from_config(config));
     let mut requests = Vec::new();
     for path in paths {
         let bytes = std::fs::read(path)

@@ -1,6 +1,7 @@
-//! Telling systemd how the daemon is doing (`Type=notify`, DESIGN.md §7): `READY=1` once
-//! the listeners are bound, `STATUS=` a one-line summary when the health changes (at most once a second),
-//! `WATCHDOG=1` at half of `WATCHDOG_USEC`, `STOPPING=1` when the daemon stops.
+//! Telling systemd how the daemon is doing (`Type=notify`, docs/observability.md):
+//! `READY=1` once the listeners are bound, `STATUS=` a one-line summary when the health
+//! changes (at most once a second), `WATCHDOG=1` at half of `WATCHDOG_USEC`, `STOPPING=1`
+//! when the daemon stops.
 //!
 //! The notify protocol is one datagram per message to the socket named by `NOTIFY_SOCKET`
 //! (a path, or `@name` for the abstract namespace); it is written here on

@@ -4,7 +4,7 @@
 //! (the token is its last path segment), the POST of one [`CtiRequest`] with
 //! `Content-Type: application/json` and `Accept: application/json`, and the sorting of
 //! every failure into a [`ZammadError`] that tells the outbox whether a retry is safe
-//! (zammad-cti.md §5, §11.11, §11.12). What to do with a decision, and when to retry, is
+//! (docs/zammad.md, "Errors and retries"). What to do with a decision, and when to retry, is
 //! left to `delivery`; what the bodies look like is `cti`'s.
 //!
 //! The token never reaches a log line or an error message: errors from reqwest are
@@ -84,7 +84,8 @@ impl ZammadError {
         }
     }
 
-    /// Whether sending the same event again is safe and may help (zammad-cti.md §11.12).
+    /// Whether sending the same event again is safe and may help (docs/zammad.md, "Errors
+    /// and retries").
     ///
     /// - newCall: a retry that finds the first one delivered gets "already exists", which
     ///   [`ZammadError::counts_as_delivered`] accepts; so retry anything transient.
@@ -143,7 +144,11 @@ impl ZammadClient {
     /// A client for `url` (`http[s]://host/api/v1/cti/TOKEN`) that gives up on a request
     /// after `timeout`. Connecting may take at most half of it, so that a slow connect is
     /// reported as [`ZammadError::Connect`] (certainly not delivered) rather than a timeout.
-    pub fn new(url: SecretString, timeout: Duration) -> Result<ZammadClient, ZammadError> {
+    pub fn new(
+        url: impl Into<SecretString>,
+        timeout: Duration,
+    ) -> Result<ZammadClient, ZammadError> {
+        let url = url.into();
         let parsed =
             reqwest::Url::parse(url.expose_secret()).map_err(|_| ZammadError::InvalidUrl {
                 reason: "not an absolute url",
@@ -222,9 +227,10 @@ impl ZammadClient {
     /// Asks Zammad whether the endpoint, the token and the integration are right, without
     /// creating a call: the body carries `"direction":"check"`, which is neither `in` nor
     /// `out`. Zammad runs its checks in the order enabled, configured, token, direction
-    /// (zammad-cti.md §1), and the direction check fails before any event is handled, so
-    /// the `422 Invalid 'direction'!` it answers means "reachable, token accepted,
-    /// integration on" and nothing is stored but the HTTP log line every request gets.
+    /// (docs/zammad.md, "Checks before any event"), and the direction check fails before
+    /// any event is handled, so the `422 Invalid 'direction'!` it answers means
+    /// "reachable, token accepted, integration on" and nothing is stored but the HTTP log
+    /// line every request gets.
     ///
     /// `Ok` is that answer; every other one is the [`ZammadError`] a real event would have
     /// got (401 [`ZammadError::Unauthorized`], 422 "Feature …" [`ZammadError::Disabled`],
@@ -289,7 +295,7 @@ fn classify_probe(status: u16, body: &str) -> Result<(), ZammadError> {
     }
 }
 
-/// Sorts one HTTP answer (zammad-cti.md §1, §3, §5).
+/// Sorts one HTTP answer (docs/zammad.md: the checks, the events, "Errors and retries").
 fn classify(event: CtiEventKind, status: u16, body: &str) -> Result<ZammadDecision, ZammadError> {
     if (200..300).contains(&status) {
         return ZammadDecision::parse(body).map_err(|e| match e {
@@ -342,7 +348,7 @@ fn redact(url: &reqwest::Url) -> String {
 
 #[cfg(test)]
 mod tests {
-    //! Against the stand-in Zammad; expected values from reference/zammad-cti.md.
+    //! Against the stand-in Zammad; expected values from docs/zammad.md.
 
     use super::*;
     use crate::cti::{CallId, Cause, Direction, Users};
@@ -691,7 +697,7 @@ mod tests {
             (NewCall, 200, "<html>hello</html>", "BadReply"),
             (NewCall, 200, r#"{"action":"transfer"}"#, "BadDecision"),
             (NewCall, 500, exists, "AlreadyExists"),
-            // The unique-index race (§3.1).
+            // Two newCalls racing past Zammad's check (docs/zammad.md, "newCall").
             (
                 NewCall,
                 422,

@@ -3,7 +3,7 @@
 //! (`200 result=`, 510, 511, 520 in one or many lines, bare `HANGUP` lines).
 //!
 //! No I/O: `agi::server` feeds lines in and writes the commands out
-//! (reference/asterisk.md §6).
+//! (docs/asterisk.md, "FastAGI").
 
 use std::fmt;
 

@@ -134,7 +134,7 @@ impl AgiServer {
         if config.listen.is_empty() {
             return Ok(None);
         }
-        let listener = TcpListener::bind(&config.listen).await?;
+        let listener = TcpListener::bind(&*config.listen).await?;
         let addr = listener.local_addr()?;
         if !addr.ip().is_loopback() {
             warn!(

@@ -77,8 +77,12 @@ impl AmiSettings {
 
     /// From the `[ami]` config section; `secret` is the resolved secret (inline, file or
     /// environment, which the config loader decides).
-    pub fn from_config(config: &AmiConfig, secret: SecretString) -> Self {
-        let mut settings = Self::new(config.address.clone(), config.username.clone(), secret);
+    pub fn from_config(config: &AmiConfig, secret: impl Into<SecretString>) -> Self {
+        let mut settings = Self::new(
+            config.address.clone(),
+            config.username.clone(),
+            secret.into(),
+        );
         settings.ping_interval = config.ping_interval;
         settings
     }

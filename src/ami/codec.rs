@@ -1,10 +1,10 @@
 //! AMI framing: bytes ⇄ [`AmiMessage`]. No I/O.
 //!
-//! Owns the wire format of AMI §2.1: the one banner line, `Key: Value` lines ended by CRLF
-//! (bare LF accepted), a blank line after each frame, lossy UTF-8, the C-escapes Asterisk
-//! (since 13.5) puts into caller names and channel variables, a per-frame size limit, and
-//! the CR/LF guard on everything we write. The socket and what frames mean belong to
-//! `client`.
+//! Owns the wire format of AMI (docs/asterisk.md, "AMI framing and escaping"): the one
+//! banner line, `Key: Value` lines ended by CRLF (bare LF accepted), a blank line after
+//! each frame, lossy UTF-8, the C-escapes Asterisk (since 13.5) puts into caller names and
+//! channel variables, a per-frame size limit, and the CR/LF guard on everything we write.
+//! The socket and what frames mean belong to `client`.
 //!
 //! The banner is recognised wherever a frame could start (a line beginning with
 //! `Asterisk Call Manager`), so the decoder needs no state for it and a recording made of

@@ -72,17 +72,17 @@ pub struct TrackerSettings {
 }
 
 impl TrackerSettings {
-    /// Builds the settings from a loaded config. The regexes were validated at load.
-    pub fn from_config(config: &Config) -> Result<Self, regex::Error> {
+    /// Builds the settings from a loaded config, whose patterns are compiled already.
+    pub fn from_config(config: &Config) -> Self {
         let calls: &CallsConfig = &config.calls;
-        Ok(Self {
-            plan: NumberPlan::new(&config.numbers, Regex::new(&calls.extension_pattern)?),
+        Self {
+            plan: NumberPlan::new(&config.numbers, calls.extension_pattern.regex().clone()),
             inbound_contexts: calls.inbound_contexts.iter().cloned().collect(),
             outbound_contexts: calls.outbound_contexts.iter().cloned().collect(),
-            trunk_channel: calls.trunk_regex(),
+            trunk_channel: calls.trunk_channel.clone().map(Regex::from),
             agents: config.agents.clone(),
             call_id_prefix: config.zammad.call_id_prefix.clone(),
-        })
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Hangup cause policy: Zammad's `cause` from what the call went through, what Dial
-//! reported and the Q.850 cause of the channel that ended it (reference/asterisk.md §4.4).
+//! reported and the Q.850 cause of the channel that ended it (docs/asterisk.md, "Dial
+//! status and hangup causes").
 
 use crate::cti::{Cause, Direction};
 use serde::{Deserialize, Serialize};
@@ -110,7 +111,7 @@ mod tests {
     }
 
     #[test]
-    fn mapping_follows_asterisk_md_4_4() {
+    fn causes_from_answer_dial_status_and_q850() {
         use Direction::{In, Out};
         let dial = |d| CallOutcome {
             best_dial: Some(d),

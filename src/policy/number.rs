@@ -2,7 +2,8 @@
 //! internal extensions unchanged, `anonymous` for a withheld caller.
 //!
 //! Zammad compares block lists byte for byte and normalises national numbers with a
-//! hard-coded German `49`, so the bridge sends one format everywhere (DESIGN.md §4).
+//! hard-coded German `49`, so the bridge sends one format everywhere (docs/calls.md,
+//! "Numbers"; docs/zammad.md, "Numbers").
 
 use crate::config::NumbersConfig;
 use regex::Regex;
@@ -44,9 +45,9 @@ impl PhoneNumber {
 impl NumberPlan {
     pub fn new(numbers: &NumbersConfig, extension: Regex) -> Self {
         Self {
-            country_code: numbers.country_code.clone(),
-            national_prefix: numbers.national_prefix.clone(),
-            international_prefix: numbers.international_prefix.clone(),
+            country_code: numbers.country_code.to_string(),
+            national_prefix: numbers.national_prefix.to_string(),
+            international_prefix: numbers.international_prefix.to_string(),
             extension,
         }
     }
@@ -140,8 +141,8 @@ mod tests {
     }
 
     #[test]
-    fn normalises_like_design_section_4() {
-        check("+49 30 1234", "49301234"); // DESIGN.md §4 example
+    fn normalises_to_international_digits() {
+        check("+49 30 1234", "49301234"); // the example of docs/calls.md, "Numbers"
         check("0301234", "49301234"); // national, country_code 49
         check("0044 20 7946 0000", "442079460000"); // international prefix dropped
         check("+1 (555) 555-0100", "15555550100");
@@ -178,18 +179,18 @@ mod tests {
     fn other_country_code_and_empty_prefixes() {
         let p = NumberPlan::new(
             &NumbersConfig {
-                country_code: "41".into(),
-                national_prefix: "0".into(),
-                international_prefix: "00".into(),
+                country_code: "41".parse().unwrap(),
+                national_prefix: "0".parse().unwrap(),
+                international_prefix: "00".parse().unwrap(),
             },
             Regex::new("^[0-9]{2,5}$").unwrap(),
         );
         assert_eq!(p.normalise("081 288 63 93"), "41812886393");
         let none = NumberPlan::new(
             &NumbersConfig {
-                country_code: "1".into(),
-                national_prefix: String::new(),
-                international_prefix: String::new(),
+                country_code: "1".parse().unwrap(),
+                national_prefix: "".parse().unwrap(),
+                international_prefix: "".parse().unwrap(),
             },
             Regex::new("^[0-9]{3}$").unwrap(),
         );

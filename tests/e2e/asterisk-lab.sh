@@ -15,9 +15,11 @@
 # two test processes from building it at the same time. AZB_LAB_MIRROR picks the Debian
 # mirror. Needs root (debootstrap, chroot, a private mount namespace).
 #
-# The PBX configuration is what we ship: the [zammad] user of asterisk-examples/manager.conf
-# and the contexts of asterisk-examples/extensions.conf (only their "Your own routing" part
-# is replaced by the lab's simulated routing, and the FastAGI port by AGI_PORT). Phones,
+# The PBX configuration is what we ship: the [zammad] user of asterisk-examples/manager.conf,
+# the contexts of asterisk-examples/extensions.conf (only their "Your own routing" part
+# is replaced by the lab's simulated routing, and the FastAGI port by AGI_PORT) and, beside
+# them, the FreePBX contexts of asterisk-examples/extensions_custom.conf (its commented-out
+# examples enabled), reached from a cut-down imitation of FreePBX 17's dialplan. Phones,
 # trunk and the outside world are Local channels (see `lab_dialplan` below); chan_pjsip is
 # not loaded, because res_pjsip opens DNS sockets on the wildcard address.
 set -euo pipefail
@@ -169,6 +171,8 @@ load => bridge_simple.so
 load => bridge_builtin_features.so
 load => res_timing_timerfd.so
 load => app_playtones.so
+load => app_stack.so
+load => app_exec.so
 CONF
 
     cat >"$etc/logger.conf" <<'CONF'
@@ -240,6 +244,18 @@ joinempty = yes
 leavewhenempty = no
 member => Local/201@phones,0,Alice
 member => Local/203@phones,0,Carol
+
+; The same queue as FreePBX names queues (by number), for the FreePBX examples.
+[700]
+strategy = ringall
+timeout = 15
+retry = 1
+wrapuptime = 0
+ringinuse = yes
+joinempty = yes
+leavewhenempty = no
+member => Local/201@phones,0,Alice
+member => Local/203@phones,0,Carol
 CONF
 
     # extensions.conf: the shipped contexts up to their "Your own routing" part, with this
@@ -249,6 +265,11 @@ CONF
         die "no '$routing_marker' line in $examples/extensions.conf"
     grep -q 'agi://127\.0\.0\.1:4573/' "$examples/extensions.conf" ||
         die "no agi://127.0.0.1:4573/ in $examples/extensions.conf"
+    local freepbx="$examples/extensions_custom.conf"
+    grep -q 'agi://127\.0\.0\.1:4574/' "$freepbx" ||
+        die "no agi://127.0.0.1:4574/ in $freepbx"
+    grep -q '^\[macro-dialout-trunk-predial-hook\]' "$freepbx" ||
+        die "no [macro-dialout-trunk-predial-hook] in $freepbx"
     {
         cat <<'CONF'
 [general]
@@ -263,11 +284,23 @@ clearglobalvars = yes
 ; channel variables (AMI Originate: Variable: __LAB_TALK=20).
 LAB_DIAL_TIMEOUT = 20
 LAB_TALK = 4
+; The context through which [pstn-withheld] callers reach the PBX.
+LAB_TRUNK = from-trunk
+; The trunk's outbound caller ID, as FreePBX sets it before its predial hook.
+LAB_TRUNK_CID = 4930123456000
 
 ; ---- asterisk-examples/extensions.conf ----
 CONF
         sed -n "1,/^$routing_marker/p" "$examples/extensions.conf" |
             sed -e '$d' -e "s#agi://127\.0\.0\.1:4573/#agi://127.0.0.1:$agi_port/#g"
+        # The FreePBX file whole, on this run's FastAGI port, with its commented-out
+        # examples (";exten => ...", "; same => ...") enabled; its [zammad-rejected] is
+        # renamed, as the plain file has one too.
+        printf '\n; ---- asterisk-examples/extensions_custom.conf (FreePBX) ----\n'
+        sed -E -e "s#agi://127\.0\.0\.1:4574/#agi://127.0.0.1:$agi_port/#g" \
+            -e 's/zammad-rejected/zammad-rejected-freepbx/g' \
+            -e 's/^;( *(exten|same) =>)/\1/' \
+            "$freepbx"
         lab_dialplan
     } >"$etc/extensions.conf"
 }
@@ -275,8 +308,15 @@ CONF
 # The lab's routing and the simulated world, all Local channels:
 #   DID 49301234562XX  phone 2XX        DID 4930123456600  ring group 201 & 203
 #   DID 4930123456700  queue support    (a leading + is accepted and dropped)
+#   DID 4930123456804, ...805  phone 204 behind a call-acceptance step nobody accepts
+#                      (Dial's U() and G() options)
 #   phones 201, 204, 205: ring 2 s, answer, talk LAB_TALK s; 202 busy; 203, 206, 207 never answer
-#   pstn: every number rings 2 s, answers, talks LAB_TALK s
+#   pstn: every number rings 2 s, answers, talks LAB_TALK s; 1555555018X ring 6 s first
+#   pstn-withheld: a caller with presentation prohibited dials DID EXTEN through LAB_TRUNK
+# FreePBX (the contexts of extensions_custom.conf, entered at from-pstn-custom):
+#   [ext-did]: DIDs 4930123456700 and ...701 to queue 700, 4930123456900 to a follow-me
+#   whose member is outside number 15555550181; other DIDs as above
+#   [freepbx-internal]: a FreePBX phone dialing out (AMPUSER, OUTNUM, the predial hook)
 lab_dialplan() {
     cat <<'CONF'
 ; ---- The lab's own routing (replaces the examples' "Your own routing") ----
@@ -293,6 +333,10 @@ exten => _49301234562XX,1,Dial(Local/${EXTEN:-3}@phones,${LAB_DIAL_TIMEOUT},t)
 exten => 4930123456600,1,Dial(Local/201@phones&Local/203@phones,${LAB_DIAL_TIMEOUT},t)
  same => n,Hangup()
 exten => 4930123456700,1,Queue(support,t,,,${LAB_DIAL_TIMEOUT})
+ same => n,Hangup()
+exten => 4930123456804,1,Dial(Local/204@confirm/n,${LAB_DIAL_TIMEOUT},t)
+ same => n,Hangup()
+exten => 4930123456805,1,Dial(Local/204@confirm-g/n,${LAB_DIAL_TIMEOUT},t)
  same => n,Hangup()
 
 [internal-routes]
@@ -319,6 +363,35 @@ exten => _20[367],1,Ringing()
  same => n,Wait(600)
  same => n,Hangup()
 
+[confirm]
+; A leg that asks the answering phone to accept the call ("press 1"), as FreePBX's ring
+; groups and follow-me with "Confirm Calls" do: phone EXTEN answers, the routine of Dial's
+; U() runs on it before the caller is connected, nobody presses 1, and it returns ABORT:
+; Dial hangs up both the phone and this leg. The caller was never connected.
+exten => _2XX,1,Dial(Local/${EXTEN}@phones,${LAB_DIAL_TIMEOUT},U(confirm-prompt))
+ same => n,Hangup()
+
+[confirm-prompt]
+exten => s,1,Wait(1)
+ same => n,Set(GOSUB_RESULT=ABORT)
+ same => n,Return()
+
+[confirm-g]
+; The same step with Dial's G(): once phone EXTEN answers, Dial ends (ANSWER) without
+; connecting anyone and sends this leg to s,1 and the phone to s,2 of [confirm-g-split].
+; The phone hears the prompt and, as nobody presses 1, hangs up; the leg, which would have
+; been connected on a 1, gives up too.
+exten => _2XX,1,Dial(Local/${EXTEN}@phones,${LAB_DIAL_TIMEOUT},G(confirm-g-split^s^1))
+ same => n,Hangup()
+
+[confirm-g-split]
+exten => s,1,Goto(s,10)
+exten => s,2,Goto(s,20)
+exten => s,10,Wait(2)
+exten => s,11,Hangup()
+exten => s,20,Wait(1)
+exten => s,21,Hangup()
+
 [phones-pickup]
 ; Phone EXTEN picks up the ringing channel named in LAB_PICKUP.
 exten => _2XX,1,PickupChan(${LAB_PICKUP})
@@ -331,6 +404,54 @@ exten => _X.,1,Ringing()
  same => n,Wait(${LAB_TALK})
  same => n,Hangup()
 exten => _+X.,1,Goto(${EXTEN:1},1)
+; Ring long enough for a transfer to complete, or a caller to give up, while they ring.
+exten => _1555555018X,1,Ringing()
+ same => n,Wait(6)
+ same => n,Answer()
+ same => n,Wait(${LAB_TALK})
+ same => n,Hangup()
+
+[pstn-withheld]
+; A caller who withholds their number (CLIR): the network still passes the digits on,
+; marked "presentation prohibited", when they dial DID EXTEN through the trunk. (/n: the
+; trunk's Local channel must not be optimized away once both its halves are bridged.)
+exten => _X.,1,Set(CALLERID(num-pres)=prohib)
+ same => n,Dial(Local/${EXTEN}@${LAB_TRUNK}/n)
+ same => n,Hangup()
+
+; ---- FreePBX 17, cut down to what the bridge meets (its contexts are those of
+; ---- asterisk-examples/extensions_custom.conf, above)
+
+[ext-did]
+; FreePBX's inbound routes, where [from-pstn-custom] hands the calls over.
+exten => 4930123456700,1,Queue(700,t,,,${LAB_DIAL_TIMEOUT})
+ same => n,Hangup()
+exten => 4930123456701,1,Queue(700,t,,,${LAB_DIAL_TIMEOUT})
+ same => n,Hangup()
+; A follow-me (or ring group) whose member is an outside number: FreePBX dials it as
+; Local/NUMBER@from-internal/n, whose ;2 half goes out through the trunk and the predial hook.
+exten => 4930123456900,1,Dial(Local/15555550181@freepbx-internal/n,${LAB_DIAL_TIMEOUT},t)
+ same => n,Hangup()
+exten => _X.,1,Goto(inbound-routes,${EXTEN},1)
+exten => _+X.,1,Goto(inbound-routes,${EXTEN},1)
+
+[freepbx-internal]
+; FreePBX's from-internal, an outbound route and macro-dialout-trunk, as FreePBX 17 runs
+; them (Gosub, not Macro): AMPUSER is the calling phone's extension (FreePBX looks the
+; caller's device up; empty for anyone else, e.g. the outside caller on a follow-me leg),
+; OUTNUM the number to dial, and by the time the predial hook runs CALLERID(num) is the
+; trunk's outbound caller ID.
+exten => _X.,1,Set(AMPUSER=${IF(${REGEX("^2[0-9][0-9]$" ${CALLERID(num)})}?${CALLERID(num)}:)})
+ same => n,Gosub(freepbx-dialout-trunk,s,1(${EXTEN}))
+ same => n,Hangup()
+
+[freepbx-dialout-trunk]
+exten => s,1,Set(OUTNUM=${ARG1})
+ same => n,ExecIf($["${AMPUSER}" != ""]?Set(CALLERID(num)=${LAB_TRUNK_CID}))
+ same => n(gocall),Gosub(macro-dialout-trunk-predial-hook,s,1())
+ same => n,GotoIf($["${PREDIAL_HOOK_RET}" = "BYPASS"]?bypass)
+ same => n,Dial(Local/${OUTNUM}@pstn,60)
+ same => n(bypass),Return()
 CONF
 }
 

@@ -1,6 +1,6 @@
-//! The admin listener (DESIGN.md §7) of the in-process daemon: `/metrics` names every
-//! contract metric and moves with a call; `/health` is 200 while AMI is logged in and 503,
-//! with the reason, while it is not.
+//! The admin listener (docs/observability.md) of the in-process daemon: `/metrics` names
+//! every contract metric and moves with a call; `/health` is 200 while AMI is logged in
+//! and 503, with the reason, while it is not.
 
 use crate::support::call_events;
 use crate::support::encode;
@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Every metric name DESIGN.md §7 promises, as it appears on a sample line.
+/// Every metric name docs/observability.md promises, as it appears on a sample line.
 const CONTRACT: [&str; 9] = [
     "azb_ami_connected",
     "azb_ami_events_total",
@@ -239,9 +239,9 @@ async fn an_admin_address_in_use_stops_the_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut config = crate::support::lab_config();
     config.ami.secret = Some("s3cret".to_string().into());
-    config.zammad.url = Some("http://127.0.0.1:9/api/v1/cti/token".into());
-    config.agi.listen = String::new();
-    config.admin.listen = taken.local_addr().unwrap().to_string();
+    config.zammad.url = Some("http://127.0.0.1:9/api/v1/cti/token".parse().unwrap());
+    config.agi.listen = asterisk_zammad_bridge::config::ListenAddr::off();
+    config.admin.listen = taken.local_addr().unwrap().into();
     config.state.dir = crate::support::temp_dir("admin-in-use");
     let error = asterisk_zammad_bridge::daemon::run(
         config.clone(),

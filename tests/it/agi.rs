@@ -1,4 +1,4 @@
-//! Zammad decides (DESIGN.md §6): the real daemon between a FastAGI peer playing
+//! Zammad decides (docs/dialplan.md): the real daemon between a FastAGI peer playing
 //! Asterisk's side (`fake_agi`), the scripted AMI peer and the stand-in Zammad with a
 //! block list and a routing table.
 //!
@@ -48,7 +48,7 @@ fn bodies(h: &Harness) -> Vec<Value> {
 
 /// What `replay` prints for recorded bytes: what the AMI path alone would post.
 fn replayed(bytes: &[u8]) -> Vec<Value> {
-    let settings = TrackerSettings::from_config(&lab_config()).unwrap();
+    let settings = TrackerSettings::from_config(&lab_config());
     replay_bytes(settings, bytes)
         .unwrap()
         .iter()

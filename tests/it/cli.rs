@@ -110,6 +110,12 @@ fn check_and_run_exit_78_on_an_invalid_config() {
             "[agi]\nreject = \"drop\"\n",
             "agi.reject: expected",
         ),
+        // Parses as a duration, but no timer can be set that far ahead.
+        (
+            &["run", "-c", "{}"],
+            "[ami]\nsecret = \"x\"\nreconcile_interval = \"500000000000y\"\n",
+            "ami.reconcile_interval: must be at most 100years",
+        ),
     ];
     for (args, config, stderr) in cases {
         check(args, Some(config), 78, "", stderr);
@@ -316,7 +322,7 @@ async fn demo_shows_inbound_outbound_rejected_and_missed_calls_within_10_s() {
 }
 
 #[test]
-fn arguments_follow_design_section_2() {
+fn usage_errors_exit_2_and_help_lists_the_commands() {
     // clap's usage errors exit with 2.
     check(&["replay"], None, 2, "", "TRANSCRIPT");
     check(&["-c", "{}", "check"], None, 2, "", "");

@@ -1,8 +1,9 @@
 //! End to end against a real Asterisk 22 (Debian sid, in a chroot: tests/e2e/asterisk-lab.sh):
 //! the real daemon binary follows real calls and the stand-in Zammad records what it is
-//! told. The PBX runs the shipped asterisk-examples/manager.conf and extensions.conf; the
-//! lab's phones, trunk and PSTN are Local channels, and the calls are placed with AMI
-//! `Originate` by a driver session.
+//! told. The PBX runs the shipped asterisk-examples/manager.conf and extensions.conf, and
+//! the FreePBX extensions_custom.conf beside them (reached from a cut-down imitation of
+//! FreePBX 17's dialplan); the lab's phones, trunk and PSTN are Local channels, and the
+//! calls are placed with AMI `Originate` by a driver session.
 //!
 //! One Asterisk and one daemon serve every scenario, and the scenarios run concurrently:
 //! each call has its own Linkedid (the driver picks it with `ChannelId`), so each
@@ -55,7 +56,7 @@ call_id_prefix = "{PREFIX}"
 country_code = "49"
 
 [calls]
-inbound_contexts = ["from-trunk", "from-pstn", "from-external"]
+inbound_contexts = ["from-trunk", "from-pstn", "from-external", "from-pstn-custom"]
 outbound_contexts = ["from-internal"]
 
 [agents]
@@ -245,6 +246,92 @@ impl Lab {
                 dial.get("DestChannel")
             )),
             None => Ok(()),
+        }
+    }
+}
+
+impl Lab {
+    /// Fails if an event so far `matches` (for what must not have happened).
+    fn no_event(&self, what: &str, matches: impl Fn(&AmiMessage) -> bool) -> Result<(), String> {
+        match self.driver.events().into_iter().find(|e| matches(e)) {
+            Some(e) => Err(format!("{what}: {e:?}")),
+            None => Ok(()),
+        }
+    }
+
+    /// The first of two events: `Ok` with the one that `wanted` matches, `Err` naming the
+    /// other (`instead`), so that a scenario fails at once when the call took the wrong
+    /// turn instead of waiting out its time.
+    async fn first_of(
+        &self,
+        id: &str,
+        what: &str,
+        wanted: impl Fn(&AmiMessage) -> bool,
+        instead: impl Fn(&AmiMessage) -> bool,
+    ) -> Result<AmiMessage, String> {
+        let e = self.event(id, what, |e| wanted(e) || instead(e)).await?;
+        if wanted(&e) {
+            Ok(e)
+        } else {
+            Err(format!("instead of {what}: {e:?}"))
+        }
+    }
+
+    /// For a call Zammad must not hear of: waits until the channel `uniqueid` that placed
+    /// it hung up, gives the daemon a moment, and checks that nothing was sent for it.
+    async fn nothing_reported(&self, id: &str, uniqueid: &str) -> Result<Expected, String> {
+        self.event(id, &format!("Hangup of {uniqueid}"), |e| {
+            e.event() == Some("Hangup") && e.get("Uniqueid") == Some(uniqueid)
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let expected = Expected {
+            call_id: format!("{PREFIX}{id}"),
+            requests: Vec::new(),
+            or: None,
+        };
+        let got: Vec<Value> = self
+            .zammad
+            .requests()
+            .into_iter()
+            .filter(|r| r.call_id().as_deref() == Some(&expected.call_id))
+            .map(|r| r.params)
+            .collect();
+        compare(&expected, &got)?;
+        Ok(expected)
+    }
+
+    /// Fails if Zammad heard of a call keyed by any Uniqueid or Linkedid of the channels
+    /// named `Local/<exten>@...` (other than `own`, the call they belong to): such legs
+    /// must never become a call of their own.
+    fn no_call_of_channels(&self, exten: &str, own: &str) -> Result<(), String> {
+        let prefix = format!("Local/{exten}@");
+        let mut ids = BTreeSet::new();
+        for e in self.driver.events() {
+            if e.get("Channel").is_some_and(|c| c.starts_with(&prefix)) {
+                ids.extend(
+                    [e.get("Uniqueid"), e.get("Linkedid")]
+                        .into_iter()
+                        .flatten()
+                        .filter(|v| *v != own)
+                        .map(|v| format!("{PREFIX}{v}")),
+                );
+            }
+        }
+        let told: Vec<Value> = self
+            .zammad
+            .requests()
+            .into_iter()
+            .filter(|r| r.call_id().is_some_and(|c| ids.contains(&c)))
+            .map(|r| r.params)
+            .collect();
+        if told.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the legs {prefix}... became a call of their own: {}",
+                serde_json::to_string_pretty(&told).unwrap_or_default()
+            ))
         }
     }
 }
@@ -666,6 +753,429 @@ async fn outbound_caller_id(lab: &Lab) -> Result<Expected, String> {
     lab.check(call.expect(requests)).await
 }
 
+// ---- FreePBX: asterisk-examples/extensions_custom.conf, reached the way FreePBX 17 does
+// ---- (the lab's [freepbx-internal] and [ext-did] imitate FreePBX's own contexts).
+
+/// A FreePBX 17 phone (201) dials out: FreePBX's outbound path (Gosub, as FreePBX 17 runs
+/// it) calls the shipped predial hook with AMPUSER=201, OUTNUM, and CALLERID(num) already
+/// the trunk's caller ID, then dials the trunk. The call must survive the hook (a dead
+/// application there, such as a bare MacroExit() under Gosub, hangs it up before the Dial)
+/// and be claimed by the hook's FastAGI as 201's call: `from` is Alice's number and `user`
+/// Alice, whatever caller ID the trunk presents.
+async fn freepbx_outbound(lab: &Lab) -> Result<Expected, String> {
+    let id = "e2e-freepbx-outbound";
+    let number = "03012345678";
+    Originate {
+        id,
+        channel: format!("Local/{number}@freepbx-internal"),
+        caller_id: r#""Alice" <201>"#,
+        wait: 30,
+        timeout_ms: 30_000,
+        vars: Vec::new(),
+    }
+    .send(&lab.driver)
+    .await?;
+    // The phone's channel (`;2`) runs the hook; after it, the Dial to the trunk, or (the
+    // hook broke the call) its hangup.
+    let phone = format!("{id};2");
+    let trunk = format!("Local/{number}@pstn-");
+    lab.first_of(
+        id,
+        &format!("the Dial to {trunk}... after the predial hook"),
+        |e| {
+            e.event() == Some("DialBegin")
+                && e.get("Uniqueid") == Some(&phone)
+                && e.get("DestChannel").is_some_and(|c| c.starts_with(&trunk))
+        },
+        |e| e.event() == Some("Hangup") && e.get("Uniqueid") == Some(&phone),
+    )
+    .await?;
+    // The hook's FastAGI ran, with AMPUSER set, on the phone's channel.
+    let action = lab.var_set(id, &phone, "ZAMMAD_ACTION").await?;
+    if action != "continue" {
+        return Err(format!("ZAMMAD_ACTION={action:?}"));
+    }
+    lab.dial_end(id, &trunk, "ANSWER").await?;
+    let call = Call::outbound(id, ALICE_NUMBER, "493012345678");
+    let requests = vec![
+        call.event("newCall", json!({"user": "Alice"})),
+        call.event("answer", json!({})),
+        call.event("hangup", json!({"cause": "normalClearing"})),
+    ];
+    lab.check(call.expect(requests)).await
+}
+
+/// DID 900 through FreePBX's [from-pstn-custom] (its FastAGI reports the inbound call) to a
+/// follow-me whose member is an outside number: the member's Local leg goes out through
+/// FreePBX's outbound path and the predial hook with AMPUSER empty, so the hook skips its
+/// FastAGI (extensions_custom.conf) and the leg stays part of the inbound call. The outside
+/// number rings 6 s; the caller gives up after 4 s: the one inbound call, missed (cancel),
+/// and nothing of the leg as a call of its own.
+async fn freepbx_follow_me_outside(lab: &Lab) -> Result<Expected, String> {
+    let id = "e2e-freepbx-follow-me";
+    inbound(id, "from-pstn-custom", "4930123456900", 30, 4_000)
+        .send(&lab.driver)
+        .await?;
+    let trunk = format!("{id};2");
+    let call_id = lab.var_set(id, &trunk, "ZAMMAD_CALLID").await?;
+    if call_id != format!("{PREFIX}{id}") {
+        return Err(format!("ZAMMAD_CALLID={call_id:?}"));
+    }
+    // The member's leg came through the hook and dialed out.
+    let leg = "Local/15555550181@freepbx-internal-";
+    lab.event(id, "the follow-me leg dialing out", |e| {
+        e.event() == Some("DialBegin")
+            && e.get("Channel").is_some_and(|c| c.starts_with(leg))
+            && e.get("DestChannel")
+                .is_some_and(|c| c.starts_with("Local/15555550181@pstn-"))
+    })
+    .await?;
+    lab.dial_end(id, leg, "CANCEL").await?;
+    let call = Call::inbound(id, "4930123456900");
+    let requests = vec![
+        call.event("newCall", json!({})),
+        call.event("hangup", json!({"cause": "cancel"})),
+    ];
+    let expected = lab.check(call.expect(requests)).await?;
+    // The hook asked nothing for the leg (no AMPUSER), and the leg is no call of its own.
+    lab.no_event(
+        "the predial hook ran the FastAGI on the follow-me leg",
+        |e| {
+            e.event() == Some("VarSet")
+                && e.get("Variable") == Some("ZAMMAD_CALLID")
+                && e.get("Channel").is_some_and(|c| c.starts_with(leg))
+        },
+    )?;
+    lab.no_call_of_channels("15555550181", id)?;
+    Ok(expected)
+}
+
+/// A FreePBX DID that leads to queue 700, with the per-DID lines of extensions_custom.conf
+/// (commented out there, enabled in the lab). `with_agi`: DID 700's exact line, which wins
+/// over the `_X.` catch-all and passes `queue=700` to the FastAGI, so the `newCall` names
+/// the queue (and no agents: nobody rings yet). Else DID 701's exact line without the AGI:
+/// the call is reported from AMI once the queue rings, with the queue and its agents.
+async fn freepbx_queue(lab: &Lab, with_agi: bool) -> Result<Expected, String> {
+    let (id, did) = if with_agi {
+        ("e2e-freepbx-queue-agi", "4930123456700")
+    } else {
+        ("e2e-freepbx-queue-ami", "4930123456701")
+    };
+    inbound(id, "from-pstn-custom", did, 30, 30_000)
+        .send(&lab.driver)
+        .await?;
+    let connect = lab
+        .event(id, "AgentConnect", |e| e.event() == Some("AgentConnect"))
+        .await?;
+    if (connect.get("Queue"), connect.get("MemberName")) != (Some("700"), Some("Alice")) {
+        return Err(format!(
+            "queue {:?} connected {:?}, not 700 and Alice",
+            connect.get("Queue"),
+            connect.get("MemberName")
+        ));
+    }
+    let trunk = format!("{id};2");
+    let agi = |e: &AmiMessage| {
+        e.event() == Some("Newexten")
+            && e.get("Uniqueid") == Some(&trunk)
+            && e.get("Application") == Some("AGI")
+    };
+    let call = Call::inbound(id, did);
+    let requests = |new_call: Value| {
+        vec![
+            call.event("newCall", new_call),
+            call.event(
+                "answer",
+                json!({"user": "Alice", "answeringNumber": ALICE_NUMBER}),
+            ),
+            call.event("hangup", json!({"cause": "normalClearing"})),
+        ]
+    };
+    if with_agi {
+        // Asterisk took the exact DID, not the `_X.` pattern: its AGI names the queue.
+        let run = lab
+            .event(id, "the FastAGI of the DID's own line", agi)
+            .await?;
+        if !run.get("AppData").is_some_and(|d| d.contains("queue=700")) {
+            return Err(format!("the AGI that ran: {:?}", run.get("AppData")));
+        }
+        let requests = requests(json!({"queue": "700"}));
+        return lab.check(call.expect(requests)).await;
+    }
+    // app_queue may report 201 ringing before it has called 203 (see queue_answered).
+    let both = requests(json!({"user": ["Alice", "Carol"], "queue": "700"}));
+    let first = requests(json!({"user": "Alice", "queue": "700"}));
+    let mut expected = call.expect(both);
+    expected.or = Some(first);
+    let expected = lab.check(expected).await?;
+    lab.no_event("a FastAGI ran for the DID without one", agi)?;
+    Ok(expected)
+}
+
+// ---- More call shapes.
+
+/// Click-to-call as FreePBX's UCP places it: AMI Originate rings the agent's phone first
+/// (`Local/201@phones`, CallerID `"UCP" <201>`) and, once 201 answers, runs from-internal
+/// with the number, which dials out through the FastAGI and the trunk. One outbound call of
+/// Alice's, answered when the far end answers; Alice hangs up first (her phone talks 4 s).
+async fn click_to_call(lab: &Lab) -> Result<Expected, String> {
+    let id = "e2e-click-to-call-out";
+    let number = "0301234599";
+    Originate {
+        id,
+        channel: "Local/201@phones".into(),
+        caller_id: r#""UCP" <201>"#,
+        wait: 0,
+        timeout_ms: 30_000,
+        vars: Vec::new(),
+    }
+    .send_into(&lab.driver, "from-internal", number)
+    .await?;
+    lab.dial_end(id, &format!("Local/{number}@pstn-"), "ANSWER")
+        .await?;
+    let call = Call::outbound(id, ALICE_NUMBER, "49301234599");
+    let requests = vec![
+        call.event("newCall", json!({"user": "Alice"})),
+        call.event("answer", json!({})),
+        call.event("hangup", json!({"cause": "normalClearing"})),
+    ];
+    lab.check(call.expect(requests)).await
+}
+
+/// Click-to-call to an internal extension: 201's phone rings, then from-internal dials 204,
+/// which answers. A call between two extensions: Zammad hears nothing of it.
+async fn click_to_call_internal(lab: &Lab) -> Result<Expected, String> {
+    let id = "e2e-click-to-call-internal";
+    Originate {
+        id,
+        channel: "Local/201@phones".into(),
+        caller_id: r#""UCP" <201>"#,
+        wait: 0,
+        timeout_ms: 30_000,
+        vars: Vec::new(),
+    }
+    .send_into(&lab.driver, "from-internal", "204")
+    .await?;
+    lab.dial_end(id, "Local/204@phones-", "ANSWER").await?;
+    lab.nothing_reported(id, id).await
+}
+
+/// A blonde transfer to an outside number: 201 answers, starts an attended transfer to
+/// 15555550188 (AMI Atxfer into from-internal, as in `attended_transfer`) and hangs up
+/// while it still rings (6 s): Asterisk bridges the caller with the ringing consultation
+/// call, and the outside party answers.
+///
+/// What the consultation leg is: a part of the inbound call, never a call of its own.
+/// Asterisk requests it on behalf of 201's leg (it shares the call's Linkedid), and it only
+/// ever carries the caller's call onwards: no `newCall` for it, neither as Alice's outbound
+/// call nor as an inbound (missed) call. The inbound call stays the one Alice answered (one
+/// `answer`: the outside party picking up is no second one) and ends normally.
+async fn blonde_transfer_outside(lab: &Lab) -> Result<Expected, String> {
+    let id = "e2e-blonde-transfer";
+    let number = "15555550188";
+    let mut spec = inbound(id, "from-trunk", "4930123456201", 10, 30_000);
+    spec.vars.push(("__LAB_TALK", "30".into()));
+    spec.send(&lab.driver).await?;
+    let agent = lab.bridged_leg(id, "201").await?;
+    lab.driver
+        .action(&[
+            ("Action", "Atxfer"),
+            ("Channel", &agent),
+            ("Context", "from-internal"),
+            ("Exten", number),
+        ])
+        .await?;
+    // The consultation call rings the outside number; 201 hangs up its phone meanwhile.
+    let far_end = format!("Local/{number}@pstn-");
+    lab.driver
+        .wait_event("the outside number ringing", SCENARIO_TIME, |e| {
+            e.event() == Some("Newstate")
+                && e.get("ChannelState") == Some("5")
+                && e.get("Channel")
+                    .is_some_and(|c| c.starts_with(&far_end) && c.ends_with(";1"))
+        })
+        .await?;
+    let phone = agent.replace(";1", ";2");
+    lab.driver
+        .action(&[("Action", "Hangup"), ("Channel", &phone)])
+        .await?;
+    let transfer = lab
+        .driver
+        .wait_event("AttendedTransfer", SCENARIO_TIME, |e| {
+            e.event() == Some("AttendedTransfer") && e.get("OrigTransfererChannel") == Some(&agent)
+        })
+        .await?;
+    if transfer.get("Result") != Some("Success") {
+        return Err(format!("AttendedTransfer: {:?}", transfer.get("Result")));
+    }
+    let answered = lab
+        .driver
+        .wait_event("the outside party answering", SCENARIO_TIME, |e| {
+            e.event() == Some("DialEnd")
+                && e.get("DestChannel")
+                    .is_some_and(|c| c.starts_with(&far_end))
+        })
+        .await?;
+    if answered.get("DialStatus") != Some("ANSWER") {
+        return Err(format!(
+            "the outside party: DialStatus {:?}",
+            answered.get("DialStatus")
+        ));
+    }
+    // Blonde: the transfer completed before the outside party answered.
+    let events = lab.driver.events();
+    let at = |m: &AmiMessage| events.iter().position(|e| e == m);
+    if at(&transfer) > at(&answered) {
+        return Err("the outside party answered before the transfer completed".into());
+    }
+    let call = Call::inbound(id, "4930123456201");
+    let requests = vec![
+        call.event("newCall", json!({})),
+        call.event(
+            "answer",
+            json!({"user": "Alice", "answeringNumber": ALICE_NUMBER}),
+        ),
+        call.event("hangup", json!({"cause": "normalClearing"})),
+    ];
+    let expected = lab.check(call.expect(requests)).await?;
+    lab.no_call_of_channels(number, id)?;
+    Ok(expected)
+}
+
+/// A caller who withholds their number: the PSTN side ([pstn-withheld]) sets the
+/// presentation to "prohibited" before dialing the trunk context, and the digits still
+/// arrive with it (as networks pass them on, marked). `from` is "anonymous" all the same:
+/// the caller asked not to be shown. Through the FastAGI (201 answers) or AMI only (205).
+async fn withheld_caller(lab: &Lab, context: &str) -> Result<Expected, String> {
+    let id = format!("e2e-withheld-{context}");
+    let id = id.as_str();
+    let (did, ext) = if context == "from-trunk" {
+        ("4930123456201", "201")
+    } else {
+        ("4930123456205", "205")
+    };
+    Originate {
+        id,
+        channel: format!("Local/{did}@pstn-withheld"),
+        caller_id: CALLER,
+        wait: 30,
+        timeout_ms: 30_000,
+        vars: vec![("LAB_TRUNK", context.into())],
+    }
+    .send(&lab.driver)
+    .await?;
+    // The trunk's channel has the caller's digits, presentation prohibited (Asterisk's
+    // restriction bits 0x60 are 0x20; `prohib` is 35, "Prohibited, Network Number").
+    let trunk = format!("Local/{did}@{context}-");
+    let cid = lab
+        .event(id, "the caller ID of the trunk's channel", |e| {
+            e.event() == Some("NewCallerid")
+                && e.get("Channel")
+                    .is_some_and(|c| c.starts_with(&trunk) && c.ends_with(";2"))
+        })
+        .await?;
+    let digits = cid.get("CallerIDNum").unwrap_or_default();
+    let pres = cid.get("CID-CallingPres").unwrap_or_default();
+    let prohibited = pres
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p & 0x60 == 0x20);
+    if !digits.contains(CALLER_DIGITS) || !prohibited {
+        return Err(format!(
+            "the trunk's channel: CallerIDNum {digits:?}, CID-CallingPres {pres:?}"
+        ));
+    }
+    lab.dial_end(id, &format!("Local/{ext}@phones-"), "ANSWER")
+        .await?;
+    let mut call = Call::inbound(id, did);
+    call.from = "anonymous".into();
+    let requests = if context == "from-trunk" {
+        vec![
+            call.event("newCall", json!({})),
+            call.event(
+                "answer",
+                json!({"user": "Alice", "answeringNumber": ALICE_NUMBER}),
+            ),
+            call.event("hangup", json!({"cause": "normalClearing"})),
+        ]
+    } else {
+        vec![
+            call.event("newCall", json!({"user": "Erin"})),
+            call.event("answer", json!({"user": "Erin", "answeringNumber": "205"})),
+            call.event("hangup", json!({"cause": "normalClearing"})),
+        ]
+    };
+    lab.check(call.expect(requests)).await
+}
+
+/// DID 804 rings phone 204 behind a call-acceptance step ([confirm]): 204 answers, the
+/// "press 1 to accept" routine runs on it before the caller is connected, nobody presses,
+/// and the leg is dropped. `via_g`: the step is Dial's G() ([confirm-g], DID 805): the
+/// inner Dial ends ANSWER without connecting anyone, then the phone and the leg hang up.
+/// Else Dial's U() (DID 804): the routine returns ABORT and Dial hangs up both.
+///
+/// The caller was never connected to anyone, so the call was not answered, whatever the
+/// inner Dial said: `newCall` and `hangup`, no `answer`, with the cause the caller's own
+/// Dial gives the leg (its DialEnd, mapped as for any leg: NOANSWER is noAnswer), after
+/// which the caller's dialplan hangs up.
+async fn call_acceptance_dropped(lab: &Lab, via_g: bool) -> Result<Expected, String> {
+    let (id, did, leg, inner_status) = if via_g {
+        (
+            "e2e-acceptance-g",
+            "4930123456805",
+            "Local/204@confirm-g-",
+            "ANSWER",
+        )
+    } else {
+        (
+            "e2e-acceptance-u",
+            "4930123456804",
+            "Local/204@confirm-",
+            "ABORT",
+        )
+    };
+    inbound(id, "from-trunk", did, 30, 30_000)
+        .send(&lab.driver)
+        .await?;
+    // 204 answered its leg of the inner Dial ...
+    lab.event(id, "204 answering", |e| {
+        e.event() == Some("Newstate")
+            && e.get("ChannelState") == Some("6")
+            && e.get("Channel")
+                .is_some_and(|c| c.starts_with("Local/204@phones-") && c.ends_with(";1"))
+    })
+    .await?;
+    // ... the inner Dial ended there (ABORT, or ANSWER without a bridge) ...
+    lab.dial_end(id, "Local/204@phones-", inner_status).await?;
+    // ... and the caller's own Dial of the leg ended unanswered.
+    let trunk = format!("{id};2");
+    let end = lab
+        .event(id, "the caller's DialEnd of the leg", |e| {
+            e.event() == Some("DialEnd")
+                && e.get("Uniqueid") == Some(&trunk)
+                && e.get("DestChannel").is_some_and(|c| c.starts_with(leg))
+        })
+        .await?;
+    let cause = match end.get("DialStatus").unwrap_or_default() {
+        "NOANSWER" => "noAnswer",
+        "BUSY" => "busy",
+        "CONGESTION" => "congestion",
+        "CHANUNAVAIL" => "notFound",
+        other => {
+            return Err(format!(
+                "the caller's Dial of the leg ended {other:?}: the caller was connected"
+            ));
+        }
+    };
+    let call = Call::inbound(id, did);
+    let requests = vec![
+        call.event("newCall", json!({})),
+        call.event("hangup", json!({"cause": cause})),
+    ];
+    lab.check(call.expect(requests)).await
+}
+
 /// A call still up when the daemon is killed (SIGKILL) and started again: the new daemon
 /// goes on with it from the state dir, under the same callId, and sends its hangup.
 async fn daemon_restart_mid_call(
@@ -740,6 +1250,47 @@ fn scenarios(lab: &Lab) -> Vec<Scenario<'_>> {
         (
             "outbound caller ID, FastAGI",
             Box::pin(outbound_caller_id(lab)),
+        ),
+        (
+            "FreePBX outbound (predial hook, Gosub)",
+            Box::pin(freepbx_outbound(lab)),
+        ),
+        (
+            "FreePBX follow-me to an outside number",
+            Box::pin(freepbx_follow_me_outside(lab)),
+        ),
+        (
+            "FreePBX queue DID, FastAGI with queue=",
+            Box::pin(freepbx_queue(lab, true)),
+        ),
+        (
+            "FreePBX queue DID without FastAGI",
+            Box::pin(freepbx_queue(lab, false)),
+        ),
+        ("click-to-call", Box::pin(click_to_call(lab))),
+        (
+            "click-to-call to an extension",
+            Box::pin(click_to_call_internal(lab)),
+        ),
+        (
+            "blonde transfer to an outside number",
+            Box::pin(blonde_transfer_outside(lab)),
+        ),
+        (
+            "withheld caller",
+            Box::pin(withheld_caller(lab, "from-trunk")),
+        ),
+        (
+            "withheld caller, AMI-only context",
+            Box::pin(withheld_caller(lab, "from-pstn")),
+        ),
+        (
+            "call acceptance (U()), nobody accepts",
+            Box::pin(call_acceptance_dropped(lab, false)),
+        ),
+        (
+            "call acceptance (G()), nobody accepts",
+            Box::pin(call_acceptance_dropped(lab, true)),
         ),
     ];
     let only = std::env::var("AZB_E2E_ONLY").unwrap_or_default();
@@ -886,7 +1437,7 @@ async fn run_all() {
         };
         let status = if verdict.is_ok() { "ok" } else { "FAILED" };
         report.push_str(&format!(
-            "  {name:<36} {status:<6} {:>5.1}s\n",
+            "  {name:<40} {status:<6} {:>5.1}s\n",
             took.as_secs_f64()
         ));
         if let Err(e) = verdict {
@@ -894,7 +1445,7 @@ async fn run_all() {
         }
     }
     report.push_str(&format!(
-        "  {:<36} {}\n",
+        "  {:<40} {}\n",
         "check (shipped manager.conf user)",
         if check.is_ok() { "ok" } else { "FAILED" }
     ));

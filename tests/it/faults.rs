@@ -4,11 +4,11 @@
 //! for 30 s, Zammad is slow, the AMI connection drops, Asterisk restarts under live calls.
 //!
 //! Each scenario plays at least 200 calls (`support::traffic`), then compares what Zammad
-//! accepted with what the daemon could have known (DESIGN.md §4, §5; zammad-cti.md §11):
-//! no call lost (a newCall without its hangup, or a call the daemon saw that never reached
-//! Zammad), none doubled (a second accepted answer or hangup; a newCall retried into
-//! "already exists" is harmless), nothing out of order (the stand-in's violations). The
-//! counts are printed (`--nocapture`); a failure shows the daemon's log.
+//! accepted with what the daemon could have known (docs/calls.md, docs/persistence.md,
+//! docs/zammad.md): no call lost (a newCall without its hangup, or a call the daemon saw
+//! that never reached Zammad), none doubled (a second accepted answer or hangup; a newCall
+//! retried into "already exists" is harmless), nothing out of order (the stand-in's
+//! violations). The counts are printed (`--nocapture`); a failure shows the daemon's log.
 
 use crate::support::bridge::{Bridge, BridgeSetup, Scratch};
 use crate::support::lab_config;
@@ -314,7 +314,7 @@ async fn e_asterisk_restarts_under_live_calls() {
 fn generated_traffic_is_understood_by_the_tracker() {
     let mut traffic = Traffic::new(&PlanSpec::new(400, secs(6), 7));
     let events = traffic.all_events();
-    let mut tracker = Tracker::new(TrackerSettings::from_config(&lab_config()).unwrap());
+    let mut tracker = Tracker::new(TrackerSettings::from_config(&lab_config()));
     let mut requests = Vec::new();
     for event in &events {
         tracker.handle(event, &mut requests);

@@ -1,5 +1,5 @@
-//! Nothing lost, nothing doubled across restarts (DESIGN.md §5), in process: the daemon
-//! is stopped (as by SIGTERM) and started again on the same state dir, between the
+//! Nothing lost, nothing doubled across restarts (docs/persistence.md), in process: the
+//! daemon is stopped (as by SIGTERM) and started again on the same state dir, between the
 //! scripted AMI peer (whose `CoreShowChannels` answer is the live channel list) and the
 //! stand-in Zammad. The SIGKILL and outage runs with the real binary are in `faults`.
 

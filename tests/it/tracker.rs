@@ -5,6 +5,7 @@
 use crate::support::lab_config;
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::calls::{CallClaim, ClaimOutcome, Tracker, TrackerSettings};
+use asterisk_zammad_bridge::config::Config;
 use asterisk_zammad_bridge::cti::{CallId, CtiRequest, Direction};
 use serde_json::{Value, json};
 
@@ -16,7 +17,7 @@ struct Pbx {
 impl Pbx {
     fn new() -> Self {
         Pbx {
-            tracker: Tracker::new(TrackerSettings::from_config(&lab_config()).unwrap()),
+            tracker: Tracker::new(TrackerSettings::from_config(&lab_config())),
             out: Vec::new(),
         }
     }
@@ -1061,10 +1062,15 @@ fn the_outbound_agent_is_the_calling_endpoint_when_the_caller_id_was_rewritten()
 
 #[test]
 fn an_empty_trunk_pattern_is_unset() {
+    // A regex "" would match every channel: in the file, "" is no pattern.
     let mut config = lab_config();
-    config.calls.trunk_channel = Some(String::new());
+    config.calls.trunk_channel = Config::from_toml_str("[calls]\ntrunk_channel = \"\"")
+        .unwrap()
+        .calls
+        .trunk_channel;
+    assert!(config.calls.trunk_channel.is_none());
     let mut pbx = Pbx {
-        tracker: Tracker::new(TrackerSettings::from_config(&config).unwrap()),
+        tracker: Tracker::new(TrackerSettings::from_config(&config)),
         out: Vec::new(),
     };
     // Bob calls Alice: internal, whatever the channels are named.

@@ -2,12 +2,12 @@
 //! and checked against the real code. No proptest here, so that a fuzzer can use it too.
 //!
 //! The AMI oracle reads the whole stream at once, line by line, with the rules of
-//! `ami::codec`'s docs (reference/asterisk.md §2.1): a banner line where a frame could
-//! start, `Key: Value` lines, a blank line after each frame, a frame whose header lines
-//! exceed the limit dropped whole, an unfinished frame at the end reported. It owns no
-//! buffer and has no state across lines but the current frame, so every frame after a
-//! dropped one decodes as it would alone. The codec, fed the same bytes in any pieces, must
-//! give the same frames and keep its buffer within the limit meanwhile.
+//! `ami::codec`'s docs (docs/asterisk.md, "AMI framing and escaping"): a banner line where
+//! a frame could start, `Key: Value` lines, a blank line after each frame, a frame whose
+//! header lines exceed the limit dropped whole, an unfinished frame at the end reported. It
+//! owns no buffer and has no state across lines but the current frame, so every frame after
+//! a dropped one decodes as it would alone. The codec, fed the same bytes in any pieces,
+//! must give the same frames and keep its buffer within the limit meanwhile.
 
 #![allow(dead_code)]
 
@@ -111,9 +111,9 @@ fn finish(lines: &[&[u8]], size: usize, limit: usize) -> Vec<Expected> {
     out
 }
 
-/// Keys whose values Asterisk writes through `ast_escape_c_alloc` (reference/asterisk.md
-/// §2.1): caller and connected-line names under any prefix, channel variables (also the
-/// old `ChanVariable(chan)` form), `CID-CallingPres`.
+/// Keys whose values Asterisk writes through `ast_escape_c_alloc` (docs/asterisk.md, "AMI
+/// framing and escaping"): caller and connected-line names under any prefix, channel
+/// variables (also the old `ChanVariable(chan)` form), `CID-CallingPres`.
 pub fn asterisk_escapes(key: &str) -> bool {
     let lower = key.to_ascii_lowercase();
     lower.ends_with("calleridname")

@@ -41,12 +41,12 @@ impl Harness {
         })
         .await;
         let mut config = lab_config();
-        config.ami.address = ami.addr().to_string();
+        config.ami.address = ami.addr().into();
         config.ami.username = "zammad".into();
         config.ami.secret = Some("s3cret".to_string().into());
-        config.zammad.url = Some(zammad.url().into());
-        config.agi.listen = "127.0.0.1:0".into();
-        config.admin.listen = "127.0.0.1:0".into();
+        config.zammad.url = Some(zammad.url().parse().unwrap());
+        config.agi.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
         config.state.dir = super::temp_dir("state");
         tweak(&mut config);
         let (shutdown, daemon, listening) = launch(config.clone()).await;

@@ -341,8 +341,9 @@ impl Drop for Driver {
 }
 
 /// An AMI `Originate` of a Local channel running `Wait(wait)` once answered: the external
-/// caller, or a phone placing a call. Its `;1` half gets the Uniqueid `id` (`ChannelId`),
-/// which becomes the Linkedid of the whole call (and so the callId, after the prefix).
+/// caller, or a phone placing a call ([`Originate::send_into`]: the dialplan instead). Its
+/// `;1` half gets the Uniqueid `id` (`ChannelId`), which becomes the Linkedid of the whole
+/// call (and so the callId, after the prefix).
 /// Asterisk refuses an id that is a prefix of a live channel's Uniqueid (it compares
 /// case-insensitively, up to the new id's length): no id may start another.
 pub struct Originate<'a> {
@@ -358,6 +359,28 @@ pub struct Originate<'a> {
 
 impl Originate<'_> {
     pub async fn send(&self, driver: &Driver) -> Result<(), String> {
+        let wait = self.wait.to_string();
+        self.send_with(driver, &[("Application", "Wait"), ("Data", &wait)])
+            .await
+    }
+
+    /// Like [`Originate::send`], but once answered the originated side runs the dialplan
+    /// at `exten` in `context` (priority 1) instead of waiting: a click-to-call, which
+    /// rings the agent's phone first and then dials from the agent's context.
+    pub async fn send_into(
+        &self,
+        driver: &Driver,
+        context: &str,
+        exten: &str,
+    ) -> Result<(), String> {
+        self.send_with(
+            driver,
+            &[("Context", context), ("Exten", exten), ("Priority", "1")],
+        )
+        .await
+    }
+
+    async fn send_with(&self, driver: &Driver, then: &[(&str, &str)]) -> Result<(), String> {
         {
             let mut ids = driver.ids.lock().unwrap();
             let new = self.id.to_ascii_lowercase();
@@ -372,19 +395,16 @@ impl Originate<'_> {
             }
             ids.push(new);
         }
-        let wait = self.wait.to_string();
         let timeout = self.timeout_ms.to_string();
         let vars: Vec<String> = self.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let mut pairs = vec![
-            ("Action", "Originate"),
-            ("Channel", self.channel.as_str()),
-            ("Application", "Wait"),
-            ("Data", wait.as_str()),
+        let mut pairs = vec![("Action", "Originate"), ("Channel", self.channel.as_str())];
+        pairs.extend(then.iter().copied());
+        pairs.extend([
             ("CallerID", self.caller_id),
             ("Timeout", timeout.as_str()),
             ("ChannelId", self.id),
             ("Async", "true"),
-        ];
+        ]);
         pairs.extend(vars.iter().map(|v| ("Variable", v.as_str())));
         driver.action(&pairs).await.map(drop)
     }

@@ -52,7 +52,7 @@ pub fn lab_config() -> Config {
     .expect("the lab config is valid")
 }
 
-/// Checks Zammad's invariants (zammad-cti.md §11) on a sequence of CTI request bodies:
+/// Checks Zammad's rules for a bridge (docs/zammad.md) on a sequence of CTI request bodies:
 /// per callId one newCall first, at most one answer, exactly one hangup last, one
 /// direction, and only string values. Returns the number of calls.
 #[track_caller]

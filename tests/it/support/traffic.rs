@@ -1,8 +1,8 @@
 //! A PBX in miniature for the fault tests: it plays hundreds of interleaved calls through
-//! the scripted AMI peer as a PJSIP Asterisk would report them (reference/asterisk.md §3.4),
-//! keeps the list of live channels that `CoreShowChannels` answers with at every moment,
-//! and remembers what the daemon could have known of each call, so that what Zammad got can
-//! be judged against it.
+//! the scripted AMI peer as a PJSIP Asterisk would report them (docs/asterisk.md, "Typical
+//! event sequences"), keeps the list of live channels that `CoreShowChannels` answers with
+//! at every moment, and remembers what the daemon could have known of each call, so that
+//! what Zammad got can be judged against it.
 //!
 //! Asterisk does not buffer events for a client that is not connected: an event that
 //! happens while no daemon is logged in is gone (`send_raw` refuses it), though the call
