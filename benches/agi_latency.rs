@@ -2,7 +2,7 @@
 //!
 //! The real daemon (`daemon::run`, on a runtime of its own as it would be a
 //! process of its own) answers FastAGI `newcall` sessions from `CONCURRENCY` peers that
-//! play Asterisk's side (`fake_agi`, one thread each with blocking sockets, as `res_agi`
+//! play Asterisk's side (`standins::agi`, one thread each with blocking sockets, as `res_agi`
 //! runs in the channel's thread), each starting its next session as soon as one ends, so
 //! that 200 sessions are open at all times; every call then ends on AMI. The stand-in
 //! Zammad takes a fixed time per request (a real Zammad takes tens to hundreds of
@@ -23,10 +23,10 @@
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::ami::codec::AmiCodec;
 use asterisk_zammad_bridge::config::Config;
-use asterisk_zammad_bridge::daemon;
-use asterisk_zammad_bridge::fake_agi::FakeAgiCall;
-use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
-use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
+use asterisk_zammad_bridge::service::daemon;
+use asterisk_zammad_bridge::standins::agi::FakeAgiCall;
+use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
+use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::Arc;

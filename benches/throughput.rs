@@ -10,8 +10,8 @@
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::ami::codec::{AmiCodec, AmiFrame};
 use asterisk_zammad_bridge::calls::{Tracker, TrackerSettings};
+use asterisk_zammad_bridge::commands::replay::for_each_message;
 use asterisk_zammad_bridge::config::Config;
-use asterisk_zammad_bridge::replay::for_each_message;
 use bytes::BytesMut;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

@@ -6,8 +6,9 @@
 //! `daemon::run`, `replay::replay_files`, `check::run`, `demo::run`, `Config::load`.
 
 use anyhow::Context as _;
+use asterisk_zammad_bridge::commands::{check, demo, replay};
 use asterisk_zammad_bridge::config::{Config, ConfigError, DEFAULT_PATH};
-use asterisk_zammad_bridge::{check, daemon, demo, observability, replay, systemd};
+use asterisk_zammad_bridge::service::{daemon, logging, systemd};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -105,7 +106,7 @@ fn run(path: &Path) -> ExitCode {
         Ok(config) => config,
         Err(error) => return config_failure(&error),
     };
-    if let Err(error) = observability::init_tracing(&config.log) {
+    if let Err(error) = logging::init_tracing(&config.log) {
         eprintln!("error: failed to start logging: {error}");
         return ExitCode::FAILURE;
     }
@@ -223,7 +224,7 @@ fn replay(path: Option<&Path>, transcripts: &[PathBuf]) -> ExitCode {
         Err(error) => return config_failure(&error),
     };
     // Stdout is the output: logs go to stderr.
-    if let Err(error) = observability::init_tracing_stderr(&config.log) {
+    if let Err(error) = logging::init_tracing_stderr(&config.log) {
         eprintln!("error: failed to start logging: {error}");
         return ExitCode::FAILURE;
     }

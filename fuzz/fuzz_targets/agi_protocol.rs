@@ -5,7 +5,7 @@
 #![no_main]
 
 use asterisk_zammad_bridge::agi::AgiCommand;
-use asterisk_zammad_bridge::fake_agi::split_words;
+use asterisk_zammad_bridge::standins::agi::split_words;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "../../tests/it/fuzz/oracle.rs"]

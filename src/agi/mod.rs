@@ -4,13 +4,12 @@
 //!   replies incl. multi-line 520 and bare `HANGUP`); no I/O.
 //! - [`server`]: the listener, bounded sessions with an idle timeout, one session's
 //!   command/reply exchange.
-//! - [`newcall`]: the `newcall` script: claim the call, post `newCall`, wait at most
-//!   `agi.decision_timeout`, tell the dialplan.
+//!
+//! The script a session runs (`newcall`) lives with the daemon (`service::newcall`): the
+//! listener is generic over it.
 
-pub mod newcall;
 pub mod protocol;
 pub mod server;
 
-pub use newcall::{Claim, ClaimSender};
 pub use protocol::{AgiCommand, AgiEnv, AgiError, AgiReply};
-pub use server::AgiServer;
+pub use server::{AgiServer, NotRun, Script, Session};

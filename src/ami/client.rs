@@ -856,7 +856,7 @@ fn chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_ami::{FakeAmi, FakeAmiConfig};
+    use crate::standins::ami::{FakeAmi, FakeAmiConfig};
     use std::path::Path;
 
     const WAIT: Duration = Duration::from_secs(5);

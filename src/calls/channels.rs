@@ -5,8 +5,8 @@
 use super::Tracker;
 use super::model::{Call, Channel, ChannelState, Prefix, header};
 use crate::ami::AmiMessage;
-use crate::cti::{CtiRequest, Direction};
-use crate::policy::number::{is_withheld, presentation_withholds};
+use crate::calls::number::{is_withheld, presentation_withholds};
+use crate::zammad::cti::{CtiRequest, Direction};
 
 impl Tracker {
     /// Creates or refreshes the channel of the block with `prefix`; returns its Uniqueid.

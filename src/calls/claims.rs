@@ -3,8 +3,8 @@
 
 use super::Tracker;
 use super::model::{Channel, ChannelState};
-use crate::cti::{CallId, CtiRequest, Direction};
-use crate::policy::number::is_withheld;
+use crate::calls::number::is_withheld;
+use crate::zammad::cti::{CallId, CtiRequest, Direction};
 
 /// What a FastAGI `newcall` session learned about its call: the dialplan claims the call,
 /// so its `newCall` goes out now (and Zammad's answer can steer the call) and the tracker

@@ -4,9 +4,9 @@
 use super::Tracker;
 use super::model::{AnsweredBy, Call, Channel, Leg};
 use crate::ami::AmiMessage;
-use crate::cti::{CtiRequest, Direction};
-use crate::policy::cause::DialOutcome;
-use crate::policy::number::is_withheld;
+use crate::calls::cause::DialOutcome;
+use crate::calls::number::is_withheld;
+use crate::zammad::cti::{CtiRequest, Direction};
 
 impl Tracker {
     pub(super) fn is_leg(call: &Call, uid: &str) -> bool {

@@ -4,7 +4,7 @@
 use super::Tracker;
 use crate::ami::AmiMessage;
 use crate::config::AgentEntry;
-use crate::cti::{CtiRequest, Direction};
+use crate::zammad::cti::{CtiRequest, Direction};
 
 impl Tracker {
     /// Who places an outbound call from the channel `name` showing caller number `caller`.

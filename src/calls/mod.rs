@@ -41,11 +41,14 @@
 //! [`Tracker::sweep`] (all in [`recovery`]), and new settings on SIGHUP
 //! ([`Tracker::set_settings`]). What Zammad is told is built in [`report`].
 
+pub mod cause;
 mod channels;
 mod claims;
 mod connections;
+pub mod decision;
 mod direction;
 mod model;
+pub mod number;
 mod recovery;
 mod report;
 
@@ -53,9 +56,9 @@ pub use claims::{CallClaim, ClaimOutcome, DecisionTarget};
 pub use recovery::CallRecord;
 
 use crate::ami::AmiMessage;
+use crate::calls::number::NumberPlan;
 use crate::config::{AgentEntry, CallsConfig, Config};
-use crate::cti::CtiRequest;
-use crate::policy::number::NumberPlan;
+use crate::zammad::cti::CtiRequest;
 use model::{Call, Channel, RecentlyEnded};
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -3,8 +3,8 @@
 //! blocks. Plain data: the rules that change it live beside it in `calls`.
 
 use crate::ami::AmiMessage;
-use crate::cti::{CallId, Direction};
-use crate::policy::cause::CallOutcome;
+use crate::calls::cause::CallOutcome;
+use crate::zammad::cti::{CallId, Direction};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 

@@ -5,8 +5,8 @@
 use super::Tracker;
 use super::model::{AnsweredBy, Call, Channel, ChannelState, Leg};
 use crate::ami::AmiMessage;
-use crate::cti::{CallId, CtiRequest, Direction};
-use crate::policy::cause::CallOutcome;
+use crate::calls::cause::CallOutcome;
+use crate::zammad::cti::{CallId, CtiRequest, Direction};
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};

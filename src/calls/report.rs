@@ -3,9 +3,9 @@
 
 use super::Tracker;
 use super::model::{AnsweredBy, Call, ChannelState};
+use crate::calls::cause::zammad_cause;
 use crate::config::AgentEntry;
-use crate::cti::{CallId, CtiEventKind, CtiRequest, Direction, Users};
-use crate::policy::cause::zammad_cause;
+use crate::zammad::cti::{CallId, CtiEventKind, CtiRequest, Direction, Users};
 
 impl Tracker {
     /// Sends the call's `newCall` if it qualifies and was not sent yet.

@@ -5,8 +5,8 @@
 use crate::support::call_events;
 use crate::support::encode;
 use crate::support::harness::Harness;
-use asterisk_zammad_bridge::fake_agi::FakeAgiCall;
-use asterisk_zammad_bridge::fake_zammad::FakeZammadConfig;
+use asterisk_zammad_bridge::standins::agi::FakeAgiCall;
+use asterisk_zammad_bridge::standins::zammad::FakeZammadConfig;
 use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -243,7 +243,7 @@ async fn an_admin_address_in_use_stops_the_start() {
     config.agi.listen = asterisk_zammad_bridge::config::ListenAddr::off();
     config.admin.listen = taken.local_addr().unwrap().into();
     config.state.dir = crate::support::temp_dir("admin-in-use");
-    let error = asterisk_zammad_bridge::daemon::run(
+    let error = asterisk_zammad_bridge::service::daemon::run(
         config.clone(),
         tokio_util::sync::CancellationToken::new(),
         tokio::sync::oneshot::channel().0,

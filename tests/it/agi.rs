@@ -1,5 +1,5 @@
 //! Zammad decides (docs/dialplan.md): the real daemon between a FastAGI peer playing
-//! Asterisk's side (`fake_agi`), the scripted AMI peer and the stand-in Zammad with a
+//! Asterisk's side (`standins::agi`), the scripted AMI peer and the stand-in Zammad with a
 //! block list and a routing table.
 //!
 //! Each FastAGI test checks the commands byte for byte; each call must still reach Zammad
@@ -11,9 +11,9 @@ use crate::support::harness::Harness;
 use crate::support::{assert_invariants, fixture, lab_config};
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::calls::TrackerSettings;
-use asterisk_zammad_bridge::fake_agi::{AgiTranscript, FakeAgiCall};
-use asterisk_zammad_bridge::fake_zammad::{FakeZammadConfig, Route};
-use asterisk_zammad_bridge::replay::replay_bytes;
+use asterisk_zammad_bridge::commands::replay::replay_bytes;
+use asterisk_zammad_bridge::standins::agi::{AgiTranscript, FakeAgiCall};
+use asterisk_zammad_bridge::standins::zammad::{FakeZammadConfig, Route};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

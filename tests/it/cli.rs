@@ -163,11 +163,11 @@ async fn check_online(ami: &str, url: &str, secret: &str) -> (Option<i32>, Strin
 }
 
 async fn stand_ins() -> (
-    asterisk_zammad_bridge::fake_ami::FakeAmi,
-    asterisk_zammad_bridge::fake_zammad::FakeZammad,
+    asterisk_zammad_bridge::standins::ami::FakeAmi,
+    asterisk_zammad_bridge::standins::zammad::FakeZammad,
 ) {
-    use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
-    use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
+    use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
+    use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
     let ami = FakeAmi::start(FakeAmiConfig {
         username: "zammad".into(),
         secret: AMI_SECRET.into(),
@@ -346,8 +346,8 @@ fn run_names_an_unusable_state_dir_and_exits_1() {
 #[tokio::test]
 async fn sigterm_stops_cleanly_and_the_next_start_goes_on() {
     use crate::support::{call_events, encode, temp_dir};
-    use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
-    use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
+    use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
+    use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
 
     let zammad = FakeZammad::start(FakeZammadConfig::default())
         .await
@@ -436,8 +436,8 @@ async fn sigterm_stops_cleanly_and_the_next_start_goes_on() {
 #[tokio::test]
 async fn sighup_reloads_agents_and_names_what_needs_a_restart() {
     use crate::support::{call_events, encode, temp_dir};
-    use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
-    use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
+    use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
+    use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
     use std::time::{Duration, Instant};
 
     let zammad = FakeZammad::start(FakeZammadConfig::default())
@@ -545,9 +545,9 @@ async fn sighup_reloads_agents_and_names_what_needs_a_restart() {
 #[tokio::test]
 async fn logs_never_show_secrets_and_numbers_only_when_asked() {
     use crate::support::{call_events, encode, temp_dir};
-    use asterisk_zammad_bridge::fake_agi::FakeAgiCall;
-    use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
-    use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
+    use asterisk_zammad_bridge::standins::agi::FakeAgiCall;
+    use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
+    use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
     use std::time::{Duration, Instant};
 
     const TOKEN: &str = "tok3nZammadXYZ";

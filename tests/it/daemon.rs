@@ -1,5 +1,5 @@
-//! The daemon end to end on loopback: a scripted AMI peer (`fake_ami`) plays recorded
-//! Asterisk traffic, the stand-in Zammad (`fake_zammad`) records what it receives.
+//! The daemon end to end on loopback: a scripted AMI peer (`standins::ami`) plays recorded
+//! Asterisk traffic, the stand-in Zammad (`standins::zammad`) records what it receives.
 //!
 //! What Zammad receives must be what `replay` prints for the same bytes (one code path),
 //! per call in order, with none of Zammad's invariants broken.
@@ -8,8 +8,8 @@ use crate::support::harness::Harness;
 use crate::support::{assert_invariants, call_events, fixture, lab_config};
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::ami::codec::AmiCodec;
-use asterisk_zammad_bridge::fake_zammad::FakeZammadConfig;
-use asterisk_zammad_bridge::replay::replay_files;
+use asterisk_zammad_bridge::commands::replay::replay_files;
+use asterisk_zammad_bridge::standins::zammad::FakeZammadConfig;
 use bytes::BytesMut;
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -15,7 +15,7 @@
 
 use crate::support::lab::{self, Asterisk, Daemon, Driver, Originate, cti_of, tail};
 use asterisk_zammad_bridge::ami::AmiMessage;
-use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig, Route};
+use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig, Route};
 use futures_util::future::{LocalBoxFuture, join_all};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;

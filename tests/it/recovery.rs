@@ -7,7 +7,7 @@ use crate::support::call_events;
 use crate::support::encode;
 use crate::support::harness::Harness;
 use asterisk_zammad_bridge::ami::AmiMessage;
-use asterisk_zammad_bridge::fake_zammad::FakeZammadConfig;
+use asterisk_zammad_bridge::standins::zammad::FakeZammadConfig;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

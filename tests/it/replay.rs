@@ -7,8 +7,8 @@
 //! Linkedid of each call's first channel, read off the transcript by hand.
 
 use crate::support::{assert_invariants, fixture, lab_config};
+use asterisk_zammad_bridge::commands::replay::replay_files;
 use asterisk_zammad_bridge::config::Config;
-use asterisk_zammad_bridge::replay::replay_files;
 use serde_json::Value;
 
 /// The requests `replay` prints for one fixture (path under `tests/fixtures`), in order.

@@ -4,8 +4,8 @@
 //! unit file itself, checked with `systemd-analyze verify` and `security`.
 
 use crate::support::temp_dir;
-use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
-use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
+use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
+use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

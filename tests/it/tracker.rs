@@ -6,7 +6,7 @@ use crate::support::lab_config;
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::calls::{CallClaim, ClaimOutcome, Tracker, TrackerSettings};
 use asterisk_zammad_bridge::config::Config;
-use asterisk_zammad_bridge::cti::{CallId, CtiRequest, Direction};
+use asterisk_zammad_bridge::zammad::cti::{CallId, CtiRequest, Direction};
 use serde_json::{Value, json};
 
 struct Pbx {

@@ -9,8 +9,8 @@ use crate::support::harness::Harness;
 use asterisk_zammad_bridge::agi::protocol::{
     AgiCommand, AgiEnv, AgiError, AgiReply, ReplyLine, ReplyReader,
 };
-use asterisk_zammad_bridge::fake_agi::{FakeAgiCall, split_words};
-use asterisk_zammad_bridge::fake_zammad::FakeZammadConfig;
+use asterisk_zammad_bridge::standins::agi::{FakeAgiCall, split_words};
+use asterisk_zammad_bridge::standins::zammad::FakeZammadConfig;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::strategy::ValueTree;

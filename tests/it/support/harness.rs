@@ -3,10 +3,10 @@
 
 use super::lab_config;
 use asterisk_zammad_bridge::config::Config;
-use asterisk_zammad_bridge::daemon;
-use asterisk_zammad_bridge::fake_ami::{FakeAmi, FakeAmiConfig};
-use asterisk_zammad_bridge::fake_zammad::{FakeZammad, FakeZammadConfig};
-use asterisk_zammad_bridge::health::Listening;
+use asterisk_zammad_bridge::service::daemon;
+use asterisk_zammad_bridge::service::health::Listening;
+use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
+use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@
 //! without unwinding.
 
 use asterisk_zammad_bridge::ami::{AmiHandle, AmiInput, AmiMessage, AmiSettings, AmiStatus};
-use asterisk_zammad_bridge::fake_zammad::FakeZammad;
+use asterisk_zammad_bridge::standins::zammad::FakeZammad;
 use serde_json::Value;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

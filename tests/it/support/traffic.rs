@@ -25,8 +25,8 @@
 //! nobody answered must get no answer.
 
 use asterisk_zammad_bridge::ami::{AmiCodec, AmiMessage};
-use asterisk_zammad_bridge::fake_ami::FakeAmi;
-use asterisk_zammad_bridge::fake_zammad::{BODY_ALREADY_EXISTS, RecordedRequest};
+use asterisk_zammad_bridge::standins::ami::FakeAmi;
+use asterisk_zammad_bridge::standins::zammad::{BODY_ALREADY_EXISTS, RecordedRequest};
 use bytes::BytesMut;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

@@ -13,7 +13,7 @@
 //! each series exists before its first event. Labels stay low-cardinality: no numbers, no
 //! callIds.
 
-use crate::cti::CtiEventKind;
+use crate::zammad::cti::CtiEventKind;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -8,7 +8,7 @@
 use crate::agi::protocol::{AgiCommand, AgiError};
 use crate::ami::AmiMessage;
 use crate::config::RejectMode;
-use crate::cti::{CallId, Direction, ZammadDecision};
+use crate::zammad::cti::{CallId, Direction, ZammadDecision};
 
 /// Longest caller ID accepted from Zammad.
 pub const MAX_NUMBER_LEN: usize = 32;

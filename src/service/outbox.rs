@@ -17,10 +17,10 @@
 //! events, new calls are not taken ([`Outbox::admit`]); calls already in it go on.
 
 use crate::ami::backoff::Backoff;
-use crate::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
-use crate::metrics::{CtiOutcome, Metrics};
-use crate::observability::Redact;
-use crate::store::{Record, Store, StoredItem};
+use crate::service::journal::{Record, Store, StoredItem};
+use crate::service::logging::Redact;
+use crate::service::metrics::{CtiOutcome, Metrics};
+use crate::zammad::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
 use crate::zammad::{ZammadClient, ZammadError};
 use dashmap::{DashMap, DashSet};
 use prometheus_client::metrics::gauge::Gauge;

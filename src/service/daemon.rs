@@ -17,19 +17,19 @@
 //! swept. On shutdown the FastAGI listener stops, what is queued gets
 //! `state.shutdown_grace` to be delivered, and the rest stays in the journal.
 
-use crate::admin::AdminServer;
 use crate::agi::AgiServer;
-use crate::agi::newcall::{Claim, ClaimReply, NewcallScript};
 use crate::ami::AmiMessage;
 use crate::ami::client::{self, AmiHandle, AmiInput, AmiSettings, AmiStatus};
+use crate::calls::decision::{self, CallAction};
 use crate::calls::{ClaimOutcome, DecisionTarget, Tracker, TrackerSettings};
 use crate::config::Config;
-use crate::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
-use crate::decision::{self, CallAction};
-use crate::delivery::{DecisionSender, Outbox};
-use crate::health::{Health, Listening};
-use crate::metrics::Metrics;
-use crate::store::{Record, Store};
+use crate::service::admin::AdminServer;
+use crate::service::health::{Health, Listening};
+use crate::service::journal::{Record, Store};
+use crate::service::metrics::Metrics;
+use crate::service::newcall::{Claim, ClaimReply, NewcallScript};
+use crate::service::outbox::{DecisionSender, Outbox};
+use crate::zammad::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
 use crate::zammad::{ZammadClient, ZammadError};
 use anyhow::Context;
 use std::sync::Arc;

@@ -10,7 +10,7 @@
 //! The token never reaches a log line or an error message: errors from reqwest are
 //! stripped of their URL, and the URL is only shown through [`ZammadClient::redacted_url`].
 
-use crate::cti::{CtiEventKind, CtiRequest, ReplyError, ZammadDecision, snippet};
+use crate::zammad::cti::{CtiEventKind, CtiRequest, ReplyError, ZammadDecision, snippet};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::{Duration, Instant};
@@ -351,8 +351,8 @@ mod tests {
     //! Against the stand-in Zammad; expected values from docs/zammad.md.
 
     use super::*;
-    use crate::cti::{CallId, Cause, Direction, Users};
-    use crate::fake_zammad::{FakeZammad, FakeZammadConfig, Route};
+    use crate::standins::zammad::{FakeZammad, FakeZammadConfig, Route};
+    use crate::zammad::cti::{CallId, Cause, Direction, Users};
 
     const TOKEN: &str = "s3cr3tT0ken_ABCdef-123456789";
 

@@ -12,10 +12,10 @@
 use crate::ami::AmiMessage;
 use crate::ami::codec::AmiCodec;
 use crate::config::Config;
-use crate::daemon;
-use crate::fake_agi::{AgiTranscript, FakeAgiCall};
-use crate::fake_ami::{FakeAmi, FakeAmiConfig};
-use crate::fake_zammad::{FakeZammad, FakeZammadConfig, LogEntry, Route};
+use crate::service::daemon;
+use crate::standins::agi::{AgiTranscript, FakeAgiCall};
+use crate::standins::ami::{FakeAmi, FakeAmiConfig};
+use crate::standins::zammad::{FakeZammad, FakeZammadConfig, LogEntry, Route};
 use anyhow::Context as _;
 use std::collections::HashMap;
 use std::io::Write;
@@ -24,16 +24,12 @@ use std::time::{Duration, Instant};
 use tokio_util::codec::Encoder as _;
 use tokio_util::sync::CancellationToken;
 
-const INBOUND_ANSWERED: &[u8] =
-    include_bytes!("../tests/fixtures/ami-transcripts/inbound-answered.txt");
-const INBOUND_BUSY: &[u8] = include_bytes!("../tests/fixtures/ami-transcripts/inbound-busy.txt");
-const INBOUND_NOANSWER: &[u8] =
-    include_bytes!("../tests/fixtures/ami-transcripts/inbound-noanswer-caller-hangup.txt");
-const QUEUE_ANSWERED: &[u8] =
-    include_bytes!("../tests/fixtures/ami-transcripts/queue-answered.txt");
-const AGI_INBOUND: &[u8] = include_bytes!("../tests/fixtures/ami-transcripts/agi-inbound.txt");
-const OUTBOUND_ANSWERED: &[u8] =
-    include_bytes!("../tests/fixtures/ami-transcripts/outbound-answered.txt");
+const INBOUND_ANSWERED: &[u8] = include_bytes!("demo/inbound-answered.txt");
+const INBOUND_BUSY: &[u8] = include_bytes!("demo/inbound-busy.txt");
+const INBOUND_NOANSWER: &[u8] = include_bytes!("demo/inbound-noanswer-caller-hangup.txt");
+const QUEUE_ANSWERED: &[u8] = include_bytes!("demo/queue-answered.txt");
+const AGI_INBOUND: &[u8] = include_bytes!("demo/agi-inbound.txt");
+const OUTBOUND_ANSWERED: &[u8] = include_bytes!("demo/outbound-answered.txt");
 
 /// The recordings' external caller, and the number the blocked call is given instead.
 const RECORDED_CALLER: &str = "+15555550100";
@@ -43,7 +39,7 @@ const BLOCKED: &str = "15555550166";
 const ROUTE_DEST: &str = "1555*";
 const ROUTE_CALLER_ID: &str = "493023125877";
 
-/// The bridge config of the recording lab (tests/fixtures/ami-transcripts/README.md).
+/// The bridge config of the recording lab (`demo/README.md`).
 const LAB_CONFIG: &str = r#"
 [calls]
 inbound_contexts = ["from-trunk"]

@@ -2,7 +2,7 @@
 //! reported and the Q.850 cause of the channel that ended it (docs/asterisk.md, "Dial
 //! status and hangup causes").
 
-use crate::cti::{Cause, Direction};
+use crate::zammad::cti::{Cause, Direction};
 use serde::{Deserialize, Serialize};
 
 /// A Dial leg's outcome (`DialStatus` of `DialEnd`), ranked by how much it tells.

@@ -15,7 +15,7 @@
 //! runs: a stuck runtime (the pinging task runs on it) or a daemon loop that has ended
 //! (its health channel closes). Unhealthy shows in `STATUS=` and on `/health`.
 
-use crate::health::{Health, Listening};
+use crate::service::health::{Health, Listening};
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;

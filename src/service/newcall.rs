@@ -9,16 +9,16 @@
 //! A slow or broken Zammad delays the call by the timeout at most: the `newCall` is still
 //! delivered by the outbox afterwards.
 
-use super::protocol::AgiCommand;
-use super::server::{NotRun, Script};
-use super::server::{Session, SessionError};
+use crate::agi::protocol::AgiCommand;
+use crate::agi::server::{NotRun, Script};
+use crate::agi::server::{Session, SessionError};
 use crate::calls::CallClaim;
+use crate::calls::decision::{CallAction, agi_commands};
+use crate::calls::number::presentation_withholds;
 use crate::config::{AgiConfig, RejectMode};
-use crate::cti::{CallId, Direction, ZammadDecision};
-use crate::decision::{CallAction, agi_commands};
-use crate::metrics::{Metrics, SessionOutcome};
-use crate::policy::number::presentation_withholds;
+use crate::service::metrics::{Metrics, SessionOutcome};
 use crate::zammad::ZammadError;
+use crate::zammad::cti::{CallId, Direction, ZammadDecision};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};

@@ -31,7 +31,7 @@
 //! records to the sync thread, which writes them right before the sync.
 
 use crate::calls::CallRecord;
-use crate::cti::CtiRequest;
+use crate::zammad::cti::CtiRequest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -718,7 +718,7 @@ impl SyncThread {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cti::{CallId, CtiEventKind, Direction};
+    use crate::zammad::cti::{CallId, CtiEventKind, Direction};
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(

@@ -7,7 +7,7 @@ use crate::ami::AmiMessage;
 use crate::ami::codec::{AmiCodec, AmiFrame};
 use crate::calls::{Tracker, TrackerSettings};
 use crate::config::Config;
-use crate::cti::CtiRequest;
+use crate::zammad::cti::CtiRequest;
 use anyhow::Context;
 use bytes::BytesMut;
 use std::io::Write;

@@ -10,8 +10,8 @@
 //! else 503; either way the body says why:
 //! `{"status":"ok"|"unhealthy","ami":"connected"|"disconnected","agi":"listening"|"off"|"down","active_calls":N,"outbox_depth":N}`.
 
-use crate::health::Health;
-use crate::metrics::{self, Metrics};
+use crate::service::health::Health;
+use crate::service::metrics::{self, Metrics};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
