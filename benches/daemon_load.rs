@@ -1,0 +1,414 @@
+//! The live daemon under load (run with `cargo bench --bench daemon_load`).
+//!
+//! The real binary runs as its own process between two stand-ins in this one: the
+//! scripted AMI peer (`standins::ami`), fed generated calls, and the stand-in Zammad
+//! (`standins::zammad`), which answers like Zammad and keeps its caller log. Each call is
+//! the lab's recorded inbound call answered by an agent (84 AMI events, 4 channels) with
+//! its ids rewritten, so that every call is a call of its own.
+//!
+//! Two modes (`AZB_LOAD_MODE`):
+//! - `rate` (default): `AZB_LOAD_RATE` new calls a second (500) for `AZB_LOAD_SECONDS`
+//!   (20); each call's ringing and answer are sent when it starts, its end
+//!   `AZB_LOAD_HOLD_MS` (2,000) later. Prints the events/s the daemon kept up with, its
+//!   CPU per AMI event and per 1,000 calls, its RSS at start, peak and end, the largest
+//!   outbox depth seen, and whether every call reached Zammad complete.
+//! - `open`: `AZB_LOAD_OPEN` answered calls (10,000) held open at once, then ended. Prints
+//!   the RSS with the calls open and after they ended, and the difference per open call.
+//!
+//! CPU and RSS are the daemon's own, from `/proc/PID/stat` and `/proc/PID/status`.
+
+use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
+use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TEMPLATE: &str = include_str!("../tests/fixtures/ami-transcripts/inbound-answered.txt");
+/// The template's ids: its Uniqueids share this prefix; its two Local pairs these
+/// sequence numbers; its bridge this id.
+const UNIQUEID_PREFIX: &str = "1795596369.";
+const LOCAL_SEQS: [&str; 2] = ["-00000000;", "-00000001;"];
+const BRIDGE_ID: &str = "0f67ae6b-9570-4f8e-af19-508f2f33a991";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The template's events (no responses, no `FullyBooted`), split where the call starts to
+/// end: the first part rings and answers, the second hangs up.
+fn template() -> (String, String, usize) {
+    let mut start = String::new();
+    let mut end = String::new();
+    let mut events = 0;
+    for frame in TEMPLATE.split("\r\n\r\n") {
+        let frame = frame.trim_start_matches("Asterisk Call Manager/11.0.0\r\n");
+        if !frame.starts_with("Event: ") || frame.starts_with("Event: FullyBooted") {
+            continue;
+        }
+        events += 1;
+        let ending = [
+            "Event: BridgeLeave",
+            "Event: HangupRequest",
+            "Event: SoftHangupRequest",
+            "Event: Hangup",
+        ]
+        .iter()
+        .any(|e| frame.starts_with(&format!("{e}\r\n")));
+        let part = if ending || !end.is_empty() {
+            &mut end
+        } else {
+            &mut start
+        };
+        part.push_str(frame);
+        part.push_str("\r\n\r\n");
+    }
+    (start, end, events)
+}
+
+/// `part` of call `n`, with ids of its own.
+fn call_part(part: &str, n: u64, out: &mut BytesMut) {
+    let s = part
+        .replace(UNIQUEID_PREFIX, &format!("{}.", 1_000_000_000 + n))
+        .replace(LOCAL_SEQS[0], &format!("-{:08x};", 2 * n))
+        .replace(LOCAL_SEQS[1], &format!("-{:08x};", 2 * n + 1))
+        .replace(BRIDGE_ID, &format!("{n:08x}-0000-4000-8000-000000000000"));
+    out.put_slice(s.as_bytes());
+}
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(ami: &FakeAmi, zammad: &FakeZammad, admin: &str, name: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("azb-load-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            r#"
+[ami]
+address = "{ami}"
+username = "bridge"
+secret = "bridge-secret"
+[agi]
+listen = ""
+[zammad]
+url = "{zammad}"
+[numbers]
+country_code = "1"
+[calls]
+inbound_contexts = ["from-trunk"]
+outbound_contexts = ["from-internal"]
+[agents]
+"201" = {{ name = "Alice", number = "4930123456201" }}
+[admin]
+listen = "{admin}"
+[state]
+dir = "{state}"
+max_outbox = 1000000
+"#,
+            ami = ami.addr(),
+            zammad = zammad.url(),
+            state = dir.join("state").display(),
+        );
+        let path = dir.join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"));
+        command
+            .args(["run", "-c"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .env_remove("RUST_LOG");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("AZB__") {
+                command.env_remove(name);
+            }
+        }
+        let child = command.spawn().expect("start the daemon binary");
+        Daemon { child, dir }
+    }
+
+    /// CPU time (user + system) the daemon used so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after.split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let hz = 100; // sysconf(_SC_CLK_TCK) on Linux
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+    fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+async fn outbox_depth(admin: &str) -> Option<u64> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("azb_cti_outbox_depth "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits until Zammad holds `calls` ended calls, or `limit` passes; returns how long it took.
+async fn wait_complete(zammad: &FakeZammad, calls: usize, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if zammad.calls().iter().filter(|c| c.hungup).count() >= calls {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+fn check_complete(zammad: &FakeZammad, calls: usize) {
+    let log = zammad.calls();
+    let complete = log
+        .iter()
+        .filter(|c| c.answered && c.hungup && c.answers == 1 && c.hangups == 1)
+        .count();
+    let violations = zammad.violations();
+    println!(
+        "calls complete at Zammad (newCall, one answer, one hangup): {complete} of {calls}; \
+         rule breaches: {}",
+        violations.len()
+    );
+    for v in violations.iter().take(5) {
+        println!("  {v}");
+    }
+}
+
+async fn start_peers() -> (FakeAmi, FakeZammad) {
+    let ami = FakeAmi::start(FakeAmiConfig::default()).await;
+    let zammad = FakeZammad::start(FakeZammadConfig::default())
+        .await
+        .expect("start the stand-in Zammad");
+    (ami, zammad)
+}
+
+async fn rate_mode() {
+    let rate: u64 = env_or("AZB_LOAD_RATE", 500);
+    let seconds: u64 = env_or("AZB_LOAD_SECONDS", 20);
+    let hold = Duration::from_millis(env_or("AZB_LOAD_HOLD_MS", 2000));
+    let (start_part, end_part, events_per_call) = template();
+    let frames = |part: &str| -> Vec<String> {
+        part.split_inclusive("\r\n\r\n")
+            .map(str::to_string)
+            .collect()
+    };
+    let (start_frames, end_frames) = (frames(&start_part), frames(&end_part));
+    let (ami, zammad) = start_peers().await;
+    let admin = free_port();
+    let daemon = Daemon::start(&ami, &zammad, &admin, "rate");
+    ami.wait_logged_in().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_start = daemon.status_kib("VmRSS");
+    let cpu_start = daemon.cpu();
+    let total = rate * seconds;
+    println!(
+        "rate mode: {total} answered calls of {events_per_call} AMI events, {rate} new calls/s \
+         for {seconds} s; each call's ringing and answer spread over its first {} ms, its end \
+         {} ms after its start; every event written on its own, as Asterisk does",
+        hold.as_millis() / 2,
+        hold.as_millis()
+    );
+    // When event `k` of call `n` is due: the call starts at n / rate; its first part is
+    // spread over half the hold time, its second part follows at the hold time, 2 ms apart.
+    let due = |n: u64, k: usize| -> Duration {
+        let start = Duration::from_secs_f64(n as f64 / rate as f64);
+        if k < start_frames.len() {
+            start + (hold / 2) * k as u32 / start_frames.len() as u32
+        } else {
+            start + hold + Duration::from_millis(2 * (k - start_frames.len()) as u64)
+        }
+    };
+    let per_call = start_frames.len() + end_frames.len();
+    let began = Instant::now();
+    // Calls under way: (call, index of its next event).
+    let mut active: Vec<(u64, usize)> = Vec::new();
+    let mut next_call = 0u64;
+    let mut max_depth = 0u64;
+    let mut next_probe = Instant::now();
+    let mut buf = BytesMut::new();
+    while next_call < total || !active.is_empty() {
+        let now = began.elapsed();
+        while next_call < total && due(next_call, 0) <= now {
+            active.push((next_call, 0));
+            next_call += 1;
+        }
+        for (n, k) in active.iter_mut() {
+            while *k < per_call && due(*n, *k) <= now {
+                let frame = if *k < start_frames.len() {
+                    &start_frames[*k]
+                } else {
+                    &end_frames[*k - start_frames.len()]
+                };
+                call_part(frame, *n, &mut buf);
+                assert!(
+                    ami.send_raw(buf.split().freeze()),
+                    "the daemon is logged in"
+                );
+                *k += 1;
+            }
+        }
+        active.retain(|(_, k)| *k < per_call);
+        if Instant::now() >= next_probe {
+            max_depth = max_depth.max(outbox_depth(&admin).await.unwrap_or(0));
+            next_probe = Instant::now() + Duration::from_millis(250);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let sent_in = began.elapsed();
+    let done = wait_complete(&zammad, total as usize, Duration::from_secs(120)).await;
+    max_depth = max_depth.max(outbox_depth(&admin).await.unwrap_or(0));
+    let cpu = daemon.cpu() - cpu_start;
+    let events = total * events_per_call as u64;
+    let elapsed = sent_in + done.unwrap_or_default();
+    println!(
+        "sent {events} events in {:.1} s; Zammad had every call {} after the last was sent",
+        sent_in.as_secs_f64(),
+        done.map_or("NEVER (gave up after 120 s)".to_string(), |d| format!(
+            "{:.2} s",
+            d.as_secs_f64()
+        )),
+    );
+    println!(
+        "events/s kept up with: {:.0}",
+        events as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "daemon CPU: {:.2} s in all, {:.1} µs per AMI event, {:.0} ms per 1,000 calls",
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / events as f64,
+        cpu.as_secs_f64() * 1e3 * 1000.0 / total as f64
+    );
+    println!(
+        "daemon RSS: start {:.1} MiB, peak {:.1} MiB, end {:.1} MiB; largest outbox depth seen {max_depth}",
+        rss_start as f64 / 1024.0,
+        daemon.status_kib("VmHWM") as f64 / 1024.0,
+        daemon.status_kib("VmRSS") as f64 / 1024.0,
+    );
+    check_complete(&zammad, total as usize);
+}
+
+async fn open_mode() {
+    let open: u64 = env_or("AZB_LOAD_OPEN", 10_000);
+    let (start_part, end_part, events_per_call) = template();
+    let (ami, zammad) = start_peers().await;
+    let admin = free_port();
+    let daemon = Daemon::start(&ami, &zammad, &admin, "open");
+    ami.wait_logged_in().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Warm up with the same number of calls, started and ended, so that what the daemon
+    // keeps per open call is measured against a daemon that has seen as many calls.
+    let send = |first: u64, count: u64, part: &str| {
+        for batch in (first..first + count).collect::<Vec<_>>().chunks(200) {
+            let mut chunk = BytesMut::new();
+            for &n in batch {
+                call_part(part, n, &mut chunk);
+            }
+            assert!(ami.send_raw(Bytes::from(chunk)));
+        }
+    };
+    send(0, open, &start_part);
+    send(0, open, &end_part);
+    wait_complete(&zammad, open as usize, Duration::from_secs(120))
+        .await
+        .expect("the warm-up calls reach Zammad");
+    settle(&daemon).await;
+    let closed = daemon.status_kib("VmRSS");
+    send(open, open, &start_part);
+    wait_answered(&zammad, 2 * open as usize).await;
+    settle(&daemon).await;
+    let held = daemon.status_kib("VmRSS");
+    send(open, open, &end_part);
+    wait_complete(&zammad, 2 * open as usize, Duration::from_secs(120))
+        .await
+        .expect("the open calls end at Zammad");
+    settle(&daemon).await;
+    let after = daemon.status_kib("VmRSS");
+    println!(
+        "open mode: {open} answered calls of {events_per_call} events and 4 channels each \
+         held open at once"
+    );
+    println!(
+        "daemon RSS: {:.1} MiB after {open} calls (all ended), {:.1} MiB with {open} more open, \
+         {:.1} MiB once they ended",
+        closed as f64 / 1024.0,
+        held as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+    println!(
+        "RSS per open call: {:.0} bytes (open minus ended, over {open} calls)",
+        (held as f64 - closed as f64) * 1024.0 / open as f64
+    );
+    check_complete(&zammad, 2 * open as usize);
+}
+
+async fn wait_answered(zammad: &FakeZammad, calls: usize) {
+    let started = Instant::now();
+    while zammad.calls().iter().filter(|c| c.answered).count() < calls {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the calls get answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Lets the daemon finish what it is doing (journal syncs, the allocator's trimming).
+async fn settle(daemon: &Daemon) {
+    let mut last = daemon.cpu();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = daemon.cpu();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    match std::env::var("AZB_LOAD_MODE").as_deref() {
+        Ok("open") => runtime.block_on(open_mode()),
+        _ => runtime.block_on(rate_mode()),
+    }
+}
