@@ -4,13 +4,21 @@
 //! `RUST_LOG` or else `log.level`) and [`Redact`], the one way a phone number reaches a log
 //! line, governed by the process-wide switch that `log.show_numbers` sets. Metrics live in
 //! `metrics`, the admin listener in `admin`; what is logged where is each part's business.
+//!
+//! Values in log lines come from the wire (FastAGI query parameters, AMI headers, Zammad's
+//! error bodies): the text format writes them through [`EscapedFields`], which escapes
+//! control characters as the JSON format does, so that no value can end a line and forge
+//! the next one or put escape codes on the operator's terminal.
 
 use crate::config::{LogConfig, LogFormat};
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Whether [`Redact`] shows its value; off until [`set_show_numbers`] turns it on.
@@ -80,13 +88,114 @@ where
         .with_writer(writer)
         .with_ansi(ansi);
     match log.format {
-        LogFormat::Text => builder.finish().try_init()?,
+        LogFormat::Text => builder.fmt_fields(EscapedFields).finish().try_init()?,
         LogFormat::Json => builder.json().flatten_event(true).finish().try_init()?,
     }
     if let Some(error) = bad_rust_log {
         tracing::warn!(%error, level = %log.level, "RUST_LOG is not a valid filter; using log.level");
     }
     Ok(())
+}
+
+/// The text format's fields as tracing-subscriber's default writes them (`name=value`, the
+/// message bare, strings recorded as such quoted), with every control character escaped as
+/// JSON escapes it: `\n`, `\r`, `\t`, others (ESC, C1, DEL) and the Unicode line
+/// separators as `\u001b`. A `%value` is written by its `Display`, so a FastAGI query
+/// parameter's `%0D%0A` or `%1B` would otherwise reach the log raw.
+pub struct EscapedFields;
+
+impl<'w> FormatFields<'w> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut visitor = EscapingVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'w> {
+    writer: Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl EscapingVisitor<'_> {
+    fn write(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        if self.result.is_err() {
+            return;
+        }
+        let name = field.name();
+        if name.starts_with("log.") {
+            return;
+        }
+        self.result = (|| {
+            if !std::mem::take(&mut self.first) {
+                self.writer.write_char(' ')?;
+            }
+            if name != "message" {
+                let name = name.strip_prefix("r#").unwrap_or(name);
+                if self.writer.has_ansi_escapes() {
+                    write!(self.writer, "\x1b[3m{name}\x1b[0m\x1b[2m=\x1b[0m")?;
+                } else {
+                    write!(self.writer, "{name}=")?;
+                }
+            }
+            Escaping(&mut self.writer).write_fmt(value)
+        })();
+    }
+}
+
+impl Visit for EscapingVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.write(field, format_args!("{value}"));
+        } else {
+            self.write(field, format_args!("{value:?}"));
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let mut chain = value.to_string();
+        let mut source = value.source();
+        while let Some(e) = source {
+            chain.push_str(": ");
+            chain.push_str(&e.to_string());
+            source = e.source();
+        }
+        self.write(field, format_args!("{chain}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.write(field, format_args!("{value:?}"));
+    }
+}
+
+/// Writes through to the inner writer, control characters escaped.
+struct Escaping<'a, W>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut rest = s;
+        while let Some(at) = rest.find(needs_escape) {
+            self.0.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().expect("found at a char boundary");
+            match c {
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\t' => self.0.write_str("\\t")?,
+                c => write!(self.0, "\\u{:04x}", c as u32)?,
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        self.0.write_str(rest)
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
 }
 
 /// The filter: `RUST_LOG` when set and valid, else `level` (checked at config load; should
@@ -130,6 +239,65 @@ mod tests {
             assert_eq!(filter.to_string(), *expected, "{rust_log:?} {level}");
             assert_eq!(error.is_some(), *bad, "{rust_log:?} {level}: {error:?}");
         }
+    }
+
+    /// A shared buffer the test subscriber writes to.
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_values_cannot_forge_lines_or_write_escape_codes() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .fmt_fields(EscapedFields)
+            .finish();
+        let hostile = "in\r\n2030-01-01T00:00:00.000000Z  INFO forged: ok\x1b[2J\u{9b}\u{2028}\t.";
+        tracing::subscriber::with_default(subscriber, || {
+            let error = std::io::Error::other(hostile);
+            let span = tracing::info_span!("agi", peer = %hostile);
+            let _in = span.enter();
+            tracing::warn!(
+                direction = %hostile,
+                parameter = hostile,
+                debugged = ?hostile,
+                error = &error as &(dyn std::error::Error + 'static),
+                "message {hostile}"
+            );
+            tracing::info!(call_id = "1795596443.48", event = "newCall", "plain");
+        });
+        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(
+            !out.contains(['\x1b', '\r', '\u{9b}', '\u{2028}', '\t']),
+            "{out:?}"
+        );
+        let escaped = r"in\r\n2030-01-01T00:00:00.000000Z  INFO forged: ok\u001b[2J\u009b\u2028\t.";
+        for want in [
+            format!("agi{{peer={escaped}}}"),
+            format!("message {escaped} direction={escaped}"),
+            format!("error={escaped}"),
+        ] {
+            assert!(out.contains(&want), "{want}\nnot in\n{out}");
+        }
+        // Strings recorded as strings are quoted, as by the default formatter.
+        assert!(out.contains(r#"parameter="in\r\n2030"#), "{out}");
+        assert!(
+            out.contains(r#"plain call_id="1795596443.48" event="newCall""#),
+            "{out}"
+        );
     }
 
     /// The only test that touches the global switch; it leaves it off, as it found it.
