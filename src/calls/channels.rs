@@ -55,6 +55,12 @@ impl Tracker {
             }
         };
         let uid: Box<str> = uniqueid.into();
+        if let Some(name) = header(msg, prefix, "CallerIDName").filter(|n| !is_withheld(n))
+            && let Some(ch) = self.channels.get_mut(&*uid)
+            && ch.caller_name.as_deref() != Some(name)
+        {
+            ch.caller_name = Some(name.into());
+        }
         if let Some(withheld) =
             header(msg, prefix, "CID-CallingPres").and_then(presentation_withholds)
             && let Some(ch) = self.channels.get_mut(&uid)

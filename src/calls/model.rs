@@ -18,6 +18,9 @@ pub(super) struct Channel {
     pub(super) linkedid: Box<str>,
     pub(super) state: ChannelState,
     pub(super) caller_num: Option<Box<str>>,
+    /// The channel's caller-ID name (`CallerIDName`; never `<unknown>` or empty): on a
+    /// phone's own channel, the name of whoever uses it.
+    pub(super) caller_name: Option<Box<str>>,
     /// The caller's presentation says the number is not to be shown (`CID-CallingPres`
     /// restricted or unavailable).
     pub(super) withheld: bool,
@@ -51,6 +54,7 @@ impl Channel {
             linkedid,
             state,
             caller_num,
+            caller_name: None,
             withheld: false,
             dialed: false,
             ampuser: None,
@@ -58,6 +62,16 @@ impl Channel {
             connected_to: None,
             seen_at,
         }
+    }
+
+    /// The caller-ID name of the phone at extension `ext`, when this channel presents
+    /// itself as that phone (its caller-ID number is `ext`): `"Alice" <201>` on the channel
+    /// of 201 gives `Alice`. A channel showing another number (an outside caller's ID
+    /// copied onto a phone's leg, a rewritten outbound caller ID) gives no name.
+    pub(super) fn name_at(&self, ext: &str) -> Option<&str> {
+        (self.caller_num.as_deref() == Some(ext))
+            .then_some(self.caller_name.as_deref())
+            .flatten()
     }
 
     /// The other half of a Local channel pair (`Local/x@ctx-0000001a;1` ⇄ `…;2`): Asterisk

@@ -46,11 +46,12 @@ impl Tracker {
                 (from, Users::from_names(names))
             }
             Direction::Out => {
+                let origin = call.origin.as_deref();
                 let user = call
                     .agent
                     .as_deref()
-                    .and_then(|ext| self.settings.agents.get(ext))
-                    .map(|a| a.name().to_string());
+                    .and_then(|ext| self.agent_name(Some(ext), None, origin))
+                    .map(str::to_string);
                 let names = if call.claimed_users.is_empty() {
                     user.into_iter().collect()
                 } else {
@@ -104,9 +105,11 @@ impl Tracker {
             }
         };
         for leg in &call.legs {
-            if let Some(name) =
-                self.agent_name(leg.extension.as_deref(), leg.member_name.as_deref())
-            {
+            if let Some(name) = self.agent_name(
+                leg.extension.as_deref(),
+                leg.member_name.as_deref(),
+                Some(&leg.uniqueid),
+            ) {
                 add(name);
             }
         }
@@ -122,21 +125,28 @@ impl Tracker {
                 continue;
             }
             let ext = self.extension_of(&ch.name);
-            if let Some(name) = self.agent_name(ext.as_deref(), None) {
+            if let Some(name) = self.agent_name(ext.as_deref(), None, Some(uid)) {
                 add(name);
             }
         }
         names
     }
 
+    /// Who answers at `ext`: the name `[agents]` gives, else the queue's `MemberName`,
+    /// else the caller-ID name of the phone's own channel `uid` (`Channel::name_at`).
     pub(super) fn agent_name<'a>(
         &'a self,
         ext: Option<&str>,
         member: Option<&'a str>,
+        uid: Option<&str>,
     ) -> Option<&'a str> {
         ext.and_then(|e| self.settings.agents.get(e))
             .map(AgentEntry::name)
             .or(member)
+            .or_else(|| {
+                let channel = self.channels.get(uid?)?;
+                channel.name_at(ext?)
+            })
     }
 
     pub(super) fn report_answer(&mut self, key: &str, by: AnsweredBy, out: &mut Vec<CtiRequest>) {
@@ -162,10 +172,11 @@ impl Tracker {
                 let ext = leg
                     .and_then(|l| l.extension.as_deref())
                     .or(by_name.as_deref());
-                self.answering(ext, leg.and_then(|l| l.member_name.as_deref()))
+                let member = leg.and_then(|l| l.member_name.as_deref());
+                self.answering(ext, member, Some(&uid))
             }
             (Direction::In, AnsweredBy::Picker { extension }) => {
-                self.answering(extension.as_deref(), None)
+                self.answering(extension.as_deref(), None, None)
             }
         };
         let call = self.calls.get_mut(key).expect("checked above");
@@ -184,16 +195,15 @@ impl Tracker {
         });
     }
 
-    /// `user` and `answeringNumber` for an answer by the agent at `ext`.
+    /// `user` and `answeringNumber` for an answer by the agent at `ext` on channel `uid`.
     pub(super) fn answering(
         &self,
         ext: Option<&str>,
         member: Option<&str>,
+        uid: Option<&str>,
     ) -> (Option<String>, Option<String>) {
         let agent = ext.and_then(|e| self.settings.agents.get(e));
-        let user = agent
-            .map(|a| a.name().to_string())
-            .or(member.map(str::to_string));
+        let user = self.agent_name(ext, member, uid).map(str::to_string);
         let number = agent
             .and_then(AgentEntry::number)
             .map(str::to_string)

@@ -1256,3 +1256,88 @@ fn freepbx_ampuser_names_the_calling_extension() {
     dial(&mut pbx, phone, trunk, None);
     assert_eq!(pbx.sent()[0]["user"], "Bob");
 }
+
+#[test]
+fn an_extension_not_in_agents_is_named_by_its_phones_caller_id_name() {
+    // Inbound: 205 and 206 are not in [agents]. 205's channel presents itself ("Erin
+    // Example" <205>): her name. 206's leg carries the outside caller's ID: no name from it.
+    let mut pbx = Pbx::new();
+    let t = (T, "30.1", "30.1", 4, "from-trunk", "4930100", "+4930555");
+    pbx.ev("Newchannel", t, &[("CallerIDName", "PSTN Caller")]);
+    let erin = (
+        "PJSIP/205-31",
+        "30.2",
+        "30.1",
+        0,
+        "from-internal",
+        "s",
+        "205",
+    );
+    let frank = (
+        "PJSIP/206-32",
+        "30.3",
+        "30.1",
+        0,
+        "from-internal",
+        "s",
+        "+4930555",
+    );
+    pbx.ev("Newchannel", erin, &[("CallerIDName", "Erin Example")]);
+    pbx.ev("Newchannel", frank, &[("CallerIDName", "PSTN Caller")]);
+    dial(&mut pbx, t, (erin.0, erin.1, erin.2), None);
+    dial(&mut pbx, t, (frank.0, frank.1, frank.2), None);
+    pbx.ev(
+        "Newstate",
+        (erin.0, erin.1, erin.2, 5, erin.4, erin.5, erin.6),
+        &[],
+    );
+    dial(&mut pbx, t, (erin.0, erin.1, erin.2), Some("ANSWER"));
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["newCall", "answer"], "{sent:#?}");
+    assert_eq!(sent[0]["user"], "Erin Example", "only 205 is named");
+    assert_eq!(sent[1]["user"], "Erin Example");
+    assert_eq!(sent[1]["answeringNumber"], "205");
+
+    // Outbound: 206 dials out from a phone that shows its user's name.
+    let mut pbx = Pbx::new();
+    let phone = (
+        "PJSIP/206-33",
+        "31.1",
+        "31.1",
+        4,
+        "from-internal",
+        "0301234567",
+        "206",
+    );
+    pbx.ev("Newchannel", phone, &[("CallerIDName", "Frank Example")]);
+    let trunk = ("PJSIP/trunk-34", "31.2", "31.1");
+    pbx.ev(
+        "Newchannel",
+        (trunk.0, trunk.1, trunk.2, 0, "from-trunk", "s", ""),
+        &[],
+    );
+    dial(&mut pbx, phone, trunk, None);
+    let sent = pbx.sent();
+    assert_eq!(sent[0]["event"], "newCall");
+    assert_eq!(sent[0]["user"], "Frank Example");
+    // A name in [agents] still wins over the phone's.
+    let mut pbx = Pbx::new();
+    let phone = (
+        "PJSIP/204-35",
+        "32.1",
+        "32.1",
+        4,
+        "from-internal",
+        "0301234567",
+        "204",
+    );
+    pbx.ev("Newchannel", phone, &[("CallerIDName", "D. on the phone")]);
+    let trunk = ("PJSIP/trunk-36", "32.2", "32.1");
+    pbx.ev(
+        "Newchannel",
+        (trunk.0, trunk.1, trunk.2, 0, "from-trunk", "s", ""),
+        &[],
+    );
+    dial(&mut pbx, phone, trunk, None);
+    assert_eq!(pbx.sent()[0]["user"], "Dave");
+}
