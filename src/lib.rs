@@ -8,13 +8,15 @@
 //!   number and cause policy; Zammad's decision as AGI commands and AMI actions.
 //! - [`service`]: the daemon and what it runs: journal, outbox, the FastAGI `newcall`
 //!   script, health, metrics, the admin listener, systemd, logging.
-//! - [`commands`]: `check`, `replay` and `demo`.
+//! - [`commands`]: `check`, `replay`, `record` and `demo`; [`cli`]: the command line they
+//!   are reached by.
 //! - [`standins`]: Zammad, AMI and FastAGI stand-ins for the tests, the benchmarks and the
 //!   demo, apart from the product.
 
 pub mod agi;
 pub mod ami;
 pub mod calls;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod service;

@@ -3,65 +3,22 @@
 //! Owns the command line, the exit codes (0 fine, 1 failed, 78 invalid config) and the
 //! signals that start a shutdown and a reload (SIGHUP), and starts the systemd notifier
 //! (`systemd::report`) beside the daemon. Everything else is the library's:
-//! `daemon::run`, `replay::replay_files`, `check::run`, `demo::run`, `Config::load`.
+//! `daemon::run`, `replay::replay_files`, `check::run`, `record::run`, `demo::run`,
+//! `Config::load`; the command line itself is `cli.rs`.
 
 use anyhow::Context as _;
-use asterisk_zammad_bridge::commands::{check, demo, replay};
-use asterisk_zammad_bridge::config::{Config, ConfigError, DEFAULT_PATH};
+use asterisk_zammad_bridge::ami::tls;
+use asterisk_zammad_bridge::cli::{Cli, Command};
+use asterisk_zammad_bridge::commands::{check, demo, record, replay};
+use asterisk_zammad_bridge::config::{self, Config, ConfigError, DEFAULT_PATH};
 use asterisk_zammad_bridge::service::{daemon, logging, systemd};
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-
-/// Reports every Asterisk call to Zammad's CTI API and acts on Zammad's answers.
-#[derive(Debug, Parser)]
-#[command(
-    name = "asterisk-zammad-bridge",
-    version,
-    args_conflicts_with_subcommands = true
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    /// With no subcommand: `run`.
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the daemon (the default).
-    Run(RunArgs),
-    /// Validate the config; without --offline also probe AMI and Zammad.
-    /// Exit 0 all good, 1 a probe failed, 78 the config is invalid.
-    Check {
-        #[arg(short = 'c', long = "config", value_name = "FILE", default_value = DEFAULT_PATH)]
-        config: PathBuf,
-        /// Only validate the config; connect to nothing.
-        #[arg(long)]
-        offline: bool,
-    },
-    /// Feed recorded AMI streams through the tracker and print each CTI request it would
-    /// send, one JSON object per line; sends nothing.
-    Replay {
-        /// Default: the default file if it exists, else the built-in defaults.
-        #[arg(short = 'c', long = "config", value_name = "FILE")]
-        config: Option<PathBuf>,
-        #[arg(value_name = "TRANSCRIPT", required = true)]
-        transcripts: Vec<PathBuf>,
-    },
-    /// A self-contained run against an in-process Asterisk and Zammad.
-    Demo,
-}
-
-#[derive(Debug, Args)]
-struct RunArgs {
-    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = DEFAULT_PATH)]
-    config: PathBuf,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -72,6 +29,11 @@ fn main() -> ExitCode {
             config,
             transcripts,
         } => replay(config.as_deref(), &transcripts),
+        Command::Record {
+            config,
+            duration,
+            output,
+        } => record(&config, duration, &output),
         Command::Demo => match demo::run(&mut std::io::stdout().lock()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -82,11 +44,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// The config for `run` and `check`: valid, with both secrets.
+/// The config for `run` and `check`: valid, with both secrets (found as credentials if
+/// nothing else gives them), and nothing the daemon could not run with (exit 78 then,
+/// which the unit does not restart).
 fn load_for_connections(path: &Path) -> Result<Config, ConfigError> {
-    let config = Config::load(path)?;
+    let mut config = Config::load(path)?;
+    config.find_credentials(&config::credential_dirs())?;
     config.require_connections()?;
+    require_usable_tls(&config)?;
     Ok(config)
+}
+
+/// With `ami.tls = true`: something to trust, and a name to check.
+fn require_usable_tls(config: &Config) -> Result<(), ConfigError> {
+    if config.ami.tls {
+        let invalid = |e: tls::TlsConfigError| ConfigError::Invalid {
+            key: e.key.to_string(),
+            message: e.message,
+        };
+        tls::client_config(&config.ami).map_err(invalid)?;
+        tls::server_name(&config.ami).map_err(invalid)?;
+    }
+    Ok(())
 }
 
 /// Prints the error and its causes on stderr; exit code 78.
@@ -233,6 +212,35 @@ fn replay(path: Option<&Path>, transcripts: &[PathBuf]) -> ExitCode {
         .and_then(|()| out.flush().context("failed to write to stdout"));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn record(path: &Path, duration: Option<Duration>, output: &Path) -> ExitCode {
+    let mut config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => return config_failure(&error),
+    };
+    let checked = config
+        .find_credentials(&config::credential_dirs())
+        .and_then(|()| config.require_ami())
+        .and_then(|()| require_usable_tls(&config));
+    if let Err(error) = checked {
+        return config_failure(&error);
+    }
+    // The recording may go to stdout: logs go to stderr.
+    if let Err(error) = logging::init_tracing_stderr(&config.log) {
+        eprintln!("error: failed to start logging: {error}");
+        return ExitCode::FAILURE;
+    }
+    match record::run(&config, duration, output) {
+        Ok(summary) => {
+            eprintln!("{summary}");
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

@@ -1,6 +1,6 @@
 //! The AMI connection task and its handle.
 //!
-//! Owns the AMI socket: one task holds the `Framed<TcpStream, AmiCodec>`, logs in
+//! Owns the AMI socket (TCP, or TLS: [`super::tls`]): one task holds the `Framed<AmiStream, AmiCodec>`, logs in
 //! (MD5 challenge, plain secret as fallback), keeps the map of pending actions keyed by
 //! ActionID, sends a `Ping` every `ping_interval`, and reconnects with [`Backoff`] when
 //! the connection is lost. Everyone else holds a cloneable [`AmiHandle`], which sends a
@@ -34,6 +34,8 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::backoff::Backoff;
 use super::codec::{AmiCodec, AmiFrame};
 use super::message::{AmiKind, AmiMessage};
+use super::stream::{AmiStream, Tap};
+use super::tls::AmiTls;
 use crate::config::AmiConfig;
 
 /// How to reach and keep the AMI connection.
@@ -53,6 +55,10 @@ pub struct AmiSettings {
     /// How long [`AmiHandle::action`] and [`AmiHandle::list_action`] wait for their reply.
     pub action_timeout: Duration,
     pub backoff: Backoff,
+    /// TLS on the connection (`ami.tls`), else plain TCP.
+    pub tls: Option<AmiTls>,
+    /// Where every byte read from Asterisk also goes (`record`); `None` in the daemon.
+    pub tap: Option<Tap>,
 }
 
 impl AmiSettings {
@@ -72,6 +78,8 @@ impl AmiSettings {
             connect_timeout: Duration::from_secs(5),
             action_timeout: Duration::from_secs(5),
             backoff: Backoff::default(),
+            tls: None,
+            tap: None,
         }
     }
 
@@ -84,6 +92,7 @@ impl AmiSettings {
             secret.into(),
         );
         settings.ping_interval = config.ping_interval;
+        settings.tls = config.tls.then(|| AmiTls::from_config(config));
         settings
     }
 }
@@ -126,6 +135,10 @@ pub enum AmiError {
     },
     #[error("timed out after {timeout:?} connecting to AMI at {address}")]
     ConnectTimeout { address: String, timeout: Duration },
+    /// The TLS handshake failed; `problem` says why in an admin's words (which certificate
+    /// check, what to set).
+    #[error("TLS with AMI at {address} failed: {problem}")]
+    Tls { address: String, problem: String },
     #[error("timed out after {timeout:?} logging in to AMI at {address}")]
     LoginTimeout { address: String, timeout: Duration },
     #[error("failed to log in to AMI at {address} as user {username}: {message}")]
@@ -423,7 +436,7 @@ enum Wake {
     PingTimeout,
 }
 
-type AmiFramed = Framed<TcpStream, AmiCodec>;
+type AmiFramed = Framed<AmiStream, AmiCodec>;
 
 struct Connection {
     settings: AmiSettings,
@@ -474,6 +487,9 @@ impl Connection {
                         "AMI authentication failed"
                     );
                 }
+                Err(error @ AmiError::Tls { .. }) => {
+                    error!(error = %chain(&error), "AMI TLS handshake failed");
+                }
                 Err(error) => warn!(error = %chain(&error), "failed to connect to AMI"),
             }
             self.fail_waiters();
@@ -506,6 +522,23 @@ impl Connection {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
+        let tap = self.settings.tap.clone();
+        let stream = match &self.settings.tls {
+            None => AmiStream::plain(stream, tap),
+            Some(tls) => tokio::time::timeout(timeout, tls.handshake(stream))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no TLS handshake within {timeout:?}: is ami.address Asterisk's TLS \
+                         port (tlsbindaddr in manager.conf)?"
+                    ))
+                })
+                .map(|stream| AmiStream::tls(stream, tap))
+                .map_err(|problem| AmiError::Tls {
+                    address: address.clone(),
+                    problem,
+                })?,
+        };
         let mut framed = Framed::new(stream, AmiCodec::new());
         tokio::time::timeout(timeout, self.login(&mut framed))
             .await

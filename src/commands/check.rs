@@ -66,12 +66,6 @@ pub fn run(config: &Config, out: &mut dyn Write) -> std::io::Result<bool> {
 pub async fn probe_ami(config: &Config) -> Probe {
     let address = &config.ami.address;
     let user = &config.ami.username;
-    if config.ami.tls {
-        return Probe::failed(
-            "ami",
-            "ami.tls = true: AMI over TLS is not supported yet; use loopback or an stunnel".into(),
-        );
-    }
     let Some(secret) = config.ami.secret.clone() else {
         return Probe::failed("ami", "ami.secret is not set".into());
     };
@@ -79,7 +73,14 @@ pub async fn probe_ami(config: &Config) -> Probe {
     let cancel = CancellationToken::new();
     let (ami, task) = match client::connect_once(settings, cancel.clone()).await {
         Ok(connected) => connected,
-        Err(error) => return Probe::failed("ami", login_failure(&error, address, user)),
+        Err(error) => {
+            return Probe::failed("ami", login_failure(&error, address, user, config.ami.tls));
+        }
+    };
+    let over = match (config.ami.tls, &config.ami.tls_server_name) {
+        (false, _) => String::new(),
+        (true, Some(name)) => format!(" over TLS (certificate valid for {name})"),
+        (true, None) => " over TLS (certificate valid)".to_string(),
     };
     let result = async {
         let channels = ami
@@ -107,7 +108,7 @@ pub async fn probe_ami(config: &Config) -> Probe {
         Ok(channels) => Probe::ok(
             "ami",
             format!(
-                "logged in as {user} at {address}; CoreShowChannels and Setvar/Hangup allowed; \
+                "logged in as {user} at {address}{over}; CoreShowChannels and Setvar/Hangup allowed; \
                  {channels} channel(s) up; read = call,agent cannot be checked without a call"
             ),
         ),
@@ -122,7 +123,7 @@ fn is_permission_denied(message: &str) -> bool {
     message.to_ascii_lowercase().contains("permission denied")
 }
 
-fn login_failure(error: &AmiError, address: &str, user: &str) -> String {
+fn login_failure(error: &AmiError, address: &str, user: &str, tls: bool) -> String {
     match error {
         AmiError::Connect { source, .. }
             if source.kind() == std::io::ErrorKind::ConnectionRefused =>
@@ -142,9 +143,16 @@ fn login_failure(error: &AmiError, address: &str, user: &str) -> String {
             "login as {user} at {address} refused ({message}): wrong ami.secret or \
              ami.username, or the user's permit/deny in manager.conf excludes this host"
         ),
+        AmiError::Tls { problem, .. } => format!("TLS with {address} failed: {problem}"),
+        AmiError::LoginTimeout { .. } | AmiError::Closed { .. } | AmiError::Io { .. } if tls => {
+            format!(
+                "connected to {address} over TLS, but no AMI login answer ({error}): is \
+                 ami.address Asterisk's AMI TLS port (tlsbindaddr)?"
+            )
+        }
         AmiError::LoginTimeout { .. } | AmiError::Closed { .. } | AmiError::Io { .. } => format!(
             "connected to {address}, but no AMI login answer ({error}): is ami.address an AMI \
-             port (not TLS, not SIP)?"
+             port (not SIP; for Asterisk's TLS port set ami.tls = true)?"
         ),
         other => format!("cannot log in at {address}: {other}"),
     }

@@ -24,10 +24,12 @@ pub mod values;
 
 pub use values::{
     AgentEntry, Contexts, Digits, DigitsOrEmpty, HostPort, ListenAddr, LogFormat, LogLevel,
-    Pattern, RejectMode, Secret, ZammadUrl,
+    Pattern, RejectMode, Secret, TlsServerName, ZammadUrl,
 };
 
 use keys::Shape;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -38,6 +40,69 @@ use std::time::Duration;
 pub const ENV_PREFIX: &str = "AZB";
 /// Where `run` and `check` look for the file when `-c` is not given.
 pub const DEFAULT_PATH: &str = "/etc/asterisk-zammad-bridge/config.toml";
+/// Where the shipped unit loads its credentials from (`LoadCredential=`), and so where
+/// `run` and `check` look for a secret nothing else gives ([`Config::find_credentials`]).
+pub const CREDENTIAL_DIR: &str = "/etc/asterisk-zammad-bridge";
+/// The credential (and file) names of the two secrets, as the unit's `LoadCredential=`
+/// names them.
+pub const AMI_SECRET_CREDENTIAL: &str = "ami-secret";
+pub const ZAMMAD_URL_CREDENTIAL: &str = "zammad-url";
+/// The examples' placeholders, refused by `run` and `check`.
+const PLACEHOLDER_SECRET: &str = "change-me";
+const PLACEHOLDER_TOKEN: &str = "TOKEN";
+
+/// Where [`Config::find_credentials`] looks: `$CREDENTIALS_DIRECTORY` (systemd's, when
+/// set), then [`CREDENTIAL_DIR`].
+pub fn credential_dirs() -> Vec<PathBuf> {
+    let systemd = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty());
+    systemd
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from(CREDENTIAL_DIR)])
+        .collect()
+}
+
+fn first_existing(dirs: &[PathBuf], name: &str) -> Option<PathBuf> {
+    dirs.iter().map(|d| d.join(name)).find(|p| p.exists())
+}
+
+/// A credential found by [`Config::find_credentials`]: `key` is the secret it gives.
+fn read_found_credential(path: &Path, key: &'static str) -> Result<String, ConfigError> {
+    let content = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::invalid(
+            key,
+            format!(
+                "found {} (the service's credential) but cannot read it: {e}; run as root, \
+                 or name another file in {key}_file",
+                path.display()
+            ),
+        )
+    })?;
+    let content = content.trim_end_matches(['\n', '\r']);
+    if content.is_empty() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{} (the service's credential) is empty", path.display()),
+        ));
+    }
+    Ok(content.to_string())
+}
+
+/// `ami.secret`, or `ami.secret (from PATH)` when it came from a file.
+fn given_as(file: &Option<PathBuf>, key: &str) -> String {
+    match file {
+        Some(path) => format!("{key} (from {})", path.display()),
+        None => key.to_string(),
+    }
+}
+
+/// `net.ipv4.ip_unprivileged_port_start`, 1024 where it cannot be read.
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
+}
 
 /// Why a config could not be loaded. Every message names the key it is about (or the
 /// file); none shows a secret. All of them exit with [`ConfigError::exit_code`].
@@ -77,6 +142,13 @@ pub enum ConfigError {
         key: &'static str,
         file_key: &'static str,
         env: &'static str,
+    },
+    /// A value still the shipped examples' placeholder (`change-me`, `…/TOKEN`).
+    #[error("{key} is still the example's placeholder \"{placeholder}\": {hint}")]
+    Placeholder {
+        key: String,
+        placeholder: &'static str,
+        hint: &'static str,
     },
     /// An error of the `config` crate that names no key.
     #[error("invalid config: {0}")]
@@ -125,6 +197,16 @@ pub struct AmiConfig {
     pub secret: Option<Secret>,
     pub secret_file: Option<PathBuf>,
     pub tls: bool,
+    /// PEM file of certificates trusted besides the system's roots (a self-signed
+    /// Asterisk's CA, or its certificate itself).
+    pub tls_ca_file: Option<PathBuf>,
+    /// The name the certificate must carry (in its subjectAltName), when it is not the host
+    /// of `address`; `""` is the same as not set.
+    #[serde(deserialize_with = "TlsServerName::unset_if_empty")]
+    pub tls_server_name: Option<TlsServerName>,
+    /// The certificates of `tls_ca_file`, read when the config is loaded.
+    #[serde(skip)]
+    pub tls_ca_certs: Vec<CertificateDer<'static>>,
     #[serde(deserialize_with = "values::duration")]
     pub ping_interval: Duration,
     /// How often the daemon asks Asterisk for its channels (`CoreShowChannels`) besides
@@ -141,6 +223,9 @@ impl Default for AmiConfig {
             secret: None,
             secret_file: None,
             tls: false,
+            tls_ca_file: None,
+            tls_server_name: None,
+            tls_ca_certs: Vec::new(),
             ping_interval: Duration::from_secs(15),
             reconcile_interval: Duration::from_secs(300),
         }
@@ -399,6 +484,7 @@ impl Config {
         let mut config = Config::deserialize(tree).map_err(value_error)?;
         config.validate()?;
         config.resolve_secret_files()?;
+        config.read_tls_ca_file()?;
         Ok(config)
     }
 
@@ -444,27 +530,158 @@ impl Config {
         Ok(())
     }
 
-    /// For `run` and `check`: the AMI secret and the Zammad URL must be known. `replay`
-    /// and `demo` do without.
+    /// Reads `ami.tls_ca_file` (PEM) into `ami.tls_ca_certs`: it must hold a certificate.
+    fn read_tls_ca_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.ami.tls_ca_file else {
+            return Ok(());
+        };
+        let key = "ami.tls_ca_file";
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::SecretFile {
+            key,
+            path: path.clone(),
+            source,
+        })?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                ConfigError::invalid(key, format!("{} is not valid PEM: {e}", path.display()))
+            })?;
+        if certs.is_empty() {
+            return Err(ConfigError::invalid(
+                key,
+                format!(
+                    "{} holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)",
+                    path.display()
+                ),
+            ));
+        }
+        self.ami.tls_ca_certs = certs;
+        Ok(())
+    }
+
+    /// For `run` and `check`: a secret that neither the file nor the environment gives is
+    /// read from systemd's credential of that name (`$CREDENTIALS_DIRECTORY/ami-secret`,
+    /// `.../zammad-url`), else from the file the shipped unit loads it from
+    /// ([`CREDENTIAL_DIR`]`/ami-secret`, `.../zammad-url`); `dirs` are those directories in
+    /// that order ([`credential_dirs`]). The `*_file` key then names the file found.
+    pub fn find_credentials(&mut self, dirs: &[PathBuf]) -> Result<(), ConfigError> {
+        if self.ami.secret.is_none()
+            && let Some(path) = first_existing(dirs, AMI_SECRET_CREDENTIAL)
+        {
+            let secret = read_found_credential(&path, "ami.secret")?;
+            self.ami.secret = Some(Secret::from(secret));
+            self.ami.secret_file = Some(path);
+        }
+        if self.zammad.url.is_none()
+            && let Some(path) = first_existing(dirs, ZAMMAD_URL_CREDENTIAL)
+        {
+            let url = read_found_credential(&path, "zammad.url")?;
+            self.zammad.url = Some(url.parse().map_err(|message| {
+                ConfigError::invalid(
+                    "zammad.url",
+                    format!("{} (from {})", message, path.display()),
+                )
+            })?);
+            self.zammad.url_file = Some(path);
+        }
+        Ok(())
+    }
+
+    /// For `run` and `check`: everything the daemon needs to run, so that a setting it
+    /// cannot run with stops it here, with exit 78 (which systemd does not restart), not
+    /// later in a restart loop: the AMI secret and the Zammad URL known and not the
+    /// examples' placeholders, a `state.dir` that can be a directory, listen ports the
+    /// unprivileged service can bind. (The TLS set-up is checked by `ami::tls`, which
+    /// `main` asks too.) `replay` and `demo` do without.
     pub fn require_connections(&self) -> Result<(), ConfigError> {
-        if self
+        self.require_ami()?;
+        self.require_zammad()?;
+        self.require_usable_state_dir()?;
+        self.require_unprivileged_ports(unprivileged_port_start())
+    }
+
+    /// The AMI secret is known and not the examples' placeholder (`run`, `check`,
+    /// `record`).
+    pub fn require_ami(&self) -> Result<(), ConfigError> {
+        let Some(secret) = self
             .ami
             .secret
             .as_ref()
-            .is_none_or(|s| s.expose_secret().is_empty())
-        {
+            .filter(|s| !s.expose_secret().is_empty())
+        else {
             return Err(ConfigError::Missing {
                 key: "ami.secret",
                 file_key: "ami.secret_file",
                 env: "AZB__AMI__SECRET",
             });
+        };
+        if secret.expose_secret() == PLACEHOLDER_SECRET {
+            return Err(ConfigError::Placeholder {
+                key: given_as(&self.ami.secret_file, "ami.secret"),
+                placeholder: PLACEHOLDER_SECRET,
+                hint: "set the secret of the AMI user in manager.conf",
+            });
         }
-        if self.zammad.url.is_none() {
+        Ok(())
+    }
+
+    /// The Zammad URL is known and not the examples' placeholder.
+    fn require_zammad(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.zammad.url else {
             return Err(ConfigError::Missing {
                 key: "zammad.url",
                 file_key: "zammad.url_file",
                 env: "AZB__ZAMMAD__URL",
             });
+        };
+        let token = url.expose_secret().rsplit('/').next();
+        if token == Some(PLACEHOLDER_TOKEN) {
+            return Err(ConfigError::Placeholder {
+                key: given_as(&self.zammad.url_file, "zammad.url"),
+                placeholder: "…/TOKEN",
+                hint: "copy the endpoint (with its token) that Zammad shows under Admin > \
+                       Integrations > CTI (generic)",
+            });
+        }
+        Ok(())
+    }
+
+    /// `state.dir`, or the nearest of its parents that exists, is a directory.
+    fn require_usable_state_dir(&self) -> Result<(), ConfigError> {
+        let dir = &self.state.dir;
+        if let Some(existing) = dir.ancestors().find(|p| p.exists())
+            && !existing.is_dir()
+        {
+            return Err(ConfigError::invalid(
+                "state.dir",
+                format!(
+                    "{} cannot be a directory: {} is not one",
+                    dir.display(),
+                    existing.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The listeners' ports are at least `start` (`net.ipv4.ip_unprivileged_port_start`):
+    /// the service runs without capabilities (the unit's `CapabilityBoundingSet=`), so a
+    /// lower port could never be bound.
+    fn require_unprivileged_ports(&self, start: u16) -> Result<(), ConfigError> {
+        for (key, port) in [
+            ("agi.listen", self.agi.listen.port()),
+            ("admin.listen", self.admin.listen.port()),
+        ] {
+            if let Some(port) = port.filter(|p| *p != 0 && *p < start) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "port {port} is privileged (below {start}, \
+                         net.ipv4.ip_unprivileged_port_start) and the service has no \
+                         capabilities to bind it: choose a port from {start} up"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -486,6 +703,13 @@ impl Config {
                  secret and every call's numbers cross the network in clear text",
                 self.ami.address
             ));
+        }
+        if !self.ami.tls && (self.ami.tls_ca_file.is_some() || self.ami.tls_server_name.is_some()) {
+            warnings.push(
+                "ami.tls_ca_file or ami.tls_server_name is set but ami.tls = false: they are \
+                 not used"
+                    .to_string(),
+            );
         }
         if !self.admin.listen.is_loopback() {
             warnings.push(format!(

@@ -41,6 +41,10 @@ fn value_of(c: &Config, key: &str) -> String {
         "ami.secret" => secret(&c.ami.secret),
         "ami.secret_file" => path(&c.ami.secret_file),
         "ami.tls" => c.ami.tls.to_string(),
+        "ami.tls_ca_file" => path(&c.ami.tls_ca_file),
+        "ami.tls_server_name" => {
+            (c.ami.tls_server_name.as_ref()).map_or("<unset>".into(), |n| s(n))
+        }
         "ami.ping_interval" => d(c.ami.ping_interval),
         "ami.reconcile_interval" => d(c.ami.reconcile_interval),
         "agi.listen" => s(&c.agi.listen),
@@ -97,6 +101,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("ami.secret", "<unset>"),
     ("ami.secret_file", "<unset>"),
     ("ami.tls", "false"),
+    ("ami.tls_ca_file", "<unset>"),
+    ("ami.tls_server_name", "<unset>"),
     ("ami.ping_interval", r#""15s""#),
     ("ami.reconcile_interval", r#""5m""#),
     ("agi.listen", r#""127.0.0.1:4573""#),
@@ -871,7 +877,23 @@ const EXAMPLE_FREEPBX: &str = include_str!("../../asterisk-examples/config-freep
 
 #[test]
 fn shipped_example_parses_with_the_documented_defaults() {
+    // The placeholders are refused (exit 78) until real values replace them.
     let config = check(EXAMPLE, &[]).unwrap();
+    let refused = config.require_connections().unwrap_err();
+    assert_eq!(refused.exit_code(), 78);
+    assert!(
+        refused
+            .to_string()
+            .starts_with("ami.secret is still the example's placeholder")
+    );
+    let real = [
+        ("AZB__AMI__SECRET", "s3cret"),
+        (
+            "AZB__ZAMMAD__URL",
+            "https://zammad.example.com/api/v1/cti/aB3dE6",
+        ),
+    ];
+    let config = check(EXAMPLE, &real).unwrap();
     config.require_connections().unwrap();
     assert_eq!(config.check(), Vec::<String>::new());
     for (key, default) in DEFAULTS {
@@ -1046,5 +1068,194 @@ fn sections_needing_restart_compare_values() {
     for (env, want) in env_cases {
         let new = check(base, env).unwrap();
         assert_eq!(running.sections_needing_restart(&new), *want, "{env:?}");
+    }
+}
+
+const MINIMAL: &str =
+    "[ami]\nsecret = \"s3cret\"\n[zammad]\nurl = \"https://z.example/api/v1/cti/aB3\"\n";
+
+/// What `run` and `check` refuse at load, each with exit 78 and its key named, so that the
+/// unit (which does not restart on 78) never loops on them.
+#[test]
+fn settings_the_daemon_cannot_run_with_are_refused_naming_the_key() {
+    let not_a_dir = temp_file("a file, not a directory");
+    let under_file = format!("[state]\ndir = \"{}/sub\"\n", not_a_dir.display());
+    let cases: Vec<(String, &str)> = vec![
+        (
+            MINIMAL.replace("s3cret", "change-me"),
+            "ami.secret is still the example's placeholder \"change-me\"",
+        ),
+        (
+            MINIMAL.replace("aB3", "TOKEN"),
+            "zammad.url is still the example's placeholder \"…/TOKEN\"",
+        ),
+        (format!("{MINIMAL}{under_file}"), "state.dir: "),
+        (
+            format!("{MINIMAL}[agi]\nlisten = \"127.0.0.1:573\"\n"),
+            "agi.listen: port 573 is privileged",
+        ),
+        (
+            format!("{MINIMAL}[admin]\nlisten = \"[::1]:80\"\n"),
+            "admin.listen: port 80 is privileged",
+        ),
+        (
+            "[zammad]\nurl = \"https://z.example/api/v1/cti/aB3\"\n".to_string(),
+            "ami.secret is required",
+        ),
+        (
+            "[ami]\nsecret = \"s3cret\"\n".to_string(),
+            "zammad.url is required",
+        ),
+    ];
+    for (toml, want) in &cases {
+        let config = check(toml, &[]).unwrap();
+        let error = config
+            .require_ami()
+            .and_then(|()| config.require_zammad())
+            .and_then(|()| config.require_usable_state_dir())
+            .and_then(|()| config.require_unprivileged_ports(1024))
+            .unwrap_err();
+        assert_eq!(error.exit_code(), 78);
+        assert!(error.to_string().starts_with(want), "{toml:?}: {error}");
+    }
+    std::fs::remove_file(&not_a_dir).unwrap();
+    // A placeholder in a secret file names the file.
+    let file = temp_file("change-me\n");
+    let toml = format!(
+        "[ami]\nsecret_file = \"{}\"\n[zammad]\nurl = \"https://z.example/api/v1/cti/aB3\"\n",
+        file.display()
+    );
+    let error = check(&toml, &[]).unwrap().require_ami().unwrap_err();
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        error.to_string().starts_with(&format!(
+            "ami.secret (from {}) is still the example's placeholder",
+            file.display()
+        )),
+        "{error}"
+    );
+    // Ports from 1024 up, port 0 (any) and listeners turned off are fine.
+    for listen in ["127.0.0.1:1024", "127.0.0.1:0", ""] {
+        let toml = format!("{MINIMAL}[agi]\nlisten = \"{listen}\"\n");
+        check(&toml, &[])
+            .unwrap()
+            .require_unprivileged_ports(1024)
+            .unwrap();
+    }
+    // A TLS CA file must hold certificates.
+    let junk = temp_file("not PEM\n");
+    let toml = format!("[ami]\ntls = true\ntls_ca_file = \"{}\"\n", junk.display());
+    let error = check(&toml, &[]).unwrap_err();
+    std::fs::remove_file(&junk).unwrap();
+    assert!(error.starts_with("ami.tls_ca_file: "), "{error}");
+    assert!(error.contains("holds no certificate"), "{error}");
+    let error = check("[ami]\ntls_ca_file = \"/nonexistent/ca.pem\"\n", &[]).unwrap_err();
+    assert!(
+        error.starts_with("ami.tls_ca_file: failed to read /nonexistent/ca.pem"),
+        "{error}"
+    );
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
+    let config = check(&format!("[ami]\ntls = true\ntls_ca_file = \"{ca}\"\n"), &[]).unwrap();
+    assert_eq!(config.ami.tls_ca_certs.len(), 1);
+    for (name, ok) in [
+        ("pbx.example.com", true),
+        ("10.0.0.1", true),
+        ("not a name", false),
+    ] {
+        let loaded = check(&format!("[ami]\ntls_server_name = \"{name}\"\n"), &[]);
+        assert_eq!(loaded.is_ok(), ok, "{name}: {loaded:?}");
+    }
+    // The Zammad URL's path ends in the token.
+    for url in ["https://z.example/api/v1/cti/", "https://z.example"] {
+        let error = check(&format!("[zammad]\nurl = \"{url}\"\n"), &[]).unwrap_err();
+        assert!(
+            error.starts_with("zammad.url: the path must end in the CTI token"),
+            "{url}: {error}"
+        );
+    }
+}
+
+/// The secrets nothing else gives come from systemd's credentials, then from the files the
+/// unit loads them from; what the file or the environment gives wins.
+#[test]
+fn secrets_are_found_as_credentials() {
+    let dir = |name: &str, files: &[(&str, &str)]| {
+        let dir = std::env::temp_dir().join(format!(
+            "azb-config-credentials-{}-{}-{name}",
+            std::process::id(),
+            TEMP.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, content) in files {
+            std::fs::write(dir.join(file), content).unwrap();
+        }
+        dir
+    };
+    let url = "https://z.example/api/v1/cti/fromfile";
+    let systemd = dir("systemd", &[("ami-secret", "from-systemd\n")]);
+    let etc = dir("etc", &[("ami-secret", "from-etc\n"), ("zammad-url", url)]);
+    let dirs = [systemd.clone(), etc.clone()];
+
+    let mut config = check("", &[]).unwrap();
+    config.find_credentials(&dirs).unwrap();
+    config.require_connections().unwrap();
+    assert_eq!(value_of(&config, "ami.secret"), r#""from-systemd""#);
+    assert_eq!(config.ami.secret_file, Some(systemd.join("ami-secret")));
+    assert_eq!(value_of(&config, "zammad.url"), format!("{url:?}"));
+    assert_eq!(config.zammad.url_file, Some(etc.join("zammad-url")));
+
+    // Given in the file or by the environment: nothing is looked for.
+    let mut config = check(MINIMAL, &[]).unwrap();
+    config.find_credentials(&dirs).unwrap();
+    assert_eq!(value_of(&config, "ami.secret"), r#""s3cret""#);
+    assert_eq!(config.ami.secret_file, None);
+    let mut config = check("", &[("AZB__AMI__SECRET", "from-env")]).unwrap();
+    config.find_credentials(&dirs).unwrap();
+    assert_eq!(value_of(&config, "ami.secret"), r#""from-env""#);
+
+    // Nothing found: still missing, as before.
+    let empty = dir("empty", &[]);
+    let mut config = check("", &[]).unwrap();
+    config
+        .find_credentials(std::slice::from_ref(&empty))
+        .unwrap();
+    assert!(
+        config
+            .require_connections()
+            .unwrap_err()
+            .to_string()
+            .starts_with("ami.secret is required")
+    );
+
+    // Found but empty, or a placeholder: refused, naming the file.
+    let blank = dir(
+        "blank",
+        &[
+            ("ami-secret", "\n"),
+            ("zammad-url", "https://z.example/api/v1/cti/TOKEN\n"),
+        ],
+    );
+    let mut config = check("", &[]).unwrap();
+    let error = config
+        .find_credentials(std::slice::from_ref(&blank))
+        .unwrap_err();
+    assert_eq!(error.exit_code(), 78);
+    assert!(error.to_string().starts_with("ami.secret: "), "{error}");
+    assert!(error.to_string().contains("is empty"), "{error}");
+    let mut config = check(MINIMAL.split("[zammad]").next().unwrap(), &[]).unwrap();
+    config
+        .find_credentials(std::slice::from_ref(&blank))
+        .unwrap();
+    let error = config.require_connections().unwrap_err().to_string();
+    assert!(
+        error.starts_with(&format!(
+            "zammad.url (from {}) is still",
+            blank.join("zammad-url").display()
+        )),
+        "{error}"
+    );
+
+    for d in [systemd, etc, empty, blank] {
+        std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -216,6 +216,11 @@ impl<const DEFAULT_PORT: u16> ListenAddr<DEFAULT_PORT> {
     pub fn is_loopback(&self) -> bool {
         self.is_off() || is_loopback(&self.0)
     }
+
+    /// The port; `None` when off.
+    pub fn port(&self) -> Option<u16> {
+        parse_host_port(&self.0).map(|(_, port)| port)
+    }
 }
 
 impl<const DEFAULT_PORT: u16> Default for ListenAddr<DEFAULT_PORT> {
@@ -318,7 +323,17 @@ impl FromStr for ZammadUrl {
         if !(scheme.starts_with("http://") || scheme.starts_with("https://")) {
             return Err("must start with http:// or https://".to_string());
         }
-        reqwest::Url::parse(url).map_err(|e| format!("not a valid URL ({e})"))?;
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a valid URL ({e})"))?;
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err("the URL has no host".to_string());
+        }
+        // The token is the last segment: `…/api/v1/cti/TOKEN`, no slash after it.
+        if parsed.path().rsplit('/').next().is_none_or(str::is_empty) {
+            return Err(
+                "the path must end in the CTI token (https://HOST/api/v1/cti/TOKEN, no / after it)"
+                    .to_string(),
+            );
+        }
         Ok(ZammadUrl(Secret::from(url)))
     }
 }
@@ -332,6 +347,36 @@ impl From<ZammadUrl> for SecretString {
 impl<'de> Deserialize<'de> for ZammadUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         text(d, "a string")?.parse().map_err(de::Error::custom)
+    }
+}
+
+/// The name an AMI TLS certificate must carry (`ami.tls_server_name`): a DNS name or an
+/// IP address, as rustls checks it against the certificate's subjectAltName.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsServerName(String);
+
+string_value!(TlsServerName);
+
+impl TlsServerName {
+    /// For the optional key: `""` is the same as not set.
+    pub fn unset_if_empty<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<TlsServerName>, D::Error> {
+        let name = text(d, "a string")?;
+        if name.is_empty() {
+            return Ok(None);
+        }
+        name.parse().map(Some).map_err(de::Error::custom)
+    }
+}
+
+impl FromStr for TlsServerName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        rustls_pki_types::ServerName::try_from(s)
+            .map(|_| TlsServerName(s.to_string()))
+            .map_err(|_| format!("{s:?} is neither a DNS name nor an IP address"))
     }
 }
 

@@ -78,10 +78,6 @@ pub async fn run(
     ready: oneshot::Sender<Listening>,
     mut reloads: mpsc::UnboundedReceiver<Config>,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !config.ami.tls,
-        "ami.tls = true: AMI over TLS is not supported yet; use loopback or an stunnel"
-    );
     let settings = TrackerSettings::from_config(&config);
     let url = config.zammad.url.clone().context("zammad.url is not set")?;
     let zammad = ZammadClient::new(url, config.zammad.timeout)

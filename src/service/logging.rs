@@ -9,16 +9,26 @@
 //! error bodies): the text format writes them through [`EscapedFields`], which escapes
 //! control characters as the JSON format does, so that no value can end a line and forge
 //! the next one or put escape codes on the operator's terminal.
+//!
+//! Under systemd, when the output is the journal's stream (`JOURNAL_STREAM` names its
+//! device and inode), each line starts with its syslog priority as sd-daemon(3) prefixes
+//! it (`<3>` error, `<4>` warn, `<6>` info, `<7>` debug and trace), which journald takes as
+//! the entry's priority (`journalctl -p warning`), and carries no timestamp of its own
+//! (the journal has one). Anywhere else the lines stay as they were.
 
 use crate::config::{LogConfig, LogFormat};
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal as _;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FormatFields, MakeWriter};
+use tracing_subscriber::fmt::format::{self, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Whether [`Redact`] shows its value; off until [`set_show_numbers`] turns it on.
@@ -64,18 +74,77 @@ impl<T: fmt::Debug> fmt::Debug for Redact<T> {
 /// Installs the global subscriber writing to stdout (journald reads it; colours only on a
 /// terminal), and sets the [`Redact`] switch. Fails if a subscriber is already installed.
 pub fn init_tracing(log: &LogConfig) -> Result<(), tracing_subscriber::util::TryInitError> {
-    init_tracing_to(log, std::io::stdout, std::io::stdout().is_terminal())
+    let out = std::io::stdout();
+    let journal = is_journal_stream(&out);
+    init_tracing_to(log, std::io::stdout, out.is_terminal(), journal)
 }
 
 /// As [`init_tracing`], writing to stderr: for commands whose stdout is data (`replay`).
 pub fn init_tracing_stderr(log: &LogConfig) -> Result<(), tracing_subscriber::util::TryInitError> {
-    init_tracing_to(log, std::io::stderr, std::io::stderr().is_terminal())
+    let err = std::io::stderr();
+    let journal = is_journal_stream(&err);
+    init_tracing_to(log, std::io::stderr, err.is_terminal(), journal)
+}
+
+/// Whether `output` is the journal's stream: systemd sets `JOURNAL_STREAM` to
+/// `DEVICE:INODE` of the socket it connects a service's stdout and stderr to; an output
+/// redirected elsewhere (a file, a pipe) has another, and keeps the plain format.
+pub fn is_journal_stream(output: &impl AsFd) -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(fd) = output.as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
+        return false;
+    };
+    journal_stream_matches(&stream.to_string_lossy(), meta.dev(), meta.ino())
+}
+
+/// `JOURNAL_STREAM`'s `DEVICE:INODE` (decimal) against an output's device and inode.
+fn journal_stream_matches(journal_stream: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = journal_stream.trim().split_once(':') else {
+        return false;
+    };
+    d.parse() == Ok(dev) && i.parse() == Ok(ino)
+}
+
+/// The syslog priority journald reads from a line's `<N>` prefix (sd-daemon(3)).
+fn priority(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
+
+/// An event format with the line's priority in front, for the journal.
+struct Prioritized<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for Prioritized<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "<{}>", priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 fn init_tracing_to<W>(
     log: &LogConfig,
     writer: W,
     ansi: bool,
+    journal: bool,
 ) -> Result<(), tracing_subscriber::util::TryInitError>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -86,10 +155,22 @@ where
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(ansi);
-    match log.format {
-        LogFormat::Text => builder.fmt_fields(EscapedFields).finish().try_init()?,
-        LogFormat::Json => builder.json().flatten_event(true).finish().try_init()?,
+        .with_ansi(ansi && !journal);
+    match (log.format, journal) {
+        (LogFormat::Text, false) => builder.fmt_fields(EscapedFields).finish().try_init()?,
+        (LogFormat::Text, true) => builder
+            .fmt_fields(EscapedFields)
+            .event_format(Prioritized(format::format().without_time()))
+            .finish()
+            .try_init()?,
+        (LogFormat::Json, false) => builder.json().flatten_event(true).finish().try_init()?,
+        (LogFormat::Json, true) => builder
+            .json()
+            .event_format(Prioritized(
+                format::format().json().flatten_event(true).without_time(),
+            ))
+            .finish()
+            .try_init()?,
     }
     if let Some(error) = bad_rust_log {
         tracing::warn!(%error, level = %log.level, "RUST_LOG is not a valid filter; using log.level");
@@ -218,6 +299,34 @@ fn env_filter(rust_log: Option<&str>, level: &str) -> (EnvFilter, Option<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_priorities_and_stream_matching() {
+        let levels = [
+            Level::ERROR,
+            Level::WARN,
+            Level::INFO,
+            Level::DEBUG,
+            Level::TRACE,
+        ];
+        let got: Vec<u8> = levels.iter().map(priority).collect();
+        assert_eq!(got, [3, 4, 6, 7, 7]);
+        for (stream, dev, ino, matches) in [
+            ("8:12345", 8, 12345, true),
+            ("8:12345\n", 8, 12345, true),
+            ("8:12346", 8, 12345, false),
+            ("9:12345", 8, 12345, false),
+            ("", 8, 12345, false),
+            ("8", 8, 12345, false),
+            ("x:y", 8, 12345, false),
+        ] {
+            assert_eq!(
+                journal_stream_matches(stream, dev, ino),
+                matches,
+                "{stream:?}"
+            );
+        }
+    }
 
     #[test]
     fn env_filter_prefers_rust_log_and_falls_back_to_level() {

@@ -4,9 +4,11 @@
 #
 #   asterisk-lab.sh check                 exit 0 if the lab can run here, else print why (exit 1)
 #   asterisk-lab.sh prepare               build the chroot once into the cache (reused later)
-#   asterisk-lab.sh start RUN_DIR AMI_PORT AGI_PORT [OWNER_PID]
+#   asterisk-lab.sh start RUN_DIR AMI_PORT AGI_PORT [OWNER_PID [AMI_TLS_PORT]]
 #                                         write the PBX config for one run into RUN_DIR and
-#                                         start Asterisk on those loopback ports; prints its PID
+#                                         start Asterisk on those loopback ports; prints its PID.
+#                                         With AMI_TLS_PORT, AMI also listens there with TLS
+#                                         (tlsenable), its certificate made by `make_tls_cert`
 #   asterisk-lab.sh stop RUN_DIR          stop the Asterisk of RUN_DIR (by its PID)
 #   asterisk-lab.sh watch OWNER_PID PID   kill PID once OWNER_PID is gone (detach it)
 #
@@ -126,9 +128,31 @@ in_chroot() {
 ami_secret_zammad=lab-zammad-secret
 ami_secret_lab=lab-driver-secret
 
+# A CA and a server certificate signed by it in RUN_DIR/tls (ca.pem, asterisk.pem,
+# asterisk.key): the name pbx.lab.test in the subjectAltName (and the CN), not 127.0.0.1,
+# so that a client must be told the name (ami.tls_server_name). Made with the host's
+# openssl; the CA's key is deleted at once.
+make_tls_cert() {
+    local dir="$1/tls"
+    command -v openssl >/dev/null || die "needs openssl for the AMI TLS certificate"
+    mkdir -p "$dir"
+    (
+        cd "$dir"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=azb lab CA" \
+            -keyout ca.key -out ca.pem \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign"
+        openssl req -new -newkey rsa:2048 -nodes -subj "/CN=pbx.lab.test" \
+            -keyout asterisk.key -out asterisk.csr
+        printf 'subjectAltName=DNS:pbx.lab.test\nextendedKeyUsage=serverAuth\n' >asterisk.ext
+        openssl x509 -req -days 2 -in asterisk.csr -CA ca.pem -CAkey ca.key -set_serial 1 \
+            -extfile asterisk.ext -out asterisk.pem
+        rm -f ca.key asterisk.csr asterisk.ext
+    ) >"$1/openssl.log" 2>&1 || die_log "$1/openssl.log" "could not make the AMI TLS certificate"
+}
+
 # Writes the PBX configuration of one run into RUN_DIR/etc (and the dirs Asterisk writes to).
 write_config() {
-    local run_dir="$1" ami_port="$2" agi_port="$3"
+    local run_dir="$1" ami_port="$2" agi_port="$3" ami_tls_port="${4:-}"
     local etc="$run_dir/etc" moddir
     moddir="$(cd "$root" && echo usr/lib/*/asterisk/modules)"
     [[ -d "$root/$moddir" ]] || die "no Asterisk module dir in $root"
@@ -217,6 +241,12 @@ CONF
         "$examples/manager.conf" >"$etc/manager.conf"
     grep -q "^port = $ami_port\$" "$etc/manager.conf" || die "could not set the AMI port in manager.conf"
     grep -q "^secret = $ami_secret_zammad\$" "$etc/manager.conf" || die "could not set the [zammad] secret in manager.conf"
+    if [[ -n "$ami_tls_port" ]]; then
+        make_tls_cert "$run_dir"
+        sed -i "/^port = $ami_port\$/a tlsenable = yes\ntlsbindaddr = 127.0.0.1:$ami_tls_port\ntlscertfile = $lab_mount/tls/asterisk.pem\ntlsprivatekey = $lab_mount/tls/asterisk.key" \
+            "$etc/manager.conf"
+        grep -q "^tlsbindaddr = 127.0.0.1:$ami_tls_port\$" "$etc/manager.conf" || die "could not enable TLS in manager.conf"
+    fi
     cat >>"$etc/manager.conf" <<CONF
 
 ; ---- The lab's test driver (not shipped) ----
@@ -456,11 +486,11 @@ CONF
 }
 
 cmd_start() {
-    local run_dir="$1" ami_port="$2" agi_port="$3" owner="${4:-}"
+    local run_dir="$1" ami_port="$2" agi_port="$3" owner="${4:-}" ami_tls_port="${5:-}"
     [[ -e "$stamp" ]] || cmd_prepare
     mkdir -p "$run_dir"
     run_dir="$(cd "$run_dir" && pwd)"
-    write_config "$run_dir" "$ami_port" "$agi_port"
+    write_config "$run_dir" "$ami_port" "$agi_port" "$ami_tls_port"
     # unshare and chroot exec, so $! is Asterisk's own PID. -f: no fork, -n: no colours.
     # shellcheck disable=SC2016 # expanded by the inner shell
     unshare --mount --propagation private /bin/sh -c '
@@ -505,7 +535,7 @@ case "${1:-}" in
 check) cmd_check ;;
 prepare) cmd_prepare ;;
 start)
-    [[ $# -ge 4 ]] || die "usage: $0 start RUN_DIR AMI_PORT AGI_PORT [OWNER_PID]"
+    [[ $# -ge 4 ]] || die "usage: $0 start RUN_DIR AMI_PORT AGI_PORT [OWNER_PID [AMI_TLS_PORT]]"
     cmd_start "${@:2}"
     ;;
 stop)
@@ -516,5 +546,5 @@ watch)
     [[ $# -eq 3 ]] || die "usage: $0 watch OWNER_PID PID"
     cmd_watch "$2" "$3"
     ;;
-*) die "usage: $0 check|prepare|start RUN_DIR AMI_PORT AGI_PORT [OWNER_PID]|stop RUN_DIR|watch OWNER_PID PID" ;;
+*) die "usage: $0 check|prepare|start RUN_DIR AMI_PORT AGI_PORT [OWNER_PID [AMI_TLS_PORT]]|stop RUN_DIR|watch OWNER_PID PID" ;;
 esac

@@ -60,19 +60,51 @@ fn check(args: &[&str], config: Option<&str>, code: i32, stdout: &str, stderr: &
 
 const MINIMAL: &str = "[ami]\nsecret = \"x\"\n[zammad]\nurl = \"https://z.example/api/v1/cti/T\"\n";
 
+/// The shipped examples pass `check --offline` once their two placeholders are replaced
+/// (here by environment, as `.ci/run` does), and are refused with exit 78 while they are
+/// not.
 #[test]
-fn check_offline_accepts_the_shipped_example() {
-    check(
-        &["check", "--offline", "-c", "{}"],
-        None,
-        0,
-        "config OK",
-        "",
-    );
+fn check_offline_accepts_the_shipped_examples_but_not_their_placeholders() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("asterisk-examples");
+    for example in ["config.toml", "config-freepbx.toml"] {
+        let path = examples.join(example);
+        let run = |env: &[(&str, &str)]| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"));
+            command.args(["check", "--offline", "-c"]).arg(&path);
+            crate::support::without_azb_env(&mut command);
+            command
+                .env_remove("CREDENTIALS_DIRECTORY")
+                .envs(env.iter().copied());
+            command.output().unwrap()
+        };
+        let placeholders = run(&[]);
+        assert_eq!(placeholders.status.code(), Some(78), "{example}");
+        let stderr = String::from_utf8_lossy(&placeholders.stderr);
+        assert!(
+            stderr.contains("ami.secret is still the example's placeholder \"change-me\""),
+            "{example}: {stderr}"
+        );
+        let url_left = run(&[("AZB__AMI__SECRET", "s3cret")]);
+        assert_eq!(url_left.status.code(), Some(78), "{example}");
+        let stderr = String::from_utf8_lossy(&url_left.stderr);
+        assert!(
+            stderr.contains("zammad.url is still the example's placeholder \"…/TOKEN\""),
+            "{example}: {stderr}"
+        );
+        let real = run(&[
+            ("AZB__AMI__SECRET", "s3cret"),
+            (
+                "AZB__ZAMMAD__URL",
+                "https://zammad.example.com/api/v1/cti/aB3dE6",
+            ),
+        ]);
+        assert_eq!(real.status.code(), Some(0), "{example}: {real:?}");
+        assert_eq!(String::from_utf8_lossy(&real.stdout), "config OK\n");
+    }
 }
 
 #[test]
-fn check_and_run_exit_78_on_an_invalid_config() {
+fn check_and_run_exit_78_on_an_invalid_config_or_one_they_cannot_run_with() {
     let cases: &[(&[&str], &str, &str)] = &[
         (
             &["check", "--offline", "-c", "{}"],
@@ -117,7 +149,72 @@ fn check_and_run_exit_78_on_an_invalid_config() {
             "ami.reconcile_interval: must be at most 100years",
         ),
     ];
+    // Settings the daemon could not run with: refused at load by run and check alike, so
+    // that systemd (RestartPreventExitStatus=78) never restarts it in a loop.
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
+    let not_pem = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let unrunnable: Vec<(String, &str)> = vec![
+        (
+            MINIMAL.replace("secret = \"x\"", "secret = \"change-me\""),
+            "ami.secret is still the example's placeholder",
+        ),
+        (
+            MINIMAL.replace("/cti/T", "/cti/TOKEN"),
+            "zammad.url is still the example's placeholder",
+        ),
+        (
+            MINIMAL.replace("/cti/T", "/cti/T/"),
+            "zammad.url: the path must end in the CTI token",
+        ),
+        (
+            format!("{MINIMAL}[agi]\nlisten = \"127.0.0.1:573\"\n"),
+            "agi.listen: port 573 is privileged",
+        ),
+        (
+            format!("{MINIMAL}[admin]\nlisten = \"127.0.0.1:80\"\n"),
+            "admin.listen: port 80 is privileged",
+        ),
+        (
+            MINIMAL.replace(
+                "[ami]\n",
+                "[ami]\ntls = true\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+            ),
+            "ami.tls_ca_file: failed to read /nonexistent/ca.pem",
+        ),
+        (
+            MINIMAL.replace(
+                "[ami]\n",
+                &format!("[ami]\ntls = true\ntls_ca_file = \"{not_pem}\"\n"),
+            ),
+            "ami.tls_ca_file: ",
+        ),
+        (
+            MINIMAL.replace(
+                "[ami]\n",
+                "[ami]\ntls = true\ntls_server_name = \"not a name\"\n",
+            ),
+            "ami.tls_server_name: ",
+        ),
+        (
+            MINIMAL.replace(
+                "[ami]\n",
+                &format!("[ami]\ntls = true\ntls_ca_file = \"{ca}\"\naddress = \"[::1:5039\"\n"),
+            ),
+            "ami.address: ",
+        ),
+    ];
+    for (config, stderr) in &unrunnable {
+        for args in [
+            &["run", "-c", "{}"][..],
+            &["check", "--offline", "-c", "{}"],
+        ] {
+            check(args, Some(config), 78, "", stderr);
+        }
+    }
     for (args, config, stderr) in cases {
+        if stderr.ends_with(" is required") && crate::support::etc_has_credentials() {
+            continue; // found in /etc: see etc_has_credentials
+        }
         check(args, Some(config), 78, "", stderr);
     }
     check(
@@ -331,14 +428,21 @@ fn usage_errors_exit_2_and_help_lists_the_commands() {
 }
 
 #[test]
-fn run_names_an_unusable_state_dir_and_exits_1() {
+fn run_refuses_a_state_dir_that_cannot_be_one_with_78() {
     // A regular file where the state directory should be.
     let file = TempConfig::new("not a directory");
     let config = format!(
         "{MINIMAL}[agi]\nlisten = \"\"\n[admin]\nlisten = \"\"\n[state]\ndir = \"{}/sub\"\n",
         file.0.display()
     );
-    check(&["run", "-c", "{}"], Some(&config), 1, "", "state.dir ");
+    check(&["run", "-c", "{}"], Some(&config), 78, "", "state.dir: ");
+    check(
+        &["check", "--offline", "-c", "{}"],
+        Some(&config),
+        78,
+        "",
+        "state.dir: ",
+    );
 }
 
 /// The real binary on loopback, stopped by SIGTERM mid-call: it exits 0 and a new one on
@@ -675,4 +779,24 @@ async fn logs_never_show_secrets_and_numbers_only_when_asked() {
         "{}",
         logs[2].1
     );
+}
+
+/// `ami.tls = true` with nothing to trust (no system roots: `SSL_CERT_FILE` names an empty
+/// file, as on a system without ca-certificates; no `ami.tls_ca_file`) is refused at load.
+#[test]
+fn tls_with_nothing_to_trust_is_refused_with_78() {
+    let file = TempConfig::new(&MINIMAL.replace("[ami]\n", "[ami]\ntls = true\n"));
+    let empty = TempConfig::new("");
+    for args in [&["run", "-c"][..], &["check", "--offline", "-c"]] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"));
+        command.args(args).arg(&file.0);
+        crate::support::without_azb_env(&mut command);
+        command
+            .env("SSL_CERT_FILE", &empty.0)
+            .env_remove("SSL_CERT_DIR");
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {stderr}");
+        assert!(stderr.contains("ami.tls: nothing to trust"), "{stderr}");
+    }
 }

@@ -86,6 +86,30 @@ show_numbers = true
     )
 }
 
+/// `config` with AMI over TLS: the TLS port, the lab's CA and, unless `name` is `None`, the
+/// certificate's name.
+fn tls_config(config: &str, asterisk: &Asterisk, ca: bool, name: Option<&str>) -> String {
+    let plain = format!("address = \"127.0.0.1:{}\"", asterisk.ami_port);
+    assert!(
+        config.contains(&plain),
+        "the daemon's config names the AMI port"
+    );
+    let mut tls = format!(
+        "address = \"127.0.0.1:{}\"\ntls = true",
+        asterisk.ami_tls_port
+    );
+    if ca {
+        tls.push_str(&format!(
+            "\ntls_ca_file = \"{}\"",
+            asterisk.tls_ca().display()
+        ));
+    }
+    if let Some(name) = name {
+        tls.push_str(&format!("\ntls_server_name = \"{name}\""));
+    }
+    config.replace(&plain, &tls)
+}
+
 /// The lab as the scenarios see it.
 struct Lab {
     zammad: FakeZammad,
@@ -1178,11 +1202,14 @@ async fn call_acceptance_dropped(lab: &Lab, via_g: bool) -> Result<Expected, Str
 
 /// A call still up when the daemon is killed (SIGKILL) and started again: the new daemon
 /// goes on with it from the state dir, under the same callId, and sends its hangup.
+/// The daemon is killed mid-call and started again on the same state dir, this time on
+/// AMI over TLS (`restart_config`): the call's answer and hangup still reach Zammad once,
+/// under the same callId, read from a TLS session with the real Asterisk.
 async fn daemon_restart_mid_call(
     lab: &Lab,
     daemon: &mut Daemon,
     run_dir: &std::path::Path,
-    config: &str,
+    restart_config: &str,
 ) -> Result<Expected, String> {
     let id = "e2e-daemon-restart";
     let mut spec = inbound(id, "from-trunk", "4930123456204", 40, 30_000);
@@ -1207,7 +1234,7 @@ async fn daemon_restart_mid_call(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     daemon.kill();
-    *daemon = Daemon::start_logging_to(run_dir, config, "daemon-after-restart.log")?;
+    *daemon = Daemon::start_logging_to(run_dir, restart_config, "daemon-after-restart.log")?;
     let call = Call::inbound(id, "4930123456204");
     let requests = vec![
         call.event("newCall", json!({})),
@@ -1348,6 +1375,58 @@ async fn check_against_the_lab(run_dir: &std::path::Path, config: &str) -> Resul
     Ok(ok_out)
 }
 
+/// `check` on AMI over TLS against the real Asterisk (`tlsenable`, a certificate for
+/// `pbx.lab.test` signed by the lab's CA): with the CA and the name it passes; without the
+/// name, or without the CA, it names the certificate's problem and what to set.
+async fn check_tls_against_the_lab(
+    run_dir: &std::path::Path,
+    asterisk: &Asterisk,
+    config: &str,
+) -> Result<String, String> {
+    let cases = [
+        (
+            "ok",
+            tls_config(config, asterisk, true, Some(lab::TLS_NAME)),
+            Some(0),
+            format!(
+                "ami: ok (logged in as zammad at 127.0.0.1:{} over TLS (certificate valid for {})",
+                asterisk.ami_tls_port,
+                lab::TLS_NAME
+            ),
+        ),
+        (
+            "no-name",
+            tls_config(config, asterisk, true, None),
+            Some(1),
+            format!(
+                "certificate not valid for \"127.0.0.1\": it names {}; set ami.tls_server_name",
+                lab::TLS_NAME
+            ),
+        ),
+        (
+            "no-ca",
+            tls_config(config, asterisk, false, Some(lab::TLS_NAME)),
+            Some(1),
+            "certificate not trusted (unknown issuer): put the CA".to_string(),
+        ),
+    ];
+    let mut shown = String::new();
+    for (name, config, want_code, want) in cases {
+        let path = run_dir.join(format!("check-tls-{name}.toml"));
+        let (code, out) = run_check(&path, &config).await?;
+        if code != want_code || !out.contains(&want) {
+            return Err(format!(
+                "TLS {name}: exit {code:?}, expected {want_code:?} and {want:?}:\n{out}"
+            ));
+        }
+        if let Some(line) = out.lines().find(|l| l.starts_with("ami: ")) {
+            shown.push_str(line);
+            shown.push('\n');
+        }
+    }
+    Ok(shown)
+}
+
 #[test]
 fn calls_on_a_real_asterisk() {
     if !lab::ready_or_skip() {
@@ -1395,6 +1474,7 @@ async fn run_all() {
     }
     let booted = started.elapsed();
     let check = check_against_the_lab(&run_dir, &config).await;
+    let check_tls = check_tls_against_the_lab(&run_dir, &asterisk, &config).await;
     let lab = Lab { zammad, driver };
 
     let mut results = join_all(scenarios(&lab).into_iter().map(|(name, run)| async move {
@@ -1406,8 +1486,13 @@ async fn run_all() {
     let only = std::env::var("AZB_E2E_ONLY").unwrap_or_default();
     if only.is_empty() || only.contains("restart") {
         let t = Instant::now();
-        let result = daemon_restart_mid_call(&lab, &mut daemon, &run_dir, &config).await;
-        results.push(("call up across a daemon SIGKILL", result, t.elapsed()));
+        let over_tls = tls_config(&config, &asterisk, true, Some(lab::TLS_NAME));
+        let result = daemon_restart_mid_call(&lab, &mut daemon, &run_dir, &over_tls).await;
+        results.push((
+            "call up across a SIGKILL (restart: TLS)",
+            result,
+            t.elapsed(),
+        ));
     }
 
     // Every call is over: nothing more may reach Zammad; check the whole record again.
@@ -1456,6 +1541,19 @@ async fn run_all() {
     }
     if let Err(e) = check {
         failures.push(format!("check: {e}"));
+    }
+    report.push_str(&format!(
+        "  {:<40} {}\n",
+        "check over TLS (tlsenable)",
+        if check_tls.is_ok() { "ok" } else { "FAILED" }
+    ));
+    match check_tls {
+        Ok(out) => {
+            for line in out.lines() {
+                report.push_str(&format!("    {line}\n"));
+            }
+        }
+        Err(e) => failures.push(format!("check over TLS: {e}")),
     }
     // `check`'s probe is no call.
     let told: BTreeSet<String> = requests

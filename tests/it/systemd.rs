@@ -322,3 +322,170 @@ fn unit_file_is_hardened() {
         "exposure {level}: {line}\n{stdout}"
     );
 }
+
+/// The daemon as the unit starts it, but with neither `AZB__*_FILE` variable: the secrets
+/// come from `$CREDENTIALS_DIRECTORY` alone. Its stdout and stderr go to `log`;
+/// `journal_stream` is the `JOURNAL_STREAM` it sees.
+fn daemon_with_credentials(setup: &Setup, log: &Path, journal_stream: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"));
+    let out = std::fs::File::create(log).unwrap();
+    command
+        .args(["run", "-c"])
+        .arg(&setup.config)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env("CREDENTIALS_DIRECTORY", setup.dir.join("credentials"))
+        .env("JOURNAL_STREAM", journal_stream)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    crate::support::without_azb_env(&mut command);
+    command
+}
+
+/// `DEVICE:INODE` of a file, as systemd writes `JOURNAL_STREAM` for the journal's socket.
+fn dev_ino(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).unwrap();
+    format!("{}:{}", meta.dev(), meta.ino())
+}
+
+/// Runs the daemon until its log contains `until` (or 10 s pass), then SIGTERM; the log.
+fn run_until(mut command: Command, log: &Path, until: &str) -> String {
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && !std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains(until)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(status.success(), "{status}\n{text}");
+    text
+}
+
+/// Under systemd (`JOURNAL_STREAM` names the output) every line starts with its syslog
+/// priority and has no timestamp, so `journalctl -p warning` finds the warnings and errors;
+/// on any other output (here: a `JOURNAL_STREAM` of another file) the lines are as on a
+/// terminal. The secrets come from `$CREDENTIALS_DIRECTORY` without any variable naming them.
+#[tokio::test]
+async fn journal_lines_carry_their_priority_and_no_timestamp() {
+    let zammad = FakeZammad::start(FakeZammadConfig::default())
+        .await
+        .unwrap();
+    // The credential holds "bridge-secret": this AMI wants another, so the login fails (an
+    // error), and the daemon retries (warnings).
+    let ami = FakeAmi::start(FakeAmiConfig {
+        secret: "another-secret".into(),
+        ..FakeAmiConfig::default()
+    })
+    .await;
+    let setup = setup("journal", &ami, &zammad);
+    let log = setup.dir.join("journal.log");
+    let stream = {
+        std::fs::write(&log, "").unwrap();
+        dev_ino(&log)
+    };
+    let command = daemon_with_credentials(&setup, &log, &stream);
+    // Truncated, not replaced: the same inode.
+    assert_eq!(dev_ino(&log), stream);
+    let text = tokio::task::spawn_blocking({
+        let log = log.clone();
+        move || run_until(command, &log, "AMI authentication failed")
+    })
+    .await
+    .unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 3, "{text}");
+    for line in &lines {
+        let priority = line.strip_prefix('<').and_then(|rest| rest.split_once('>'));
+        let Some((n, rest)) = priority else {
+            panic!("no priority prefix: {line:?}\n{text}");
+        };
+        assert!(["3", "4", "6", "7"].contains(&n), "{line}");
+        assert!(
+            !rest.trim_start().starts_with("20"),
+            "a timestamp after the priority: {line}"
+        );
+        let level = rest.split_whitespace().next().unwrap_or_default();
+        let want = match level {
+            "ERROR" => "3",
+            "WARN" => "4",
+            "INFO" => "6",
+            _ => "7",
+        };
+        assert_eq!(n, want, "{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<6>") && l.contains("starting")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<3>") && l.contains("AMI authentication failed")),
+        "{text}"
+    );
+    assert!(!text.contains("bridge-secret"), "{text}");
+
+    // Not the journal's stream: the terminal format, timestamps first, no prefix.
+    let plain_log = setup.dir.join("plain.log");
+    let command = daemon_with_credentials(&setup, &plain_log, &stream);
+    let text = tokio::task::spawn_blocking({
+        let log = plain_log.clone();
+        move || run_until(command, &log, "AMI authentication failed")
+    })
+    .await
+    .unwrap();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        assert!(line.starts_with("20"), "{line}\n{text}");
+    }
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}
+
+/// `check` finds the credentials as `run` does: `$CREDENTIALS_DIRECTORY/ami-secret` and
+/// `zammad-url`, no variable naming them.
+#[test]
+fn check_finds_the_credentials_directory() {
+    let dir = temp_dir("check-credentials");
+    std::fs::create_dir_all(dir.join("credentials")).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, "[agi]\nlisten = \"\"\n").unwrap();
+    let check = |credentials: &Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"));
+        command
+            .args(["check", "--offline", "-c"])
+            .arg(&config)
+            .env("CREDENTIALS_DIRECTORY", credentials);
+        crate::support::without_azb_env(&mut command);
+        command.output().unwrap()
+    };
+    // Where the package is installed and set up, /etc has the secrets: nothing is missing.
+    if !crate::support::etc_has_credentials() {
+        let missing = check(&dir.join("credentials"));
+        assert_eq!(missing.status.code(), Some(78));
+        assert!(
+            String::from_utf8_lossy(&missing.stderr).contains("ami.secret is required"),
+            "{missing:?}"
+        );
+    }
+    std::fs::write(dir.join("credentials/ami-secret"), "s3cret\n").unwrap();
+    std::fs::write(
+        dir.join("credentials/zammad-url"),
+        "https://zammad.example.com/api/v1/cti/aB3dE6\n",
+    )
+    .unwrap();
+    let found = check(&dir.join("credentials"));
+    assert_eq!(found.status.code(), Some(0), "{found:?}");
+    assert_eq!(String::from_utf8_lossy(&found.stdout), "config OK\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}

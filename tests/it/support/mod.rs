@@ -179,3 +179,10 @@ pub fn without_azb_env(command: &mut std::process::Command) {
         }
     }
 }
+
+/// Whether this machine has the service's credential files in /etc (the package installed
+/// and set up): `run` and `check` find them there, so no secret is ever "required".
+pub fn etc_has_credentials() -> bool {
+    let dir = std::path::Path::new(asterisk_zammad_bridge::config::CREDENTIAL_DIR);
+    dir.join("ami-secret").exists() || dir.join("zammad-url").exists()
+}
