@@ -152,6 +152,47 @@ mod tests {
         check("*97", "*97");
     }
 
+    /// docs/configuration.md, "Numbers by country": each row's settings turn its example
+    /// into what the row says (`→ DIGITS`, or `stays DIGITS`).
+    #[test]
+    fn the_documented_settings_by_country_do_what_the_table_says() {
+        let doc = include_str!("../../docs/configuration.md");
+        let table = doc
+            .split("## Numbers by country")
+            .nth(1)
+            .expect("the section")
+            .split("\n## ")
+            .next()
+            .unwrap();
+        let unquote = |cell: &str| cell.trim().trim_matches('`').trim_matches('"').to_string();
+        let extensions = Regex::new("^[0-9]{2,5}$").unwrap();
+        let mut rows = 0;
+        let rows_of_table = table.lines().filter(|l| {
+            l.starts_with("| ") && !l.starts_with("| country") && !l.starts_with("| ---")
+        });
+        for line in rows_of_table {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let (country, example) = (cells[1], cells[5]);
+            let numbers = NumbersConfig {
+                country_code: unquote(cells[2]).parse().unwrap(),
+                national_prefix: unquote(cells[3]).parse().unwrap(),
+                international_prefix: unquote(cells[4]).parse().unwrap(),
+            };
+            let plan = NumberPlan::new(&numbers, extensions.clone());
+            let (raw, want) = match example.split_once(" → ") {
+                Some((raw, rest)) => (raw, rest.split_whitespace().next().unwrap()),
+                None => {
+                    let (raw, rest) = example.split_once(" stays ").expect("→ or stays");
+                    (raw, rest.split_whitespace().next().unwrap())
+                }
+            };
+            let (raw, want) = (raw.trim_matches('`'), want.trim_matches(['`', ';', ',']));
+            assert_eq!(plan.normalise(raw), want, "{country}: {raw}");
+            rows += 1;
+        }
+        assert!(rows >= 15, "{rows} rows");
+    }
+
     #[test]
     fn withheld_callers_become_anonymous() {
         for raw in ["", "<unknown>", "anonymous", "Anonymous", "unknown", "  "] {

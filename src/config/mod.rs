@@ -88,6 +88,17 @@ fn read_found_credential(path: &Path, key: &'static str) -> Result<String, Confi
     Ok(content.to_string())
 }
 
+/// Where the service's credential file of a missing secret would be found, for the
+/// message of [`ConfigError::Missing`].
+fn credential_hint(key: &str) -> String {
+    let name = match key {
+        "ami.secret" => AMI_SECRET_CREDENTIAL,
+        "zammad.url" => ZAMMAD_URL_CREDENTIAL,
+        _ => return String::new(),
+    };
+    format!(", or put it in {CREDENTIAL_DIR}/{name} (read by root; the unit's credential)")
+}
+
 /// `ami.secret`, or `ami.secret (from PATH)` when it came from a file.
 fn given_as(file: &Option<PathBuf>, key: &str) -> String {
     match file {
@@ -136,7 +147,8 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error(
-        "{key} is required: set it in the file, as {file_key} (a file holding it), or with the environment variable {env}"
+        "{key} is required: set it in the file, as {file_key} (a file holding it), or with the environment variable {env}{}",
+        credential_hint(key)
     )]
     Missing {
         key: &'static str,
@@ -596,7 +608,7 @@ impl Config {
     pub fn require_connections(&self) -> Result<(), ConfigError> {
         self.require_ami()?;
         self.require_zammad()?;
-        self.require_usable_state_dir()?;
+        self.require_usable_state_dir(std::env::var("STATE_DIRECTORY").ok().as_deref())?;
         self.require_unprivileged_ports(unprivileged_port_start())
     }
 
@@ -646,9 +658,24 @@ impl Config {
         Ok(())
     }
 
-    /// `state.dir`, or the nearest of its parents that exists, is a directory.
-    fn require_usable_state_dir(&self) -> Result<(), ConfigError> {
+    /// `state.dir`, or the nearest of its parents that exists, is a directory; and under
+    /// systemd (`state_directories`: `$STATE_DIRECTORY`, the unit's `StateDirectory=`, `:`
+    /// between several) it lies in one of them, the only place the service may write.
+    fn require_usable_state_dir(&self, state_directories: Option<&str>) -> Result<(), ConfigError> {
         let dir = &self.state.dir;
+        if let Some(allowed) = state_directories.filter(|d| !d.is_empty())
+            && !allowed.split(':').any(|d| dir.starts_with(d))
+        {
+            return Err(ConfigError::invalid(
+                "state.dir",
+                format!(
+                    "{} is outside the unit's StateDirectory= ({allowed}), the only place \
+                     the service may write: leave state.dir at its default, or change \
+                     StateDirectory= in a drop-in (systemctl edit asterisk-zammad-bridge)",
+                    dir.display()
+                ),
+            ));
+        }
         if let Some(existing) = dir.ancestors().find(|p| p.exists())
             && !existing.is_dir()
         {

@@ -1112,7 +1112,7 @@ fn settings_the_daemon_cannot_run_with_are_refused_naming_the_key() {
         let error = config
             .require_ami()
             .and_then(|()| config.require_zammad())
-            .and_then(|()| config.require_usable_state_dir())
+            .and_then(|()| config.require_usable_state_dir(None))
             .and_then(|()| config.require_unprivileged_ports(1024))
             .unwrap_err();
         assert_eq!(error.exit_code(), 78);
@@ -1134,6 +1134,28 @@ fn settings_the_daemon_cannot_run_with_are_refused_naming_the_key() {
         )),
         "{error}"
     );
+    // Under systemd the state dir lies in the unit's StateDirectory=.
+    let under_unit = Some("/var/lib/asterisk-zammad-bridge");
+    let default = check(MINIMAL, &[]).unwrap();
+    default.require_usable_state_dir(under_unit).unwrap();
+    let inside = check(
+        &format!("{MINIMAL}[state]\ndir = \"/var/lib/asterisk-zammad-bridge/a\"\n"),
+        &[],
+    );
+    inside
+        .unwrap()
+        .require_usable_state_dir(under_unit)
+        .unwrap();
+    let outside = check(&format!("{MINIMAL}[state]\ndir = \"/srv/azb\"\n"), &[]).unwrap();
+    let error = outside
+        .require_usable_state_dir(under_unit)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("state.dir: /srv/azb is outside the unit's StateDirectory="),
+        "{error}"
+    );
+    outside.require_usable_state_dir(None).unwrap();
     // Ports from 1024 up, port 0 (any) and listeners turned off are fine.
     for listen in ["127.0.0.1:1024", "127.0.0.1:0", ""] {
         let toml = format!("{MINIMAL}[agi]\nlisten = \"{listen}\"\n");

@@ -489,3 +489,37 @@ fn check_finds_the_credentials_directory() {
     assert_eq!(String::from_utf8_lossy(&found.stdout), "config OK\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Under the unit only `StateDirectory=` (`$STATE_DIRECTORY`) is writable: a `state.dir`
+/// elsewhere is refused at load (78), not found out by a start that fails in a loop.
+#[test]
+fn a_state_dir_outside_the_units_state_directory_is_refused() {
+    let dir = temp_dir("state-directory");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ami]\nsecret = \"s3cret\"\n[zammad]\nurl = \"https://z.example/api/v1/cti/aB3\"\n\
+             [state]\ndir = \"{}\"\n",
+            dir.join("elsewhere").display()
+        ),
+    )
+    .unwrap();
+    for args in [&["run", "-c"][..], &["check", "--offline", "-c"]] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"));
+        command
+            .args(args)
+            .arg(&config)
+            .env("STATE_DIRECTORY", dir.join("granted"));
+        crate::support::without_azb_env(&mut command);
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("state.dir: ") && stderr.contains("outside the unit's StateDirectory="),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
