@@ -333,27 +333,35 @@ async fn open_mode() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Warm up with the same number of calls, started and ended, so that what the daemon
     // keeps per open call is measured against a daemon that has seen as many calls.
-    let send = |first: u64, count: u64, part: &str| {
-        for batch in (first..first + count).collect::<Vec<_>>().chunks(200) {
+    // At most `AZB_LOAD_RATE` (1,000) calls a second, so that the daemon is measured
+    // holding calls, not a backlog.
+    let rate: u64 = env_or("AZB_LOAD_RATE", 1000);
+    let send = async |first: u64, count: u64, part: &str| {
+        let per_tick = (rate / 10).max(1);
+        for batch in (first..first + count)
+            .collect::<Vec<_>>()
+            .chunks(per_tick as usize)
+        {
             let mut chunk = BytesMut::new();
             for &n in batch {
                 call_part(part, n, &mut chunk);
             }
             assert!(ami.send_raw(Bytes::from(chunk)));
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    send(0, open, &start_part);
-    send(0, open, &end_part);
+    send(0, open, &start_part).await;
+    send(0, open, &end_part).await;
     wait_complete(&zammad, open as usize, Duration::from_secs(120))
         .await
         .expect("the warm-up calls reach Zammad");
     settle(&daemon).await;
     let closed = daemon.status_kib("VmRSS");
-    send(open, open, &start_part);
+    send(open, open, &start_part).await;
     wait_answered(&zammad, 2 * open as usize).await;
     settle(&daemon).await;
     let held = daemon.status_kib("VmRSS");
-    send(open, open, &end_part);
+    send(open, open, &end_part).await;
     wait_complete(&zammad, 2 * open as usize, Duration::from_secs(120))
         .await
         .expect("the open calls end at Zammad");

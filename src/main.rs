@@ -159,7 +159,12 @@ fn run_daemon(config: Config, path: &Path) -> anyhow::Result<()> {
                 shutdown.clone(),
             ))
         });
-        let result = daemon::run(config, shutdown.clone(), ready, reloads).await;
+        // A task of its own, not the future `block_on` drives on this thread: woken by the
+        // AMI reader and the outbox, it then runs on their worker thread instead of
+        // waiting for this one to be unparked (a thread hand-off per wake).
+        let result = tokio::spawn(daemon::run(config, shutdown.clone(), ready, reloads))
+            .await
+            .unwrap_or_else(|panic| Err(anyhow::anyhow!("the daemon task panicked: {panic}")));
         if let Some(reporter) = reporter {
             // It ends with the daemon loop (STOPPING=1) or with the ready channel dropped.
             shutdown.cancel();

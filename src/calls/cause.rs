@@ -6,7 +6,7 @@ use crate::zammad::cti::{Cause, Direction};
 use serde::{Deserialize, Serialize};
 
 /// A Dial leg's outcome (`DialStatus` of `DialEnd`), ranked by how much it tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DialOutcome {
     /// CANCEL: the caller hung up, or the leg lost a race (answered elsewhere).
     Cancel,
@@ -34,7 +34,7 @@ impl DialOutcome {
 }
 
 /// What the tracker knows about a call when it ends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CallOutcome {
     /// A person (or voicemail) picked up.
     pub answered: bool,

@@ -132,7 +132,10 @@ impl Tracker {
         };
         let agent: Option<Box<str>> = match claim.from.as_deref() {
             Some(from) => Some(from.into()),
-            None => self.calling_agent(&claim.channel, caller),
+            None => {
+                let ampuser = self.channels.get(uid).and_then(|c| c.ampuser.as_deref());
+                self.calling_agent(&claim.channel, caller, ampuser)
+            }
         };
         let from = match direction {
             Direction::In => claim

@@ -2,7 +2,7 @@
 //! call, ringing, and the answer that counts (the origin's own dial or queue).
 
 use super::Tracker;
-use super::model::{AnsweredBy, Call, Channel, Leg};
+use super::model::{AnsweredBy, Call, Leg};
 use crate::ami::AmiMessage;
 use crate::calls::cause::DialOutcome;
 use crate::calls::number::is_withheld;
@@ -205,18 +205,21 @@ impl Tracker {
         // Local pairs nest only as deep as the dialplan goes; the bound keeps a malformed
         // stream from looping.
         for _ in 0..16 {
-            let Some(sibling) = self
-                .channels
-                .get(&leg)
-                .and_then(Channel::local_sibling_name)
-            else {
+            let Some(half) = self.channels.get(&leg) else {
                 break;
             };
-            let inner = self
-                .channels
-                .iter()
-                .find(|(_, c)| *c.name == *sibling)
-                .and_then(|(_, c)| c.connected_to.clone());
+            let Some(sibling) = half.local_sibling_name() else {
+                break;
+            };
+            // Both halves of a Local pair share the requester's Linkedid, so the other
+            // half is among the members of this half's call.
+            let inner = self.calls.get(&half.call).and_then(|call| {
+                call.members
+                    .iter()
+                    .filter_map(|uid| self.channels.get(uid))
+                    .find(|c| *c.name == *sibling)
+                    .and_then(|c| c.connected_to.clone())
+            });
             match inner {
                 Some(next) => leg = next,
                 None => break,

@@ -15,14 +15,14 @@ impl Tracker {
     /// itself in `AMPUSER`, which wins when it is an extension. Then an agent of `[agents]`
     /// wins, then the caller ID when it is an extension, then the endpoint, then the
     /// caller ID as is.
-    pub(super) fn calling_agent(&self, name: &str, caller: Option<&str>) -> Option<Box<str>> {
+    pub(super) fn calling_agent(
+        &self,
+        name: &str,
+        caller: Option<&str>,
+        ampuser: Option<&str>,
+    ) -> Option<Box<str>> {
         let endpoint = self.extension_of(name);
         let known = |n: &str| self.settings.agents.contains_key(n);
-        let ampuser = self
-            .channels
-            .values()
-            .find(|c| *c.name == *name)
-            .and_then(|c| c.ampuser.as_deref());
         if let Some(a) = ampuser.filter(|a| known(a) || self.settings.plan.is_extension(a)) {
             return Some(a.into());
         }
@@ -138,7 +138,7 @@ impl Tracker {
         let agent = self
             .channels
             .get(&*origin)
-            .and_then(|c| self.calling_agent(&c.name, caller.as_deref()));
+            .and_then(|c| self.calling_agent(&c.name, caller.as_deref(), c.ampuser.as_deref()));
         // The number the far end sees: the agent's configured one, else the caller ID
         // the phone's channel presents (which the dialplan may have set to the trunk's
         // outbound number), else the agent's extension.

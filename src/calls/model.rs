@@ -134,7 +134,7 @@ impl ChannelState {
 }
 
 /// One leg dialed (or called by a queue) on behalf of a call.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Hash, Serialize, Deserialize)]
 pub(super) struct Leg {
     pub(super) uniqueid: Box<str>,
     /// The agent's extension, if the leg goes to an internal phone.
@@ -209,13 +209,18 @@ pub(super) type Prefix = &'static str;
 
 pub(super) fn header<'a>(msg: &'a AmiMessage, prefix: Prefix, key: &str) -> Option<&'a str> {
     if prefix.is_empty() {
-        msg.get(key)
-    } else {
-        let mut full = String::with_capacity(prefix.len() + key.len());
-        full.push_str(prefix);
-        full.push_str(key);
-        msg.get(&full)
+        return msg.get(key);
     }
+    // `prefix` + `key`, compared in place (as `AmiMessage::get` does, ignoring ASCII case).
+    let (p, n) = (prefix.len(), prefix.len() + key.len());
+    msg.iter()
+        .find(|(k, _)| {
+            k.len() == n
+                && k.is_char_boundary(p)
+                && k[..p].eq_ignore_ascii_case(prefix)
+                && k[p..].eq_ignore_ascii_case(key)
+        })
+        .map(|(_, v)| v)
 }
 
 pub(super) enum AnsweredBy {

@@ -29,17 +29,6 @@ pub struct CallRecord {
     pub(super) last_event_at: u64,
 }
 
-impl CallRecord {
-    /// A hash of the record's content.
-    pub(super) fn fingerprint(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let json = serde_json::to_string(self).expect("a CallRecord serialises");
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        json.hash(&mut h);
-        h.finish()
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct ChannelRecord {
     pub(super) uniqueid: Box<str>,
@@ -57,10 +46,9 @@ impl Tracker {
         for key in std::mem::take(&mut self.dirty) {
             match self.calls.get(&*key).filter(|c| c.reported && !c.ended) {
                 Some(call) => {
-                    let record = self.record_of(call);
-                    let hash = record.fingerprint();
+                    let hash = self.fingerprint(call);
                     if self.stored.insert(key.clone(), hash) != Some(hash) {
-                        changes.push((key.to_string(), Some(record)));
+                        changes.push((key.to_string(), Some(self.record_of(call))));
                     }
                 }
                 None => {
@@ -71,6 +59,35 @@ impl Tracker {
             }
         }
         changes
+    }
+
+    /// A hash of what a restart needs of `call`, taken without building its record: the
+    /// record is written only when this changes. Channel states and caller numbers are
+    /// left out: they change on most events, and after a restart Asterisk's channel list
+    /// brings them up to date (`reconcile`) before anything reads them.
+    fn fingerprint(&self, call: &Call) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        call.call_id.hash(&mut h);
+        call.direction.hash(&mut h);
+        call.origin.hash(&mut h);
+        call.from.hash(&mut h);
+        call.to.hash(&mut h);
+        call.queue.hash(&mut h);
+        call.in_queue.hash(&mut h);
+        call.agent.hash(&mut h);
+        call.legs.hash(&mut h);
+        call.answered.hash(&mut h);
+        call.outcome.hash(&mut h);
+        for uid in &call.members {
+            uid.hash(&mut h);
+            if let Some(ch) = self.channels.get(uid) {
+                ch.name.hash(&mut h);
+                ch.linkedid.hash(&mut h);
+            }
+        }
+        (call.last_event_at / 60).hash(&mut h);
+        h.finish()
     }
 
     pub(super) fn record_of(&self, call: &Call) -> CallRecord {

@@ -59,6 +59,10 @@ pub struct Outbox {
     metrics: Arc<Metrics>,
     /// Calls not taken because the outbox was full; their later events are dropped too.
     refused: Arc<DashSet<CallId>>,
+    /// Calls whose `newCall` Zammad refused: their later events are dropped (until the
+    /// hangup). Kept here, not in a worker, because a worker lives only while its call
+    /// has events to send.
+    refused_by_zammad: Arc<DashSet<CallId>>,
 }
 
 impl Outbox {
@@ -82,6 +86,7 @@ impl Outbox {
             max_items,
             metrics,
             refused: Arc::new(DashSet::new()),
+            refused_by_zammad: Arc::new(DashSet::new()),
         }
     }
 
@@ -175,7 +180,10 @@ impl Outbox {
             client: self.client.clone(),
             queues: self.queues.clone(),
             cancel: self.cancel.clone(),
-            retry: self.retry.clone(),
+            // Each worker waits its own random share: calls that failed together retry
+            // spread out, not in waves.
+            retry: self.retry.clone().with_seed(fastrand::u64(..)),
+            refused_by_zammad: self.refused_by_zammad.clone(),
             call_id: id.clone(),
             store: self.store.clone(),
             depth: self.depth.clone(),
@@ -197,7 +205,10 @@ impl Outbox {
     }
 }
 
+/// Delivers one call's queued events, in order, and ends when there are none left: an
+/// open call between its events holds a queue entry, not a task.
 struct Worker {
+    refused_by_zammad: Arc<DashSet<CallId>>,
     client: Arc<ZammadClient>,
     queues: Arc<DashMap<CallId, mpsc::UnboundedSender<Item>>>,
     cancel: CancellationToken,
@@ -220,20 +231,29 @@ enum Outcome {
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Item>) {
-        let mut refused = false;
         let mut stopped = false;
         loop {
-            // At shutdown, what is queued still gets its try; then the worker ends
-            // instead of waiting for events that will not come.
-            let item = tokio::select! {
-                biased;
-                item = rx.recv() => item,
-                _ = self.cancel.cancelled() => rx.try_recv().ok(),
+            let item = match rx.try_recv() {
+                Ok(item) => item,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Nothing left: the worker ends and the call's queue goes with it,
+                    // unless an event arrived meanwhile. `push_item` sends while holding
+                    // the map's read guard, so no send slips between the check and the
+                    // removal; the next event starts a new worker.
+                    if self
+                        .queues
+                        .remove_if(&self.call_id, |_, _| rx.is_empty())
+                        .is_some()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
             };
-            let Some(item) = item else { break };
             let event = item.request.event;
             let seq = item.seq;
-            if refused {
+            if self.refused_by_zammad.contains(&self.call_id) {
                 warn!(
                     event = event.as_str(),
                     "dropped: zammad refused this call's newCall"
@@ -242,7 +262,9 @@ impl Worker {
             } else {
                 match self.deliver(item).await {
                     Outcome::Delivered | Outcome::Dropped => {}
-                    Outcome::CallRefused => refused = true,
+                    Outcome::CallRefused => {
+                        self.refused_by_zammad.insert(self.call_id.clone());
+                    }
                     Outcome::Kept => {
                         // Stopping while Zammad cannot take it: it stays in the journal.
                         self.depth.dec();
@@ -253,6 +275,7 @@ impl Worker {
             }
             self.done(seq);
             if event == CtiEventKind::Hangup {
+                self.refused_by_zammad.remove(&self.call_id);
                 break;
             }
         }
