@@ -17,6 +17,14 @@
 //! bad line anywhere else means the file is corrupt: it is moved aside as
 //! `journal.corrupt-<unix time>` and the daemon starts fresh, saying so in the log.
 //!
+//! The files in the dir are never reached through a symbolic link (`O_NOFOLLOW`; the
+//! snapshot is created new, `O_EXCL`), so a link planted at `journal`, `journal.tmp` or
+//! `lock` makes the daemon refuse the file rather than truncate or read what it points at;
+//! they are created with mode 0600 (the dir, when the daemon makes it, 0700) whatever the
+//! umask. Sequence numbers go on from the last one across restarts; a journal whose numbers
+//! reach [`RENUMBER_ABOVE`] has its live events renumbered from 1 (in order) when it is
+//! opened, so they cannot wrap.
+//!
 //! Why a journal and not an embedded database: the state is small (open calls and the
 //! events not yet accepted by Zammad), every change is an append, and compaction is
 //! "write the live state"; a checksummed line format we own keeps recovery rules
@@ -34,8 +42,9 @@ use crate::calls::CallRecord;
 use crate::zammad::cti::CtiRequest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,6 +68,9 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(5);
 /// (and at least `COMPACT_MIN` bytes).
 const COMPACT_FACTOR: u64 = 4;
 const COMPACT_MIN: u64 = 1 << 20;
+/// A journal opened with sequence numbers above this has its events renumbered from 1:
+/// counting on from here, 2^63 more events (centuries at any rate) stay below `u64::MAX`.
+pub const RENUMBER_ABOVE: u64 = 1 << 63;
 
 /// One change to the state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,7 +162,19 @@ impl State {
 
     /// The sequence number for the next event.
     pub fn next_seq(&self) -> u64 {
-        self.items.keys().next_back().map_or(1, |s| s + 1)
+        self.items
+            .keys()
+            .next_back()
+            .map_or(1, |s| s.saturating_add(1))
+    }
+
+    /// Numbers the undelivered events 1, 2, … in their order when the last number is
+    /// above [`RENUMBER_ABOVE`] (a journal at `u64::MAX` would otherwise wrap).
+    fn renumber_if_high(&mut self) {
+        if self.next_seq() > RENUMBER_ABOVE {
+            let items = std::mem::take(&mut self.items);
+            self.items = (1..).zip(items.into_values()).collect();
+        }
     }
 }
 
@@ -195,13 +219,20 @@ impl Journal {
                 source,
             }
         };
-        std::fs::create_dir_all(dir).map_err(dir_err("cannot create it"))?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(dir_err("cannot create it"))?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(dir.join("lock"))
-            .map_err(dir_err("not writable"))?;
+            .map_err(|e| dir_err(refused_or("not writable", &e))(e))?;
+        let _ = lock.set_permissions(Permissions::from_mode(0o600));
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -214,11 +245,16 @@ impl Journal {
             }
         }
         let path = dir.join(JOURNAL);
-        let state = match File::open(&path) {
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        let mut state = match opened {
             Ok(file) => load(file, dir)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(dir_err("cannot read the journal")(e)),
+            Err(e) => return Err(dir_err(refused_or("cannot read the journal", &e))(e)),
         };
+        state.renumber_if_high();
         let (file, bytes) =
             write_compacted(dir, &state).map_err(dir_err("cannot write the journal"))?;
         Ok(Journal {
@@ -304,14 +340,31 @@ fn encode_state(state: &State) -> Vec<u8> {
     buf
 }
 
-/// Writes `snapshot` to `journal.tmp` and syncs it; returns it open for appending.
+/// Why a file of the state dir could not be opened: `what`, or that it is a symbolic link.
+fn refused_or(what: &'static str, error: &io::Error) -> &'static str {
+    if error.raw_os_error() == Some(libc::ELOOP) {
+        "a symbolic link where its own file should be (refused; remove it)"
+    } else {
+        what
+    }
+}
+
+/// Writes `snapshot` to `journal.tmp` and syncs it; returns it open for appending. The file
+/// is made new (whatever was there, a link included, is removed first, and a link planted
+/// meanwhile makes the open fail), mode 0600.
 fn write_snapshot(dir: &Path, snapshot: &[u8]) -> io::Result<File> {
+    match std::fs::remove_file(dir.join(TMP)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     // Written only here and then by appends at its end: the cursor always stays there.
     let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(dir.join(TMP))?;
+    file.set_permissions(Permissions::from_mode(0o600))?;
     file.write_all(snapshot)?;
     file.sync_all()?;
     Ok(file)
@@ -833,6 +886,80 @@ mod tests {
             .collect();
         assert_eq!(aside.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sequence_numbers_near_the_top_are_renumbered_and_never_wrap() {
+        let dir = temp_dir("seq");
+        let mut j = Journal::open(&dir).unwrap();
+        j.append(vec![
+            item(u64::MAX - 1, CtiEventKind::NewCall),
+            item(u64::MAX, CtiEventKind::Hangup),
+            Record::Sending { seq: u64::MAX },
+        ])
+        .unwrap();
+        assert_eq!(
+            j.state().next_seq(),
+            u64::MAX,
+            "saturates, never wraps to 0"
+        );
+        drop(j);
+        let j = Journal::open(&dir).unwrap();
+        assert_eq!(undelivered(j.state()), [(1, false), (2, true)]);
+        let ids: Vec<&str> = j
+            .state()
+            .items
+            .values()
+            .map(|i| &*i.request.call_id.0)
+            .collect();
+        assert_eq!(
+            ids,
+            [format!("1.{}", u64::MAX - 1), format!("1.{}", u64::MAX)]
+        );
+        assert_eq!(j.state().next_seq(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn links_planted_in_the_state_dir_are_never_followed_and_files_are_0600() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = temp_dir("symlink");
+        let victim = temp_dir("symlink-victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let mut j = Journal::open(&dir).unwrap();
+        j.append(vec![item(1, CtiEventKind::NewCall)]).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join(JOURNAL)), 0o600);
+        assert_eq!(mode(&dir.join("lock")), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+        drop(j);
+        // A compaction (every open makes one) goes through journal.tmp.
+        symlink(&victim, dir.join(TMP)).unwrap();
+        let j = Journal::open(&dir).unwrap();
+        assert_eq!(undelivered(j.state()), [(1, false)]);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!dir.join(TMP).exists());
+        drop(j);
+        // A link where the journal or the lock should be is refused, the target untouched.
+        for name in [JOURNAL, "lock"] {
+            let real = dir.join(format!("{name}.real"));
+            std::fs::rename(dir.join(name), &real).unwrap();
+            symlink(&victim, dir.join(name)).unwrap();
+            let err = Journal::open(&dir).err().expect("refused").to_string();
+            assert!(
+                err.contains("a symbolic link where its own file should be"),
+                "{err}"
+            );
+            assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+            std::fs::remove_file(dir.join(name)).unwrap();
+            std::fs::rename(&real, dir.join(name)).unwrap();
+        }
+        assert_eq!(
+            undelivered(Journal::open(&dir).unwrap().state()),
+            [(1, false)]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_file(&victim).unwrap();
     }
 
     #[test]
