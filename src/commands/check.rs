@@ -181,10 +181,11 @@ pub async fn probe_zammad(config: &Config) -> Probe {
         .next()
         .unwrap_or_default()
         .to_string();
-    let client = match ZammadClient::new(url, config.zammad.timeout) {
-        Ok(client) => client,
-        Err(error) => return Probe::failed("zammad", format!("{error} (zammad.url)")),
-    };
+    let client =
+        match ZammadClient::with_proxy(url, config.zammad.timeout, config.zammad.proxy.as_ref()) {
+            Ok(client) => client,
+            Err(error) => return Probe::failed("zammad", format!("{error} (zammad.url)")),
+        };
     let at = client.redacted_url().to_string();
     let line = match client.probe().await {
         Ok(()) => {

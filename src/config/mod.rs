@@ -24,7 +24,7 @@ pub mod values;
 
 pub use values::{
     AgentEntry, Contexts, Digits, DigitsOrEmpty, HostPort, ListenAddr, LogFormat, LogLevel,
-    Pattern, RejectMode, Secret, TlsServerName, ZammadUrl,
+    Pattern, ProxyUrl, RejectMode, Secret, TlsServerName, ZammadUrl,
 };
 
 use keys::Shape;
@@ -282,6 +282,10 @@ pub struct ZammadConfig {
     #[serde(deserialize_with = "values::duration")]
     pub timeout: Duration,
     pub call_id_prefix: String,
+    /// The HTTP proxy to Zammad; unset (or `""`), none at all: `HTTP_PROXY` and the
+    /// like are not read.
+    #[serde(deserialize_with = "ProxyUrl::unset_if_empty")]
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl Default for ZammadConfig {
@@ -291,6 +295,7 @@ impl Default for ZammadConfig {
             url_file: None,
             timeout: Duration::from_secs(5),
             call_id_prefix: String::new(),
+            proxy: None,
         }
     }
 }
@@ -735,6 +740,18 @@ impl Config {
             warnings.push(
                 "ami.tls_ca_file or ami.tls_server_name is set but ami.tls = false: they are \
                  not used"
+                    .to_string(),
+            );
+        }
+        if self
+            .zammad
+            .url
+            .as_ref()
+            .is_some_and(ZammadUrl::is_clear_text_to_remote)
+        {
+            warnings.push(
+                "zammad.url is plain http:// to a host that is not this one: the CTI token \
+                 and every call's numbers cross the network in clear text; use https://"
                     .to_string(),
             );
         }

@@ -59,6 +59,7 @@ fn value_of(c: &Config, key: &str) -> String {
         "zammad.url_file" => path(&c.zammad.url_file),
         "zammad.timeout" => d(c.zammad.timeout),
         "zammad.call_id_prefix" => s(&c.zammad.call_id_prefix),
+        "zammad.proxy" => (c.zammad.proxy.as_ref()).map_or("<unset>".into(), |p| s(&p.to_string())),
         "numbers.country_code" => s(&c.numbers.country_code),
         "numbers.national_prefix" => s(&c.numbers.national_prefix),
         "numbers.international_prefix" => s(&c.numbers.international_prefix),
@@ -114,6 +115,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("zammad.url_file", "<unset>"),
     ("zammad.timeout", r#""5s""#),
     ("zammad.call_id_prefix", r#""""#),
+    ("zammad.proxy", "<unset>"),
     ("numbers.country_code", r#""49""#),
     ("numbers.national_prefix", r#""0""#),
     ("numbers.international_prefix", r#""00""#),
@@ -814,6 +816,19 @@ fn check_warns_about_odd_settings() {
             ],
         ),
         ("[agi]\nlisten = \"\"", &[]),
+        (
+            "[zammad]\nurl = \"http://zammad.example.com/api/v1/cti/T\"",
+            &["zammad.url is plain http:// to a host that is not this one"],
+        ),
+        (
+            "[zammad]\nurl = \"http://localhost:3000/api/v1/cti/T\"",
+            &[],
+        ),
+        ("[zammad]\nurl = \"http://[::1]/api/v1/cti/T\"", &[]),
+        (
+            "[zammad]\nurl = \"https://zammad.example.com/api/v1/cti/T\"",
+            &[],
+        ),
         (
             "[ami]\naddress = \"pbx.example:5038\"",
             &["ami.address = \"pbx.example:5038\" is not a loopback address and ami.tls = false"],

@@ -350,6 +350,94 @@ impl<'de> Deserialize<'de> for ZammadUrl {
     }
 }
 
+impl ZammadUrl {
+    /// A plain `http://` URL to a host other than loopback or `localhost`: the token and
+    /// every call's numbers would cross the network in clear text.
+    pub fn is_clear_text_to_remote(&self) -> bool {
+        let Ok(url) = reqwest::Url::parse(self.expose_secret()) else {
+            return false;
+        };
+        url.scheme() == "http" && !url_host_is_local(&url)
+    }
+}
+
+/// The URL's host is a loopback address or `localhost` (or a name under `.localhost`).
+fn url_host_is_local(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let name = bare.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+    }
+}
+
+/// The HTTP proxy to reach Zammad through (`zammad.proxy`): `http://` or `https://`, with
+/// a host, optionally `user:password@`. Kept as a [`Secret`] (its password); `Display`
+/// shows `scheme://host:port` only. Without it the client uses no proxy at all, whatever
+/// `HTTP_PROXY` and friends say.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl {
+    url: Secret,
+    shown: String,
+}
+
+impl ProxyUrl {
+    /// For the optional key: `""` is the same as not set.
+    pub fn unset_if_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ProxyUrl>, D::Error> {
+        let url = text(d, "a string")?;
+        if url.is_empty() {
+            return Ok(None);
+        }
+        url.parse().map(Some).map_err(de::Error::custom)
+    }
+}
+
+impl ExposeSecret<str> for ProxyUrl {
+    fn expose_secret(&self) -> &str {
+        self.url.expose_secret()
+    }
+}
+
+impl fmt::Display for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProxyUrl({:?})", self.shown)
+    }
+}
+
+impl FromStr for ProxyUrl {
+    type Err = String;
+
+    /// The refusal never contains the URL (it may hold a password).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let url = reqwest::Url::parse(s).map_err(|e| format!("not a valid URL ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("must start with http:// or https://".to_string());
+        }
+        let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+            return Err("the URL has no host".to_string());
+        };
+        let shown = match url.port_or_known_default() {
+            Some(port) => format!("{}://{host}:{port}", url.scheme()),
+            None => format!("{}://{host}", url.scheme()),
+        };
+        Ok(ProxyUrl {
+            url: Secret::from(s),
+            shown,
+        })
+    }
+}
+
 /// The name an AMI TLS certificate must carry (`ami.tls_server_name`): a DNS name or an
 /// IP address, as rustls checks it against the certificate's subjectAltName.
 #[derive(Clone, PartialEq, Eq)]

@@ -80,7 +80,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let settings = TrackerSettings::from_config(&config);
     let url = config.zammad.url.clone().context("zammad.url is not set")?;
-    let zammad = ZammadClient::new(url, config.zammad.timeout)
+    let zammad = ZammadClient::with_proxy(url, config.zammad.timeout, config.zammad.proxy.as_ref())
         .context("failed to set up the zammad client")?;
     let (store, state, _journal_thread) = Store::open(&config.state.dir)?;
     info!(

@@ -9,11 +9,32 @@
 //!
 //! The token never reaches a log line or an error message: errors from reqwest are
 //! stripped of their URL, and the URL is only shown through [`ZammadClient::redacted_url`].
+//!
+//! It talks to the configured URL and nothing else: a redirect is not followed but is an
+//! error that names where it points ([`ZammadError::Redirected`], the token replaced by
+//! `***`), so the body and the token never go to another host; no `Referer` is sent; no
+//! proxy is used unless `zammad.proxy` names one (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`
+//! and `NO_PROXY` are not read); a reply is read up to [`MAX_REPLY`] bytes and no further
+//! (Zammad's are a few dozen); at most [`MAX_IN_FLIGHT`] requests are in flight at once.
 
+use crate::config::ProxyUrl;
 use crate::zammad::cti::{CtiEventKind, CtiRequest, ReplyError, ZammadDecision, snippet};
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION};
 use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// The most of a reply the client reads. Zammad answers the CTI endpoint with `{}` or a
+/// decision of a few dozen bytes, its error pages with a few KiB; a longer body is not
+/// read (and not held in memory) but refused.
+pub const MAX_REPLY: usize = 64 * 1024;
+/// Requests to Zammad in flight at once, at most; more wait their turn (in order). Each is
+/// a connection (a descriptor and its buffers): without a bound, every call's retry while
+/// Zammad is down or slow is one more, and they took every descriptor the daemon had.
+/// Legitimate load needs far fewer: 400 new calls a second with a Zammad that takes half a
+/// second keep about 400 in flight.
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// Why a CTI request did not produce a decision. `Display` never contains the token.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +78,17 @@ pub enum ZammadError {
     /// A 2xx JSON body the bridge cannot act on (unknown action, dial without caller id).
     #[error("zammad's answer cannot be acted on")]
     BadDecision(#[source] ReplyError),
+    /// 3xx: the URL points elsewhere. Not followed (the event and the token would go to
+    /// whatever host the answer names); `location` is that place with its last path
+    /// segment (the token, if it is there) as `***`.
+    #[error(
+        "zammad.url answered with a redirect (http {status}) to {location}, which is not \
+         followed: set zammad.url to the right address"
+    )]
+    Redirected { status: u16, location: String },
+    /// A reply longer than [`MAX_REPLY`] bytes: not read further.
+    #[error("zammad's answer (http {status}) is longer than {MAX_REPLY} bytes; not read")]
+    ReplyTooLarge { status: u16 },
 }
 
 impl ZammadError {
@@ -72,7 +104,8 @@ impl ZammadError {
             | ZammadError::Build(_)
             | ZammadError::Connect(_)
             | ZammadError::Unauthorized
-            | ZammadError::Disabled { .. } => true,
+            | ZammadError::Disabled { .. }
+            | ZammadError::Redirected { .. } => true,
             ZammadError::Unavailable { status } => matches!(status, 502 | 503),
             ZammadError::Timeout { .. }
             | ZammadError::Interrupted(_)
@@ -80,7 +113,8 @@ impl ZammadError {
             | ZammadError::UnknownCall
             | ZammadError::Rejected { .. }
             | ZammadError::BadReply { .. }
-            | ZammadError::BadDecision(_) => false,
+            | ZammadError::BadDecision(_)
+            | ZammadError::ReplyTooLarge { .. } => false,
         }
     }
 
@@ -129,6 +163,8 @@ pub struct ZammadClient {
     /// `scheme://host[:port]/path/***`, computed once for logs and `Debug`.
     redacted: String,
     timeout: Duration,
+    /// [`MAX_IN_FLIGHT`] permits, shared by the clones: one per request being sent.
+    in_flight: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for ZammadClient {
@@ -142,11 +178,21 @@ impl std::fmt::Debug for ZammadClient {
 
 impl ZammadClient {
     /// A client for `url` (`http[s]://host/api/v1/cti/TOKEN`) that gives up on a request
-    /// after `timeout`. Connecting may take at most half of it, so that a slow connect is
-    /// reported as [`ZammadError::Connect`] (certainly not delivered) rather than a timeout.
+    /// after `timeout`, without a proxy. Connecting may take at most half of it, so that a
+    /// slow connect is reported as [`ZammadError::Connect`] (certainly not delivered)
+    /// rather than a timeout.
     pub fn new(
         url: impl Into<SecretString>,
         timeout: Duration,
+    ) -> Result<ZammadClient, ZammadError> {
+        Self::with_proxy(url, timeout, None)
+    }
+
+    /// As [`ZammadClient::new`], through `proxy` when given (`zammad.proxy`).
+    pub fn with_proxy(
+        url: impl Into<SecretString>,
+        timeout: Duration,
+        proxy: Option<&ProxyUrl>,
     ) -> Result<ZammadClient, ZammadError> {
         let url = url.into();
         let parsed =
@@ -167,9 +213,19 @@ impl ZammadClient {
                 reason: "the path does not end in the cti token",
             });
         }
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(timeout / 2)
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false);
+        let builder = match proxy {
+            None => builder.no_proxy(),
+            Some(proxy) => builder.proxy(
+                reqwest::Proxy::all(proxy.expose_secret())
+                    .map_err(|e| ZammadError::Build(e.without_url()))?,
+            ),
+        };
+        let http = builder
             .build()
             .map_err(|e| ZammadError::Build(e.without_url()))?;
         Ok(ZammadClient {
@@ -177,6 +233,7 @@ impl ZammadClient {
             url,
             redacted,
             timeout,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         })
     }
 
@@ -210,18 +267,63 @@ impl ZammadClient {
     }
 
     async fn post(&self, req: &CtiRequest) -> Result<ZammadDecision, ZammadError> {
-        let response = self
+        let (status, body) = self.exchange(req.to_json()).await?;
+        classify(req.event, status, &body)
+    }
+
+    /// Posts `body` to the endpoint; returns the status and at most [`MAX_REPLY`] bytes of
+    /// the reply. A redirect is an error, its body unread.
+    async fn exchange(&self, body: impl Into<reqwest::Body>) -> Result<(u16, String), ZammadError> {
+        let _turn = self.in_flight.acquire().await.expect("never closed");
+        let mut response = self
             .http
             .post(self.url.expose_secret())
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json")
-            .body(req.to_json())
+            .body(body)
             .send()
             .await
             .map_err(|e| self.transport(e))?;
         let status = response.status().as_u16();
-        let body = response.text().await.map_err(|e| self.transport(e))?;
-        classify(req.event, status, &body)
+        if response.status().is_redirection() {
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map_or_else(
+                    || "nowhere (no Location)".to_string(),
+                    |l| self.redacted_location(l),
+                );
+            return Err(ZammadError::Redirected { status, location });
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_REPLY as u64)
+        {
+            return Err(ZammadError::ReplyTooLarge { status });
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(e))? {
+            if bytes.len() + chunk.len() > MAX_REPLY {
+                return Err(ZammadError::ReplyTooLarge { status });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// A redirect's `Location`, made absolute against the endpoint, as [`redact`] shows
+    /// URLs; anything that is no URL is only quoted in part.
+    fn redacted_location(&self, location: &str) -> String {
+        let absolute =
+            reqwest::Url::parse(self.url.expose_secret()).and_then(|base| base.join(location));
+        match absolute {
+            Ok(url) => redact(&url),
+            Err(_) => format!(
+                "{:?} (not a URL)",
+                snippet(location).chars().take(40).collect::<String>()
+            ),
+        }
     }
 
     /// Asks Zammad whether the endpoint, the token and the integration are right, without
@@ -238,17 +340,7 @@ impl ZammadClient {
     /// [`ZammadError::Connect`] …); a 2xx is a [`ZammadError::Rejected`], since Zammad
     /// never accepts that body.
     pub async fn probe(&self) -> Result<(), ZammadError> {
-        let response = self
-            .http
-            .post(self.url.expose_secret())
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json")
-            .body(PROBE_BODY)
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
-        let status = response.status().as_u16();
-        let body = response.text().await.map_err(|e| self.transport(e))?;
+        let (status, body) = self.exchange(PROBE_BODY).await?;
         let result = classify_probe(status, &body);
         tracing::debug!(status, ok = result.is_ok(), "zammad probe answered");
         result
@@ -684,6 +776,207 @@ mod tests {
         ));
     }
 
+    /// What [`raw_server`] answers.
+    #[derive(Clone)]
+    enum Reply {
+        Fixed(String),
+        /// The head, then body bytes for as long as the client reads.
+        Endless(String),
+    }
+
+    /// An HTTP server that reads each request (head and `Content-Length` body) and answers
+    /// `reply`; returns its address, the requests it got and the body bytes it wrote.
+    async fn raw_server(
+        reply: Reply,
+    ) -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (seen2, written2) = (seen.clone(), written.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (reply, seen, written) = (reply.clone(), seen2.clone(), written2.clone());
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut read = BufReader::new(read);
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0; length];
+                    let _ = read.read_exact(&mut body).await;
+                    seen.lock().unwrap().push(head);
+                    match reply {
+                        Reply::Fixed(text) => {
+                            let _ = write.write_all(text.as_bytes()).await;
+                        }
+                        Reply::Endless(head) => {
+                            let _ = write.write_all(head.as_bytes()).await;
+                            let mut chunk = vec![b'x'; 16 * 1024];
+                            if head.contains("chunked") {
+                                chunk = [b"4000\r\n", &chunk[..], b"\r\n"].concat();
+                            }
+                            while write.write_all(&chunk).await.is_ok() {
+                                written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen, written)
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed_but_name_where_they_point_without_the_token() {
+        let (elsewhere, elsewhere_seen, _) = raw_server(Reply::Fixed(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+                .into(),
+        ))
+        .await;
+        for status in [301, 302, 303, 307, 308] {
+            let (addr, seen, _) = raw_server(Reply::Fixed(format!(
+                "HTTP/1.1 {status} Moved\r\nLocation: http://{elsewhere}/api/v1/cti/{TOKEN}\r\nContent-Length: 0\r\n\r\n"
+            )))
+            .await;
+            let client = client_for(
+                &format!("http://{addr}/api/v1/cti/{TOKEN}"),
+                Duration::from_secs(5),
+            );
+            let error = send_err(&client, &new_call("c1", Direction::In, "1", "2")).await;
+            match &error {
+                ZammadError::Redirected {
+                    status: s,
+                    location,
+                } => {
+                    assert_eq!(*s, status);
+                    assert_eq!(location, &format!("http://{elsewhere}/api/v1/cti/***"));
+                }
+                other => panic!("{status}: {other:?}"),
+            }
+            assert!(error.to_string().contains("set zammad.url"), "{error}");
+            assert!(!error.retryable(CtiEventKind::NewCall));
+            assert!(!error.counts_as_delivered(CtiEventKind::NewCall));
+            let heads = seen.lock().unwrap().clone();
+            assert_eq!(heads.len(), 1, "{heads:?}");
+            assert!(
+                !heads[0].to_ascii_lowercase().contains("referer"),
+                "{heads:?}"
+            );
+            // The probe of `check` too.
+            let error = client.probe().await.unwrap_err();
+            assert!(matches!(error, ZammadError::Redirected { .. }), "{error:?}");
+        }
+        // A relative Location is shown against the endpoint.
+        let (addr, _, _) = raw_server(Reply::Fixed(
+            "HTTP/1.1 308 Moved\r\nLocation: /zammad/api/v1/cti/X\r\nContent-Length: 0\r\n\r\n"
+                .into(),
+        ))
+        .await;
+        let client = client_for(
+            &format!("http://{addr}/api/v1/cti/{TOKEN}"),
+            Duration::from_secs(5),
+        );
+        match send_err(&client, &hangup("c1")).await {
+            ZammadError::Redirected { location, .. } => {
+                assert_eq!(location, format!("http://{addr}/zammad/api/v1/cti/***"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            elsewhere_seen.lock().unwrap().is_empty(),
+            "the other host was reached"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reply_longer_than_the_cap_is_not_read() {
+        for head in [
+            // Announced: refused before a byte of the body is read.
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n",
+            // Not announced (connection close): read up to the cap only.
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 500 Oops\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let (addr, _, written) = raw_server(Reply::Endless(head.to_string())).await;
+            let client = client_for(
+                &format!("http://{addr}/api/v1/cti/{TOKEN}"),
+                Duration::from_secs(10),
+            );
+            let started = Instant::now();
+            let error = send_err(&client, &new_call("c1", Direction::In, "1", "2")).await;
+            assert!(
+                matches!(error, ZammadError::ReplyTooLarge { .. }),
+                "{error:?}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let sent = written.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(
+                sent < 64 << 20,
+                "{sent} bytes went out before the client hung up"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_configured_proxy_is_used_and_nothing_else() {
+        let (proxy, proxy_seen, _) = raw_server(Reply::Fixed(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+                .into(),
+        ))
+        .await;
+        let url = format!("http://zammad.invalid/api/v1/cti/{TOKEN}");
+        let proxy_url: ProxyUrl = format!("http://user:pw@{proxy}").parse().unwrap();
+        assert_eq!(proxy_url.to_string(), format!("http://{proxy}"));
+        let client = ZammadClient::with_proxy(
+            SecretString::from(url.clone()),
+            Duration::from_secs(5),
+            Some(&proxy_url),
+        )
+        .unwrap();
+        let decision = client
+            .send(&new_call("c1", Direction::In, "1", "2"))
+            .await
+            .unwrap();
+        assert_eq!(decision, ZammadDecision::Continue);
+        let heads = proxy_seen.lock().unwrap().clone();
+        assert!(
+            heads[0].starts_with(&format!("POST {url} HTTP/1.1")),
+            "{heads:?}"
+        );
+        assert!(
+            heads[0]
+                .to_ascii_lowercase()
+                .contains("proxy-authorization: basic"),
+            "{heads:?}"
+        );
+    }
+
     #[test]
     fn answers_are_classified_like_zammad_sends_them() {
         use CtiEventKind::{Answer, Hangup, NewCall};
@@ -778,6 +1071,8 @@ mod tests {
             ZammadError::Rejected { .. } => "Rejected",
             ZammadError::BadReply { .. } => "BadReply",
             ZammadError::BadDecision(_) => "BadDecision",
+            ZammadError::Redirected { .. } => "Redirected",
+            ZammadError::ReplyTooLarge { .. } => "ReplyTooLarge",
         }
     }
 
