@@ -1,8 +1,9 @@
 //! The AMI connection task and its handle.
 //!
 //! Owns the AMI socket (TCP, or TLS: [`super::tls`]): one task holds the `Framed<AmiStream, AmiCodec>`, logs in
-//! (MD5 challenge, plain secret as fallback), keeps the map of pending actions keyed by
-//! ActionID, sends a `Ping` every `ping_interval`, and reconnects with [`Backoff`] when
+//! (MD5 challenge; the secret in clear text only with `ami.plain_login`), keeps the map of
+//! pending actions keyed by ActionID, sends a `Ping` every `ping_interval`, and reconnects
+//! with [`Backoff`] when
 //! the connection is lost. Everyone else holds a cloneable [`AmiHandle`], which sends a
 //! command plus a `oneshot` over `mpsc`. Events go out on an unbounded channel as
 //! [`AmiInput`], so the reader never waits on anyone (Asterisk drops a client whose reads
@@ -59,6 +60,9 @@ pub struct AmiSettings {
     pub tls: Option<AmiTls>,
     /// Where every byte read from Asterisk also goes (`record`); `None` in the daemon.
     pub tap: Option<Tap>,
+    /// Send the secret in clear text when the MD5 challenge is refused (`ami.plain_login`);
+    /// off, such a login fails with [`AmiError::ChallengeRefused`] and the secret stays here.
+    pub plain_login: bool,
 }
 
 impl AmiSettings {
@@ -80,6 +84,7 @@ impl AmiSettings {
             backoff: Backoff::default(),
             tls: None,
             tap: None,
+            plain_login: false,
         }
     }
 
@@ -93,6 +98,7 @@ impl AmiSettings {
         );
         settings.ping_interval = config.ping_interval;
         settings.tls = config.tls.then(|| AmiTls::from_config(config));
+        settings.plain_login = config.plain_login;
         settings
     }
 }
@@ -147,6 +153,12 @@ pub enum AmiError {
         username: String,
         message: String,
     },
+    /// The server would not give an MD5 challenge; the secret was not sent.
+    #[error(
+        "AMI at {address} refused the MD5 challenge ({message}), so the secret was not sent: \
+         it would go in clear text (to allow that, set ami.plain_login = true)"
+    )]
+    ChallengeRefused { address: String, message: String },
     #[error("AMI at {address} closed the connection")]
     Closed { address: String },
     #[error("failed to talk to AMI at {address}")]
@@ -479,7 +491,7 @@ impl Connection {
                         }
                     }
                 }
-                Err(error @ AmiError::AuthFailed { .. }) => {
+                Err(error @ (AmiError::AuthFailed { .. } | AmiError::ChallengeRefused { .. })) => {
                     error!(
                         username = %self.settings.username,
                         address = %self.settings.address,
@@ -546,8 +558,9 @@ impl Connection {
         Ok(framed)
     }
 
-    /// `Challenge` (MD5), then `Login` with the key; a plain `Secret` if the challenge is
-    /// refused.
+    /// `Challenge` (MD5), then `Login` with the key. When the challenge is refused the
+    /// secret goes out in clear text only with `plain_login` (and a warning); otherwise the
+    /// login ends there.
     async fn login(&mut self, framed: &mut AmiFramed) -> Result<(), AmiError> {
         let id = self.next_action_id();
         let challenge = AmiMessage::from_pairs([
@@ -572,12 +585,20 @@ impl Connection {
                     &md5_key(challenge, self.settings.secret.expose_secret()),
                 );
             }
-            None => {
-                debug!(
+            None if self.settings.plain_login => {
+                warn!(
+                    address = %self.settings.address,
                     message = reply.get("Message").unwrap_or_default(),
-                    "MD5 challenge refused, sending the plain secret"
+                    "AMI refused the MD5 challenge: sending the secret in clear text \
+                     (ami.plain_login = true)"
                 );
                 login.push("Secret", self.settings.secret.expose_secret());
+            }
+            None => {
+                return Err(AmiError::ChallengeRefused {
+                    address: self.settings.address.clone(),
+                    message: reply.get("Message").unwrap_or("no message").to_owned(),
+                });
             }
         }
         login.push("Events", "on");
@@ -1008,13 +1029,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn falls_back_to_the_plain_secret_when_the_challenge_is_refused() {
+    async fn a_refused_challenge_sends_no_secret_unless_plain_login_allows_it() {
         let fake = FakeAmi::start(FakeAmiConfig {
             md5_challenge: false,
             ..FakeAmiConfig::default()
         })
         .await;
+        // As an impostor on 5038 would: no challenge. Nothing is sent but the Challenge.
         let mut client = start(settings(&fake));
+        client.wait_status(AmiStatus::Backoff).await;
+        let actions = fake.actions();
+        assert!(named(&actions, "Login").next().is_none(), "{actions:?}");
+        assert!(actions.iter().all(|a| a.get("Secret").is_none()));
+        client.cancel.cancel();
+        let Err(error) = connect_once(settings(&fake), CancellationToken::new()).await else {
+            panic!("logged in without a challenge");
+        };
+        assert!(
+            matches!(error, AmiError::ChallengeRefused { .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("ami.plain_login"), "{error}");
+        assert!(!error.to_string().contains("bridge-secret"), "{error}");
+        // Opted in: the plain secret, as Asterisk without MD5 wants it.
+        let mut settings = settings(&fake);
+        settings.plain_login = true;
+        let mut client = start(settings);
         client.logged_in().await;
         let actions = fake.actions();
         let login = named(&actions, "Login").next().expect("a Login");

@@ -209,6 +209,9 @@ pub struct AmiConfig {
     pub secret: Option<Secret>,
     pub secret_file: Option<PathBuf>,
     pub tls: bool,
+    /// Send the secret in clear text (`Secret:`) when Asterisk refuses the MD5 challenge;
+    /// off, such a login fails without sending it.
+    pub plain_login: bool,
     /// PEM file of certificates trusted besides the system's roots (a self-signed
     /// Asterisk's CA, or its certificate itself).
     pub tls_ca_file: Option<PathBuf>,
@@ -235,6 +238,7 @@ impl Default for AmiConfig {
             secret: None,
             secret_file: None,
             tls: false,
+            plain_login: false,
             tls_ca_file: None,
             tls_server_name: None,
             tls_ca_certs: Vec::new(),
@@ -740,6 +744,13 @@ impl Config {
             warnings.push(
                 "ami.tls_ca_file or ami.tls_server_name is set but ami.tls = false: they are \
                  not used"
+                    .to_string(),
+            );
+        }
+        if self.ami.plain_login {
+            warnings.push(
+                "ami.plain_login = true: when Asterisk refuses the MD5 challenge, the AMI \
+                 secret is sent in clear text, to whoever answers on ami.address"
                     .to_string(),
             );
         }

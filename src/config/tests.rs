@@ -41,6 +41,7 @@ fn value_of(c: &Config, key: &str) -> String {
         "ami.secret" => secret(&c.ami.secret),
         "ami.secret_file" => path(&c.ami.secret_file),
         "ami.tls" => c.ami.tls.to_string(),
+        "ami.plain_login" => c.ami.plain_login.to_string(),
         "ami.tls_ca_file" => path(&c.ami.tls_ca_file),
         "ami.tls_server_name" => {
             (c.ami.tls_server_name.as_ref()).map_or("<unset>".into(), |n| s(n))
@@ -102,6 +103,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("ami.secret", "<unset>"),
     ("ami.secret_file", "<unset>"),
     ("ami.tls", "false"),
+    ("ami.plain_login", "false"),
     ("ami.tls_ca_file", "<unset>"),
     ("ami.tls_server_name", "<unset>"),
     ("ami.ping_interval", r#""15s""#),
@@ -816,6 +818,10 @@ fn check_warns_about_odd_settings() {
             ],
         ),
         ("[agi]\nlisten = \"\"", &[]),
+        (
+            "[ami]\nplain_login = true",
+            &["ami.plain_login = true: when Asterisk refuses the MD5 challenge"],
+        ),
         (
             "[zammad]\nurl = \"http://zammad.example.com/api/v1/cti/T\"",
             &["zammad.url is plain http:// to a host that is not this one"],

@@ -36,8 +36,9 @@ pub struct FakeAmiConfig {
     pub secret: String,
     /// The greeting line, without its CRLF.
     pub banner: String,
-    /// Answer `Challenge` with a challenge; false refuses it (as an Asterisk without MD5
-    /// would), so the client must fall back to a plain `Secret`.
+    /// Answer `Challenge` with a challenge; false refuses it (as an impostor on the port
+    /// would, to be sent the secret in clear text): the client then logs in only with
+    /// `ami.plain_login`.
     pub md5_challenge: bool,
     /// Actions (names compared case-insensitively, e.g. `"Ping"`) that get no reply at all.
     pub silent_actions: Vec<String>,
