@@ -4,7 +4,8 @@
 //! process of its own) answers FastAGI `newcall` sessions from `CONCURRENCY` peers that
 //! play Asterisk's side (`standins::agi`, one thread each with blocking sockets, as `res_agi`
 //! runs in the channel's thread), each starting its next session as soon as one ends, so
-//! that 200 sessions are open at all times; every call then ends on AMI. The stand-in
+//! that 200 sessions are open at all times; each session's channel is announced on AMI
+//! (`Newchannel`) just before it, as Asterisk does, and every call then ends on AMI. The stand-in
 //! Zammad takes a fixed time per request (a real Zammad takes tens to hundreds of
 //! milliseconds); the benchmark runs at two paces, 500 ms and 100 ms, which with 200
 //! sessions open are 400 and 2,000 new calls a second.
@@ -141,6 +142,9 @@ async fn bench(
                     "+15555550101"
                 };
                 let call = FakeAgiCall::inbound(&linkedid, &uniqueid, caller, "800");
+                // Asterisk announces the channel on AMI before its dialplan runs the AGI;
+                // the claim counts once AMI has shown it (and waits for it otherwise).
+                ami.send_raw(encoded(&call.newchannel()));
                 let t = call.run_blocking(agi).expect("session runs");
                 assert!(t.commands.len() >= 3, "a full session: {:?}", t.commands);
                 sessions.push((linkedid.clone(), t));
@@ -222,6 +226,12 @@ async fn bench(
         std::process::id(),
         zammad_delay.as_millis()
     )));
+}
+
+fn encoded(event: &AmiMessage) -> Bytes {
+    let mut buf = BytesMut::new();
+    AmiCodec::new().encode(event, &mut buf).expect("encodes");
+    buf.freeze()
 }
 
 /// AMI `Hangup` events for the session's channel and its caller's half.

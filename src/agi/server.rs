@@ -1,19 +1,32 @@
 //! The FastAGI listener and one session's exchange with Asterisk.
 //!
-//! Owns the socket side: accepting (at most `agi.max_sessions` at once; more are closed at
-//! once, and Asterisk's dialplan goes on), reading the environment block, sending one
-//! command at a time and reading its reply (skipping the `HANGUP` lines Asterisk writes
-//! when the caller hangs up), and the idle timeout on every read. A session that sends
-//! garbage or goes silent is closed and logged; no session affects another.
+//! Owns the socket side: accepting, reading the environment block, sending one command at
+//! a time and reading its reply (skipping the `HANGUP` lines Asterisk writes when the
+//! caller hangs up), and the time limits. A session that sends garbage or goes silent is
+//! closed and logged; no session affects another.
+//!
+//! Anyone who reaches the port can open sessions, so none may keep what others need:
+//! - at most `agi.max_sessions` sessions at once, and `agi.max_sessions_per_source` from
+//!   one address; a connection beyond either is closed at once (Asterisk's dialplan goes
+//!   on);
+//! - a session still reading its environment block (Asterisk sends it at once, in one go)
+//!   holds its slot only until a new connection needs it: the oldest such session gives
+//!   way ([`Slots`]);
+//! - the whole environment block must arrive within `agi.idle_timeout` of the connection,
+//!   each line of a session within `agi.idle_timeout`, and the whole session after its
+//!   environment within `agi.decision_timeout` + `agi.idle_timeout`;
+//! - with `agi.secret` set, a session whose URL does not carry `secret=` with that value is
+//!   closed after its environment block, before the script sees it.
 
 use super::protocol::{AgiCommand, AgiEnv, AgiError, AgiReply, MAX_LINE, ReplyLine, ReplyReader};
-use crate::config::AgiConfig;
+use crate::config::{AgiConfig, UrlSecret};
 use futures_util::{SinkExt, StreamExt};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,10 +44,14 @@ pub trait Script: Send + Sync + 'static {
 /// Why a session never reached its script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotRun {
-    /// `agi.max_sessions` sessions were open already; this one was closed at once.
+    /// `agi.max_sessions` sessions were open already, or `agi.max_sessions_per_source`
+    /// from its address; this one was closed at once.
     Overloaded,
-    /// It broke before its environment block ended.
+    /// It broke before its environment block ended (too slow, garbage), or gave its slot
+    /// to a new connection while its environment block was still coming.
     Failed,
+    /// `agi.secret` is set and its URL did not carry it.
+    Refused,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +60,10 @@ pub enum SessionError {
     Closed,
     #[error("asterisk sent nothing for {0:?}")]
     Idle(Duration),
+    #[error("the FastAGI session went on past its time limit")]
+    TooSlow,
+    #[error("the FastAGI session gave its slot to a new connection")]
+    Displaced,
     #[error("a FastAGI line longer than {MAX_LINE} bytes")]
     LineTooLong,
     #[error(transparent)]
@@ -51,28 +72,44 @@ pub enum SessionError {
     Io(#[from] std::io::Error),
 }
 
+/// A session's time limits.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Longest wait for one line.
+    idle: Duration,
+    /// Longest time for the environment block, from the connection.
+    env: Duration,
+    /// Longest time for the rest of the session, from the end of the environment block.
+    rest: Duration,
+}
+
 /// One FastAGI connection: the environment Asterisk sent and the command channel.
 pub struct Session {
     framed: Framed<TcpStream, LinesCodec>,
     env: AgiEnv,
     replies: ReplyReader,
     idle: Duration,
+    /// No read goes past this: first the end of the environment block's time, then the
+    /// end of the session's.
+    deadline: Instant,
     hung_up: bool,
 }
 
 impl Session {
     /// Reads the `agi_*` block up to its blank line.
-    async fn start(stream: TcpStream, idle: Duration) -> Result<Session, SessionError> {
+    async fn start(stream: TcpStream, limits: Limits) -> Result<Session, SessionError> {
         let mut session = Session {
             framed: Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE)),
             env: AgiEnv::default(),
             replies: ReplyReader::default(),
-            idle,
+            idle: limits.idle,
+            deadline: Instant::now() + limits.env,
             hung_up: false,
         };
         loop {
             let line = session.read_line().await?;
             if session.env.push_line(&line)? {
+                session.deadline = Instant::now() + limits.rest;
                 return Ok(session);
             }
         }
@@ -105,10 +142,184 @@ impl Session {
     }
 
     async fn read_line(&mut self) -> Result<String, SessionError> {
-        match tokio::time::timeout(self.idle, self.framed.next()).await {
-            Err(_) => Err(SessionError::Idle(self.idle)),
+        let idle_until = Instant::now() + self.idle;
+        match tokio::time::timeout_at(idle_until.min(self.deadline), self.framed.next()).await {
+            Err(_) if idle_until <= self.deadline => Err(SessionError::Idle(self.idle)),
+            Err(_) => Err(SessionError::TooSlow),
             Ok(None) => Err(SessionError::Closed),
             Ok(Some(line)) => line.map_err(line_error),
+        }
+    }
+}
+
+/// The session slots: at most `max` sessions, `per_source` from one address. A session
+/// still reading its environment block is *unsettled*: when a new connection finds no
+/// slot, the oldest unsettled session (of the same address, when that address is at its
+/// cap) gives its slot up. Asterisk sends its block at once, so its sessions settle within
+/// a moment; a connection that dribbles its block keeps nothing.
+struct Slots {
+    max: usize,
+    per_source: usize,
+    inner: Mutex<SlotsInner>,
+}
+
+#[derive(Default)]
+struct SlotsInner {
+    next_id: u64,
+    /// The open sessions by id; ids grow, so the first unsettled one is the oldest.
+    open: BTreeMap<u64, Held>,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+struct Held {
+    source: IpAddr,
+    settled: bool,
+    /// Cancelled when the session gives its slot up.
+    displaced: CancellationToken,
+}
+
+/// Why a connection got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoSlot {
+    /// `max` sessions are open, all settled.
+    Full,
+    /// `per_source` sessions of this address are open, all settled.
+    SourceFull,
+}
+
+impl Slots {
+    fn new(max: usize, per_source: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            max,
+            per_source: per_source.min(max),
+            inner: Mutex::new(SlotsInner::default()),
+        })
+    }
+
+    /// A slot for a connection from `source`, made free if need be.
+    fn acquire(self: &Arc<Self>, source: IpAddr) -> Result<Slot, NoSlot> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.by_source.get(&source).copied().unwrap_or(0) >= self.per_source
+            && !inner.displace(Some(source))
+        {
+            return Err(NoSlot::SourceFull);
+        }
+        if inner.open.len() >= self.max && !inner.displace(None) {
+            return Err(NoSlot::Full);
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let displaced = CancellationToken::new();
+        inner.open.insert(
+            id,
+            Held {
+                source,
+                settled: false,
+                displaced: displaced.clone(),
+            },
+        );
+        *inner.by_source.entry(source).or_default() += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            id,
+            displaced,
+        })
+    }
+}
+
+impl SlotsInner {
+    /// Frees the slot of the oldest unsettled session (of `source`, if given).
+    fn displace(&mut self, source: Option<IpAddr>) -> bool {
+        let oldest = self
+            .open
+            .iter()
+            .find(|(_, h)| !h.settled && source.is_none_or(|s| s == h.source))
+            .map(|(id, _)| *id);
+        let Some(held) = oldest.and_then(|id| self.open.remove(&id)) else {
+            return false;
+        };
+        self.release(held.source);
+        held.displaced.cancel();
+        true
+    }
+
+    fn release(&mut self, source: IpAddr) {
+        if let Some(n) = self.by_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_source.remove(&source);
+            }
+        }
+    }
+}
+
+/// A session's hold on a slot; freed when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    id: u64,
+    displaced: CancellationToken,
+}
+
+impl Slot {
+    /// The session read its environment: it keeps its slot from now on. `false` if it
+    /// gave the slot up meanwhile.
+    fn settle(&self) -> bool {
+        let mut inner = self
+            .slots
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match inner.open.get_mut(&self.id) {
+            Some(held) => {
+                held.settled = true;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut inner = self
+            .slots
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = inner.open.remove(&self.id) {
+            inner.release(held.source);
+        }
+    }
+}
+
+/// At most one warning per period for what a flood repeats (refused connections, bad
+/// sessions): says how many were left out since the last one.
+pub struct Throttle {
+    every: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttle {
+    pub fn new(every: Duration) -> Self {
+        Throttle {
+            every,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(left out since the last)` when a warning may be logged now.
+    pub fn allow(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match state.0 {
+            Some(last) if now < last + self.every => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                state.0 = Some(now);
+                Some(std::mem::take(&mut state.1))
+            }
         }
     }
 }
@@ -124,30 +335,39 @@ fn line_error(e: LinesCodecError) -> SessionError {
 pub struct AgiServer {
     listener: TcpListener,
     max_sessions: usize,
-    idle_timeout: Duration,
+    max_sessions_per_source: usize,
+    limits: Limits,
+    secret: Option<UrlSecret>,
 }
 
 impl AgiServer {
     /// Binds `agi.listen`; `Ok(None)` when it is empty (FastAGI disabled). Warns when the
-    /// address is not loopback: FastAGI has no authentication.
+    /// address is not loopback and `agi.secret` is not set.
     pub async fn bind(config: &AgiConfig) -> std::io::Result<Option<AgiServer>> {
         if config.listen.is_empty() {
             return Ok(None);
         }
         let listener = TcpListener::bind(&*config.listen).await?;
         let addr = listener.local_addr()?;
-        if !addr.ip().is_loopback() {
+        if !addr.ip().is_loopback() && config.secret.is_none() {
             warn!(
                 listen = %addr,
-                "the FastAGI listener is not on loopback: FastAGI has no authentication, so \
-                 anyone who can reach this port can post calls to Zammad; firewall it or use 127.0.0.1"
+                "the FastAGI listener is not on loopback and agi.secret is not set: anyone \
+                 who can reach this port can open sessions; set agi.secret, firewall it or \
+                 use 127.0.0.1"
             );
         }
-        info!(listen = %addr, "FastAGI listening");
+        info!(listen = %addr, secret = config.secret.is_some(), "FastAGI listening");
         Ok(Some(AgiServer {
             listener,
             max_sessions: config.max_sessions,
-            idle_timeout: config.idle_timeout,
+            max_sessions_per_source: config.max_sessions_per_source,
+            limits: Limits {
+                idle: config.idle_timeout,
+                env: config.idle_timeout,
+                rest: config.decision_timeout.saturating_add(config.idle_timeout),
+            },
+            secret: config.secret.clone(),
         }))
     }
 
@@ -158,8 +378,12 @@ impl AgiServer {
     /// Accepts sessions until `cancel`, then waits up to `grace` for those in progress.
     pub async fn run<S: Script>(self, script: S, cancel: CancellationToken, grace: Duration) {
         let script = Arc::new(script);
-        let slots = Arc::new(Semaphore::new(self.max_sessions));
+        let slots = Slots::new(self.max_sessions, self.max_sessions_per_source);
         let sessions = TaskTracker::new();
+        let overloaded = Throttle::new(Duration::from_secs(10));
+        let failed = Arc::new(Throttle::new(Duration::from_secs(10)));
+        let refused = Arc::new(Throttle::new(Duration::from_secs(10)));
+        let secret = Arc::new(self.secret.clone());
         loop {
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
@@ -174,34 +398,73 @@ impl AgiServer {
                     continue;
                 }
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                warn!(
-                    %peer,
-                    max_sessions = self.max_sessions,
-                    "too many FastAGI sessions at once (agi.max_sessions): closed this one; its \
-                     call goes on without Zammad's decision"
-                );
-                script.not_run(NotRun::Overloaded);
-                continue;
+            let slot = match slots.acquire(peer.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    if let Some(left_out) = overloaded.allow() {
+                        let key = match why {
+                            NoSlot::Full => "agi.max_sessions",
+                            NoSlot::SourceFull => "agi.max_sessions_per_source",
+                        };
+                        warn!(
+                            %peer,
+                            limit = key,
+                            like_it_since_last_warning = left_out,
+                            "too many FastAGI sessions at once: closed this one; its call goes \
+                             on without Zammad's decision"
+                        );
+                    }
+                    script.not_run(NotRun::Overloaded);
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let script = script.clone();
-            let idle = self.idle_timeout;
+            let limits = self.limits;
+            let (failed, refused, secret) = (failed.clone(), refused.clone(), secret.clone());
             sessions.spawn(
                 async move {
-                    let _slot = slot;
-                    match Session::start(stream, idle).await {
-                        Ok(mut session) => {
-                            script.run(&mut session).await;
-                        }
+                    let started = tokio::select! {
+                        biased;
+                        _ = slot.displaced.cancelled() => Err(SessionError::Displaced),
+                        started = Session::start(stream, limits) => started,
+                    };
+                    let mut session = match started {
+                        Ok(session) => session,
                         Err(SessionError::Closed) => {
-                            debug!("FastAGI connection closed before its environment ended")
+                            debug!("FastAGI connection closed before its environment ended");
+                            return;
+                        }
+                        Err(SessionError::Displaced) => {
+                            debug!("FastAGI session still reading its environment gave its slot to a new connection");
+                            script.not_run(NotRun::Failed);
+                            return;
                         }
                         Err(e) => {
-                            warn!(error = %e, "FastAGI session refused");
+                            if let Some(left_out) = failed.allow() {
+                                warn!(error = %e, like_it_since_last_warning = left_out,
+                                    "FastAGI session refused");
+                            }
                             script.not_run(NotRun::Failed);
+                            return;
                         }
+                    };
+                    if let Some(secret) = &*secret
+                        && !session.env().query().iter().any(|(k, v)| k == "secret" && secret.matches(v))
+                    {
+                        if let Some(left_out) = refused.allow() {
+                            warn!(like_it_since_last_warning = left_out,
+                                "FastAGI session without the right secret= (agi.secret): closed");
+                        }
+                        script.not_run(NotRun::Refused);
+                        return;
                     }
+                    if !slot.settle() {
+                        script.not_run(NotRun::Failed);
+                        return;
+                    }
+                    script.run(&mut session).await;
+                    drop(slot);
                 }
                 .instrument(info_span!("agi", %peer)),
             );

@@ -1,8 +1,14 @@
 //! What the dialplan tells the tracker over FastAGI (a claim: this call, announce it
 //! now) and where Zammad's decision acts over AMI for calls nobody claimed.
+//!
+//! FastAGI has no authentication of its own, so a claim is taken only for a channel the
+//! tracker knows from AMI with the same name, Uniqueid and Linkedid: a session that names
+//! anything else (a forged one, or a real one whose channel's AMI events have not arrived
+//! yet) is [`ClaimOutcome::Unconfirmed`] and changes nothing. The daemon keeps such a claim
+//! and asks again when AMI tells it of that channel, until the session's decision timeout
+//! (the tracker reads no clock); a claim never confirmed leaves the call to AMI.
 
 use super::Tracker;
-use super::model::{Channel, ChannelState};
 use crate::calls::number::is_withheld;
 use crate::zammad::cti::{CallId, CtiRequest, Direction};
 
@@ -43,6 +49,9 @@ pub enum ClaimOutcome {
     Known(CallId),
     /// Not a call Zammad hears of: internal, ended, or no direction applies.
     NotReported(CallId),
+    /// AMI has not shown a channel with the claim's name, Uniqueid and Linkedid (yet):
+    /// nothing was changed; ask again once AMI has told more.
+    Unconfirmed,
 }
 
 /// The channel Zammad's decision acts on over AMI, as known when the `newCall` went out.
@@ -56,50 +65,33 @@ pub struct DecisionTarget {
 }
 
 impl Tracker {
-    /// The dialplan's FastAGI `newcall` claims the call of `claim.linkedid`: its `newCall`
-    /// is built now (even before the AMI events of the channel arrive) and the tracker
-    /// will not send another one.
+    /// The dialplan's FastAGI `newcall` claims the call of `claim.linkedid`: when AMI has
+    /// shown its channel (same name, Uniqueid and Linkedid), the call's `newCall` is built
+    /// now and the tracker will not send another one; else the claim is
+    /// [`ClaimOutcome::Unconfirmed`] and changes nothing.
     pub fn claim(&mut self, claim: &CallClaim) -> ClaimOutcome {
-        self.events += 1;
         let uid: &str = &claim.uniqueid;
-        if !self.channels.contains_key(uid) && self.ended.contains(&claim.linkedid) {
-            // The call ended on AMI while its FastAGI session was still talking.
-            let call_id = CallId(format!(
-                "{}{}",
-                self.settings.call_id_prefix, claim.linkedid
-            ));
-            return ClaimOutcome::NotReported(call_id);
-        }
-        let caller = claim.caller_num.as_deref().filter(|c| !is_withheld(c));
-        let key = match self.channels.get_mut(uid) {
-            Some(ch) => {
-                if let Some(c) = caller {
-                    ch.caller_num = Some(c.into());
-                }
-                ch.withheld = claim.caller_withheld;
-                ch.call.clone()
+        let Some(ch) = self.channels.get_mut(uid) else {
+            if self.hung_up.contains(uid) || self.ended.contains(&claim.linkedid) {
+                // The channel hung up on AMI while its FastAGI session was still talking.
+                let call_id = CallId(format!(
+                    "{}{}",
+                    self.settings.call_id_prefix, claim.linkedid
+                ));
+                return ClaimOutcome::NotReported(call_id);
             }
-            None => {
-                let key = self.call_key_for(&claim.linkedid);
-                let call = self.calls.get_mut(&*key).expect("just made");
-                call.members.push(uid.into());
-                self.channels.insert(
-                    uid.into(),
-                    Channel::new(
-                        claim.channel.as_str().into(),
-                        key.clone(),
-                        claim.linkedid.as_str().into(),
-                        ChannelState::Ring,
-                        caller.map(Into::into),
-                        self.events,
-                    ),
-                );
-                if let Some(ch) = self.channels.get_mut(uid) {
-                    ch.withheld = claim.caller_withheld;
-                }
-                key
-            }
+            return ClaimOutcome::Unconfirmed;
         };
+        if *ch.name != *claim.channel || *ch.linkedid != *claim.linkedid {
+            return ClaimOutcome::Unconfirmed;
+        }
+        self.events += 1;
+        let caller = claim.caller_num.as_deref().filter(|c| !is_withheld(c));
+        if let Some(c) = caller {
+            ch.caller_num = Some(c.into());
+        }
+        ch.withheld = claim.caller_withheld;
+        let key = ch.call.clone();
         self.mark(&key);
         let call_id = CallId(format!("{}{}", self.settings.call_id_prefix, key));
         let call = self.calls.get(&*key).expect("a channel's call exists");

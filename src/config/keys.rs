@@ -177,6 +177,9 @@ mod tests {
             "reject",
             "max_sessions",
             "idle_timeout",
+            "max_sessions_per_source",
+            "secret",
+            "secret_file",
         ];
         let cases: &[(&[&str], Shape)] = &[
             (

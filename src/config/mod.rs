@@ -24,7 +24,7 @@ pub mod values;
 
 pub use values::{
     AgentEntry, Contexts, Digits, DigitsOrEmpty, HostPort, ListenAddr, LogFormat, LogLevel,
-    Pattern, ProxyUrl, RejectMode, Secret, TlsServerName, ZammadUrl,
+    Pattern, ProxyUrl, RejectMode, Secret, TlsServerName, UrlSecret, ZammadUrl,
 };
 
 use keys::Shape;
@@ -259,9 +259,17 @@ pub struct AgiConfig {
     /// Most FastAGI sessions at once; more are closed at once (their calls go on).
     #[serde(deserialize_with = "values::sessions")]
     pub max_sessions: usize,
-    /// Longest wait for Asterisk's next line in a FastAGI session.
+    /// Longest wait for Asterisk's next line in a FastAGI session; the whole environment
+    /// block must arrive within it too.
     #[serde(deserialize_with = "values::duration")]
     pub idle_timeout: Duration,
+    /// Most FastAGI sessions at once from one source address.
+    #[serde(deserialize_with = "values::sessions")]
+    pub max_sessions_per_source: usize,
+    /// When set, a session is served only if its URL carries `secret=` with this value.
+    /// After loading, holds the content of `secret_file` when that was given.
+    pub secret: Option<UrlSecret>,
+    pub secret_file: Option<PathBuf>,
 }
 
 impl Default for AgiConfig {
@@ -272,6 +280,9 @@ impl Default for AgiConfig {
             reject: RejectMode::Hangup,
             max_sessions: 512,
             idle_timeout: Duration::from_secs(10),
+            max_sessions_per_source: 256,
+            secret: None,
+            secret_file: None,
         }
     }
 }
@@ -526,6 +537,12 @@ impl Config {
                 self.zammad.url.is_some(),
                 self.zammad.url_file.is_some(),
             ),
+            (
+                "agi.secret",
+                "agi.secret_file",
+                self.agi.secret.is_some(),
+                self.agi.secret_file.is_some(),
+            ),
         ] {
             if given_inline && given_file {
                 return Err(ConfigError::SecretConflict { inline, file });
@@ -546,6 +563,14 @@ impl Config {
             self.zammad.url = Some(
                 url.parse()
                     .map_err(|message| ConfigError::invalid("zammad.url_file", message))?,
+            );
+        }
+        if let Some(path) = &self.agi.secret_file {
+            let secret = read_secret_file(path, "agi.secret_file")?;
+            self.agi.secret = Some(
+                secret
+                    .parse()
+                    .map_err(|message| ConfigError::invalid("agi.secret_file", message))?,
             );
         }
         Ok(())
@@ -725,11 +750,11 @@ impl Config {
     /// Warnings about legal but odd settings, to log once logging is up.
     pub fn check(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if !self.agi.listen.is_loopback() {
+        if !self.agi.listen.is_loopback() && self.agi.secret.is_none() {
             warnings.push(format!(
-                "agi.listen = {:?} is not a loopback address: FastAGI has no authentication, \
-                 so anyone who reaches it can make calls look like they came from Asterisk; \
-                 firewall it to the Asterisk host",
+                "agi.listen = {:?} is not a loopback address and agi.secret is not set: \
+                 anyone who reaches it can open FastAGI sessions; set agi.secret (and \
+                 ?secret= in the dialplan's AGI URL) and firewall it to the Asterisk host",
                 self.agi.listen
             ));
         }

@@ -56,6 +56,9 @@ fn value_of(c: &Config, key: &str) -> String {
         }),
         "agi.max_sessions" => c.agi.max_sessions.to_string(),
         "agi.idle_timeout" => d(c.agi.idle_timeout),
+        "agi.max_sessions_per_source" => c.agi.max_sessions_per_source.to_string(),
+        "agi.secret" => secret(&c.agi.secret),
+        "agi.secret_file" => path(&c.agi.secret_file),
         "zammad.url" => secret(&c.zammad.url),
         "zammad.url_file" => path(&c.zammad.url_file),
         "zammad.timeout" => d(c.zammad.timeout),
@@ -113,6 +116,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("agi.reject", r#""hangup""#),
     ("agi.max_sessions", "512"),
     ("agi.idle_timeout", r#""10s""#),
+    ("agi.max_sessions_per_source", "256"),
+    ("agi.secret", "<unset>"),
+    ("agi.secret_file", "<unset>"),
     ("zammad.url", "<unset>"),
     ("zammad.url_file", "<unset>"),
     ("zammad.timeout", r#""5s""#),
@@ -813,11 +819,12 @@ fn check_warns_about_odd_settings() {
         ),
         (
             "[agi]\nlisten = \"0.0.0.0:4573\"",
-            &[
-                "agi.listen = \"0.0.0.0:4573\" is not a loopback address: FastAGI has no authentication",
-            ],
+            &["agi.listen = \"0.0.0.0:4573\" is not a loopback address and agi.secret is not set"],
         ),
-        ("[agi]\nlisten = \"\"", &[]),
+        (
+            "[agi]\nlisten = \"0.0.0.0:4573\"\nsecret = \"0123456789abcdef\"",
+            &[],
+        ),
         (
             "[ami]\nplain_login = true",
             &["ami.plain_login = true: when Asterisk refuses the MD5 challenge"],
@@ -835,6 +842,7 @@ fn check_warns_about_odd_settings() {
             "[zammad]\nurl = \"https://zammad.example.com/api/v1/cti/T\"",
             &[],
         ),
+        ("[agi]\nlisten = \"\"", &[]),
         (
             "[ami]\naddress = \"pbx.example:5038\"",
             &["ami.address = \"pbx.example:5038\" is not a loopback address and ami.tls = false"],

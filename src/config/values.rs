@@ -376,6 +376,63 @@ fn url_host_is_local(url: &reqwest::Url) -> bool {
     }
 }
 
+/// A secret the dialplan writes into a URL (`agi.secret`, `AGI(agi://…/newcall?secret=…)`):
+/// at least [`UrlSecret::MIN_LEN`] characters of `A-Z a-z 0-9 . _ ~ -`, which need no
+/// quoting in a URL or the dialplan (a `,` would split the AGI's arguments). `Debug` never
+/// shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UrlSecret(Secret);
+
+impl UrlSecret {
+    pub const MIN_LEN: usize = 16;
+
+    /// Whether `given` is this secret; takes as long for every `given` of the same length.
+    pub fn matches(&self, given: &str) -> bool {
+        let (a, b) = (self.expose_secret().as_bytes(), given.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl ExposeSecret<str> for UrlSecret {
+    fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for UrlSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UrlSecret([REDACTED])")
+    }
+}
+
+impl FromStr for UrlSecret {
+    type Err = String;
+
+    /// The refusal never contains the secret.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-');
+        if !s.chars().all(allowed) {
+            return Err(
+                "only A-Z, a-z, 0-9 and . _ ~ - (it goes into the AGI URL as it is)".to_string(),
+            );
+        }
+        if s.len() < Self::MIN_LEN {
+            return Err(format!(
+                "at least {} characters (e.g. `openssl rand -hex 16`), got {}",
+                Self::MIN_LEN,
+                s.len()
+            ));
+        }
+        Ok(UrlSecret(Secret::from(s)))
+    }
+}
+
+impl<'de> Deserialize<'de> for UrlSecret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        text(d, "a string")?.parse().map_err(de::Error::custom)
+    }
+}
+
 /// The HTTP proxy to reach Zammad through (`zammad.proxy`): `http://` or `https://`, with
 /// a host, optionally `user:password@`. Kept as a [`Secret`] (its password); `Display`
 /// shows `scheme://host:port` only. Without it the client uses no proxy at all, whatever

@@ -27,7 +27,7 @@ use crate::service::admin::AdminServer;
 use crate::service::health::{Health, Listening};
 use crate::service::journal::{Record, Store};
 use crate::service::metrics::Metrics;
-use crate::service::newcall::{Claim, ClaimReply, NewcallScript};
+use crate::service::newcall::{Claim, ClaimReply, NewcallScript, WaitingClaims};
 use crate::service::outbox::{DecisionSender, Outbox};
 use crate::zammad::cti::{CallId, CtiEventKind, CtiRequest, ZammadDecision};
 use crate::zammad::{ZammadClient, ZammadError};
@@ -64,6 +64,8 @@ struct Daemon {
     metrics: Arc<Metrics>,
     /// Logins to AMI so far (every one after the first is a reconnect).
     ami_logins: u64,
+    /// FastAGI claims whose channel AMI has not shown yet: tried again when it does.
+    waiting: WaitingClaims,
 }
 
 /// Runs the daemon until `shutdown` is cancelled. Tells `ready` where it listens once
@@ -128,7 +130,12 @@ pub async fn run(
     let (claims_tx, mut claims) = mpsc::unbounded_channel::<Claim>();
     let agi_addr = agi.as_ref().map(AgiServer::local_addr);
     let agi_task = agi.map(|server| {
-        let script = NewcallScript::new(&config.agi, claims_tx.clone(), metrics.clone());
+        let script = NewcallScript::new(
+            &config.agi,
+            &config.zammad.call_id_prefix,
+            claims_tx.clone(),
+            metrics.clone(),
+        );
         let grace = config.agi.decision_timeout + Duration::from_secs(1);
         tokio::spawn(server.run(script, shutdown.clone(), grace))
     });
@@ -143,6 +150,7 @@ pub async fn run(
         stale_after: config.calls.stale_after,
         metrics: metrics.clone(),
         ami_logins: 0,
+        waiting: WaitingClaims::default(),
     };
     d.take_requests();
     let every = config.ami.reconcile_interval;
@@ -286,6 +294,16 @@ impl Daemon {
                 self.metrics.ami_event();
                 self.tracker.handle(&msg, &mut self.requests);
                 self.take_requests();
+                if !self.waiting.is_empty() {
+                    for uid in [msg.get("Uniqueid"), msg.get("DestUniqueid")]
+                        .into_iter()
+                        .flatten()
+                    {
+                        for claim in self.waiting.take(uid) {
+                            self.on_claim(claim);
+                        }
+                    }
+                }
             }
             AmiInput::LoggedIn => {
                 info!("ami logged in; following calls");
@@ -296,7 +314,12 @@ impl Daemon {
                 self.ask_for_channels();
             }
             AmiInput::Disconnected => warn!("ami connection lost; reconnecting"),
-            AmiInput::List { tag, result } => self.on_channels(tag, result),
+            AmiInput::List { tag, result } => {
+                self.on_channels(tag, result);
+                for claim in self.waiting.take_all() {
+                    self.on_claim(claim);
+                }
+            }
         }
     }
 
@@ -315,9 +338,15 @@ impl Daemon {
     }
 
     /// A FastAGI session claims its call: the tracker builds the `newCall` (or says
-    /// Zammad already knows the call) and the session gets Zammad's answer to wait for.
+    /// Zammad already knows the call) and the session gets Zammad's answer to wait for. A
+    /// claim AMI has not confirmed waits, unanswered, until AMI tells of its channel (or
+    /// its session stops waiting).
     fn on_claim(&mut self, claim: Claim) {
         let reply = match self.tracker.claim(&claim.claim) {
+            ClaimOutcome::Unconfirmed => {
+                self.waiting.push(claim);
+                return;
+            }
             ClaimOutcome::New(request) => {
                 let (tx, rx) = oneshot::channel();
                 let reply = ClaimReply {

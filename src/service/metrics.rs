@@ -32,10 +32,18 @@ pub enum SessionOutcome {
     Timeout,
     /// Not a call Zammad hears of, or one it already heard of.
     NotClaimed,
-    /// The session broke (Asterisk closed it, garbage, idle).
+    /// No AMI event confirmed the session's channel (same name, Uniqueid and Linkedid)
+    /// within `agi.decision_timeout`: told `continue`; the call, if real, is reported
+    /// from AMI.
+    Unconfirmed,
+    /// The session broke (Asterisk closed it, garbage, idle, too slow), or gave way to a
+    /// new one while its environment block was still coming.
     Failed,
-    /// Not taken: `agi.max_sessions` sessions were open already.
+    /// Not taken: `agi.max_sessions` sessions were open already, or
+    /// `agi.max_sessions_per_source` from its address.
     Overloaded,
+    /// Closed after its environment block: `agi.secret` is set and its URL did not carry it.
+    Refused,
 }
 
 impl SessionOutcome {
@@ -48,6 +56,8 @@ impl SessionOutcome {
             SessionOutcome::NotClaimed => "not_claimed",
             SessionOutcome::Failed => "failed",
             SessionOutcome::Overloaded => "overloaded",
+            SessionOutcome::Unconfirmed => "unconfirmed",
+            SessionOutcome::Refused => "refused",
         }
     }
 }
@@ -101,14 +111,16 @@ const EVENTS: [CtiEventKind; 3] = [
     CtiEventKind::Hangup,
 ];
 
-const AGI_OUTCOMES: [SessionOutcome; 7] = [
+const AGI_OUTCOMES: [SessionOutcome; 9] = [
     SessionOutcome::Continue,
     SessionOutcome::Reject,
     SessionOutcome::Dial,
     SessionOutcome::Timeout,
     SessionOutcome::NotClaimed,
+    SessionOutcome::Unconfirmed,
     SessionOutcome::Failed,
     SessionOutcome::Overloaded,
+    SessionOutcome::Refused,
 ];
 
 /// Seconds: Zammad's requests and FastAGI decisions, from a few ms to past the timeouts.

@@ -8,9 +8,16 @@
 //! `ZAMMAD_CALLERID`; a reject with `agi.reject = "hangup"` ends in `EXEC Hangup 17`.
 //! A slow or broken Zammad delays the call by the timeout at most: the `newCall` is still
 //! delivered by the outbox afterwards.
+//!
+//! The claim counts only once AMI confirms the session's channel (its name, Uniqueid and
+//! Linkedid as AMI showed them; `calls::claims`). Asterisk announces a channel on AMI
+//! before its dialplan reaches the AGI, so a real session's claim is confirmed at once;
+//! when AMI lags, the claim waits in the daemon ([`WaitingClaims`]) within the same
+//! `agi.decision_timeout`. A claim still unconfirmed then is given up: the session is told
+//! `continue` (outcome `unconfirmed`) and a real call is reported from AMI as any other.
 
 use crate::agi::protocol::AgiCommand;
-use crate::agi::server::{NotRun, Script};
+use crate::agi::server::{NotRun, Script, Throttle};
 use crate::agi::server::{Session, SessionError};
 use crate::calls::CallClaim;
 use crate::calls::decision::{CallAction, agi_commands};
@@ -19,11 +26,12 @@ use crate::config::{AgiConfig, RejectMode};
 use crate::service::metrics::{Metrics, SessionOutcome};
 use crate::zammad::ZammadError;
 use crate::zammad::cti::{CallId, Direction, ZammadDecision};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Zammad's answer to a claimed call's `newCall`.
 pub type DecisionReceiver = oneshot::Receiver<Result<ZammadDecision, ZammadError>>;
@@ -45,12 +53,75 @@ pub struct ClaimReply {
 
 pub type ClaimSender = mpsc::UnboundedSender<Claim>;
 
+/// Claims the tracker could not confirm yet ([`crate::calls::ClaimOutcome::Unconfirmed`]),
+/// by the Uniqueid they name, for the daemon to try again when AMI tells of that channel.
+/// A claim whose session stopped waiting (its decision timeout passed) is dropped
+/// unanswered: those are swept whenever the count has doubled, so the map stays about the
+/// size of the sessions open.
+#[derive(Default)]
+pub struct WaitingClaims {
+    by_uniqueid: HashMap<String, Vec<Claim>>,
+    count: usize,
+    sweep_at: usize,
+}
+
+impl WaitingClaims {
+    /// Keeps `claim` until AMI tells of its channel.
+    pub fn push(&mut self, claim: Claim) {
+        if claim.reply.is_closed() {
+            return;
+        }
+        if self.count >= self.sweep_at {
+            self.by_uniqueid.retain(|_, claims| {
+                claims.retain(|c| !c.reply.is_closed());
+                !claims.is_empty()
+            });
+            self.count = self.by_uniqueid.values().map(Vec::len).sum();
+            self.sweep_at = (self.count * 2).max(64);
+        }
+        self.count += 1;
+        self.by_uniqueid
+            .entry(claim.claim.uniqueid.clone())
+            .or_default()
+            .push(claim);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_uniqueid.is_empty()
+    }
+
+    /// The claims naming the channel `uniqueid` whose sessions still wait.
+    pub fn take(&mut self, uniqueid: &str) -> Vec<Claim> {
+        let claims = self.by_uniqueid.remove(uniqueid).unwrap_or_default();
+        self.count -= claims.len();
+        claims
+            .into_iter()
+            .filter(|c| !c.reply.is_closed())
+            .collect()
+    }
+
+    /// Every claim whose session still waits (after Asterisk's channel list came).
+    pub fn take_all(&mut self) -> Vec<Claim> {
+        self.count = 0;
+        std::mem::take(&mut self.by_uniqueid)
+            .into_values()
+            .flatten()
+            .filter(|c| !c.reply.is_closed())
+            .collect()
+    }
+}
+
 /// The `newcall` script, shared by all sessions.
 pub struct NewcallScript {
     claims: ClaimSender,
     decision_timeout: Duration,
     reject: RejectMode,
+    /// `zammad.call_id_prefix`, for the `ZAMMAD_CALLID` of a claim never confirmed.
+    call_id_prefix: String,
     metrics: Arc<Metrics>,
+    /// A flood of forged sessions logs one line per period, not one each.
+    unconfirmed: Throttle,
+    odd: Throttle,
 }
 
 impl Script for NewcallScript {
@@ -62,17 +133,26 @@ impl Script for NewcallScript {
         self.metrics.agi_session(match why {
             NotRun::Overloaded => SessionOutcome::Overloaded,
             NotRun::Failed => SessionOutcome::Failed,
+            NotRun::Refused => SessionOutcome::Refused,
         });
     }
 }
 
 impl NewcallScript {
-    pub fn new(config: &AgiConfig, claims: ClaimSender, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: &AgiConfig,
+        call_id_prefix: &str,
+        claims: ClaimSender,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             claims,
             decision_timeout: config.decision_timeout,
             reject: config.reject,
+            call_id_prefix: call_id_prefix.to_string(),
             metrics,
+            unconfirmed: Throttle::new(Duration::from_secs(10)),
+            odd: Throttle::new(Duration::from_secs(10)),
         }
     }
 
@@ -130,20 +210,44 @@ impl NewcallScript {
         claim.linkedid = match reply.value() {
             Some(linkedid) if !linkedid.is_empty() => linkedid.to_string(),
             _ => {
-                warn!(reply = ?reply, "CHANNEL(linkedid) unknown; using the channel's uniqueid");
+                if let Some(left_out) = self.odd.allow() {
+                    warn!(reply = ?reply, like_it_since_last_warning = left_out,
+                        "CHANNEL(linkedid) unknown; using the channel's uniqueid");
+                }
                 claim.uniqueid.clone()
             }
         };
 
         let (tx, rx) = oneshot::channel();
+        let unconfirmed_call_id = CallId(format!("{}{}", self.call_id_prefix, claim.linkedid));
+        let named = (claim.channel.clone(), claim.uniqueid.clone());
         let claimed = self.claims.send(Claim { claim, reply: tx }).is_ok();
-        let answer = match rx.await {
-            Ok(answer) if claimed => answer,
+        let answer = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) if claimed => Some(answer),
+            Err(_) if claimed => None,
             _ => {
                 warn!("the daemon is shutting down; the call goes on without Zammad");
                 return Ok(SessionOutcome::Failed);
             }
         };
+        let confirmed = answer.is_some();
+        let answer = answer.unwrap_or_else(|| {
+            if let Some(left_out) = self.unconfirmed.allow() {
+                warn!(
+                    channel = %named.0,
+                    uniqueid = %named.1,
+                    like_it_since_last_warning = left_out,
+                    "no AMI event showed this FastAGI session's channel (name, Uniqueid and \
+                     Linkedid) within agi.decision_timeout: not a claim; the call goes on \
+                     (continue) and, if it is real, is reported from AMI"
+                );
+            }
+            ClaimReply {
+                call_id: unconfirmed_call_id,
+                direction: None,
+                decision: None,
+            }
+        });
         let call_id = answer.call_id;
         let (action, outcome) = match (answer.direction, answer.decision) {
             (Some(direction), Some(decision)) => {
@@ -157,20 +261,27 @@ impl NewcallScript {
                 };
                 (action.unwrap_or(CallAction::Continue), outcome)
             }
+            _ if !confirmed => (CallAction::Continue, SessionOutcome::Unconfirmed),
             _ => (CallAction::Continue, SessionOutcome::NotClaimed),
         };
         for command in agi_commands(&call_id, &action, self.reject)? {
             session.command(&command).await?;
         }
-        info!(
-            call_id = %call_id,
-            direction = answer.direction.map_or("none", Direction::as_str),
-            event = "agi.newcall",
-            action = action.as_str(),
-            outcome = outcome.as_str(),
-            caller_hung_up = session.hung_up(),
-            "dialplan told"
-        );
+        if confirmed {
+            info!(
+                call_id = %call_id,
+                direction = answer.direction.map_or("none", Direction::as_str),
+                event = "agi.newcall",
+                action = action.as_str(),
+                outcome = outcome.as_str(),
+                caller_hung_up = session.hung_up(),
+                "dialplan told"
+            );
+        } else {
+            // One per session of a flood: the warning above stands for them.
+            debug!(call_id = %call_id, event = "agi.newcall", outcome = outcome.as_str(),
+                "dialplan told");
+        }
         Ok(outcome)
     }
 }
@@ -231,6 +342,8 @@ fn apply_param(claim: &mut CallClaim, key: &str, value: String) {
         "from" if !value.is_empty() => claim.from = Some(value),
         "to" if !value.is_empty() => claim.to = Some(value),
         "queue" | "from" | "to" => {}
+        // Checked by the listener before the script runs (`agi.secret`).
+        "secret" => {}
         _ => warn!(parameter = %key, "FastAGI newcall: unknown parameter ignored"),
     }
 }

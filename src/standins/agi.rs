@@ -9,6 +9,7 @@
 //! `200 result=-1`, then a bare `HANGUP` line), `VERBOSE`, `NOOP`; anything else `510`.
 //! After a hangup only the dead-capable commands run; others get `511`.
 
+use crate::ami::AmiMessage;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -82,6 +83,29 @@ impl FakeAgiCall {
             hangup_before_command: None,
             close_at_command: None,
         }
+    }
+
+    /// The `Newchannel` event Asterisk sends on AMI for this channel when it creates it,
+    /// before its dialplan reaches the AGI: what confirms the session's claim.
+    pub fn newchannel(&self) -> AmiMessage {
+        AmiMessage::from_pairs([
+            ("Event", "Newchannel"),
+            ("Privilege", "call,all"),
+            ("Channel", &self.channel),
+            ("ChannelState", "4"),
+            ("ChannelStateDesc", "Ring"),
+            ("CallerIDNum", &self.callerid),
+            ("CallerIDName", "<unknown>"),
+            ("ConnectedLineNum", "<unknown>"),
+            ("ConnectedLineName", "<unknown>"),
+            ("Language", "en"),
+            ("AccountCode", ""),
+            ("Context", &self.context),
+            ("Exten", &self.extension),
+            ("Priority", "1"),
+            ("Uniqueid", &self.uniqueid),
+            ("Linkedid", &self.linkedid),
+        ])
     }
 
     /// The environment block as Asterisk 22 sends it (LF line ends, blank line last).

@@ -156,6 +156,7 @@ async fn metrics_name_every_contract_metric_and_move_with_a_call() {
 async fn a_fastagi_session_is_counted_with_its_decision_time() {
     let h = Harness::start(FakeZammadConfig::default(), |_| {}).await;
     let call = FakeAgiCall::inbound("1795596443.48", "1795596443.49", "+15555550100", "800");
+    assert!(h.ami.send_raw(encode(&[call.newchannel()])));
     tokio::time::timeout(Duration::from_secs(10), call.run(h.agi))
         .await
         .expect("the session ends")

@@ -114,7 +114,14 @@ fn inbound_agi_hangups(cause: &str) -> bytes::Bytes {
     ])
 }
 
+/// Runs the session after Asterisk's `Newchannel` for its channel, as Asterisk orders them.
 async fn run_agi(h: &Harness, call: &FakeAgiCall) -> AgiTranscript {
+    assert!(h.ami.send_raw(encode(&[call.newchannel()])));
+    run_unannounced(h, call).await
+}
+
+/// Runs the session with nothing said on AMI about its channel.
+async fn run_unannounced(h: &Harness, call: &FakeAgiCall) -> AgiTranscript {
     tokio::time::timeout(Duration::from_secs(10), call.run(h.agi))
         .await
         .expect("the session ends")
@@ -467,28 +474,144 @@ async fn bad_sessions_are_closed_and_others_go_on() {
     h.stop().await;
 }
 
-#[tokio::test]
-async fn sessions_beyond_the_limit_are_closed_at_once() {
-    let h = Harness::start(FakeZammadConfig::default(), |c| c.agi.max_sessions = 1).await;
-    let mut first = TcpStream::connect(h.agi).await.unwrap();
-    first.write_all(b"agi_network: yes\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut second = TcpStream::connect(h.agi).await.unwrap();
-    let started = Instant::now();
-    assert_eq!(read_to_close(&mut second).await, "");
-    assert!(started.elapsed() < Duration::from_secs(1));
-    let metrics = reqwest::get(format!("http://{}/metrics", h.admin))
+async fn metrics(h: &Harness) -> String {
+    reqwest::get(format!("http://{}/metrics", h.admin))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sessions_beyond_the_limit_are_closed_at_once() {
+    let h = Harness::start(FakeZammadConfig::default(), |c| c.agi.max_sessions = 1).await;
+    // A whole environment block: the session keeps its slot (it waits for our GET
+    // VARIABLE's answer).
+    let mut first = TcpStream::connect(h.agi).await.unwrap();
+    let env = recorded_inbound_agi().environment(h.agi);
+    first.write_all(env.as_bytes()).await.unwrap();
+    let mut line = [0u8; 64];
+    let n = first.read(&mut line).await.unwrap();
+    assert!(line[..n].starts_with(b"GET VARIABLE"));
+    let mut second = TcpStream::connect(h.agi).await.unwrap();
+    let started = Instant::now();
+    assert_eq!(read_to_close(&mut second).await, "");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let text = metrics(&h).await;
     assert!(
-        metrics
-            .lines()
+        text.lines()
             .any(|l| l == r#"azb_agi_sessions_total{outcome="overloaded"} 1"#),
-        "{metrics}"
+        "{text}"
     );
     drop(first);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_still_sending_its_environment_gives_its_slot_to_a_new_one() {
+    let h = Harness::start(FakeZammadConfig::default(), |c| c.agi.max_sessions = 1).await;
+    let mut slow = TcpStream::connect(h.agi).await.unwrap();
+    slow.write_all(b"agi_network: yes\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = run_agi(&h, &recorded_inbound_agi()).await;
+    assert_eq!(
+        t.commands[1],
+        r#"SET VARIABLE "ZAMMAD_CALLID" "1795596443.48""#
+    );
+    assert_eq!(read_to_close(&mut slow).await, "");
+    let text = metrics(&h).await;
+    for want in [
+        r#"azb_agi_sessions_total{outcome="failed"} 1"#,
+        r#"azb_agi_sessions_total{outcome="overloaded"} 0"#,
+        r#"azb_agi_sessions_total{outcome="continue"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == want), "{want}\n{text}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_claim_waits_for_ami_to_show_its_channel() {
+    let h = Harness::start(
+        FakeZammadConfig {
+            blocked: vec![CALLER.into()],
+            ..FakeZammadConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    // The session comes first; its channel's Newchannel 300 ms later.
+    let call = recorded_inbound_agi();
+    let session = tokio::spawn({
+        let (call, agi) = (call.clone(), h.agi);
+        async move { call.run(agi).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        h.zammad.requests().is_empty(),
+        "nothing before AMI confirms"
+    );
+    assert!(h.ami.send_raw(encode(&[call.newchannel()])));
+    let t = session.await.unwrap();
+    assert_eq!(t.commands[2], r#"SET VARIABLE "ZAMMAD_ACTION" "reject""#);
+    assert!(t.elapsed < Duration::from_secs(2), "{:?}", t.elapsed);
+    h.ami.send_raw(inbound_agi_hangups("17"));
+    let got = wait_for_requests(&h, 2).await;
+    let events: Vec<&str> = got.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["newCall", "hangup"]);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_claim_ami_never_confirms_goes_on_as_continue_and_ami_reports_the_call() {
+    let h = Harness::start(
+        FakeZammadConfig {
+            blocked: vec![CALLER.into()],
+            ..FakeZammadConfig::default()
+        },
+        |c| c.agi.decision_timeout = Duration::from_millis(400),
+    )
+    .await;
+    // Claims naming a channel AMI never showed, or a live one under another name or
+    // Linkedid, take nothing: each session waits out agi.decision_timeout, gets continue.
+    let bytes = transcript("agi-inbound");
+    let (before_dial, after) = split_before(&bytes, |f| f.starts_with("Event: DialBegin"));
+    h.ami.send_events(before_dial).unwrap();
+    let real = recorded_inbound_agi();
+    let mut unknown = real.clone();
+    unknown.uniqueid = "1795596443.999".into();
+    let mut renamed = real.clone();
+    renamed.channel = "PJSIP/evil-00000001".into();
+    let mut relinked = real.clone();
+    relinked.linkedid = "1795596443.1".into();
+    for forged in [&unknown, &renamed, &relinked] {
+        let t = run_unannounced(&h, forged).await;
+        assert!(t.elapsed >= Duration::from_millis(400), "{:?}", t.elapsed);
+        assert_eq!(
+            t.commands.last().unwrap(),
+            r#"SET VARIABLE "ZAMMAD_ACTION" "continue""#,
+            "{forged:?}"
+        );
+    }
+    assert!(
+        h.zammad.requests().is_empty(),
+        "a forged claim reached Zammad"
+    );
+    let text = metrics(&h).await;
+    assert!(
+        text.lines()
+            .any(|l| l == r#"azb_agi_sessions_total{outcome="unconfirmed"} 3"#),
+        "{text}"
+    );
+    // The call itself is reported from AMI, exactly as without any FastAGI session (and
+    // its blocked caller hung up over AMI).
+    h.ami.send_events(after).unwrap();
+    let want = replayed(&bytes);
+    let got = wait_for_requests(&h, want.len()).await;
+    assert_eq!(got, want);
+    assert_eq!(h.zammad.violations(), Vec::<String>::new());
+    let hangup = wait_for_action(&h, "Hangup").await;
+    assert_eq!(hangup.get("Cause"), Some("17"));
     h.stop().await;
 }

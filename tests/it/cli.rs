@@ -729,6 +729,7 @@ async fn logs_never_show_secrets_and_numbers_only_when_asked() {
             &format!("+1{CALLER}"),
             "800",
         );
+        ami.send_raw(encode(&[blocked.newchannel()]));
         let t = blocked.run(agi).await.unwrap();
         assert_eq!(t.hangup_cause.as_deref(), Some("17"));
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -123,7 +123,7 @@ fn dialplans_call_newcall_where_their_configs_listen() {
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 let key = pair.split('=').next().unwrap();
                 assert!(
-                    ["direction", "queue", "user", "from", "to"].contains(&key),
+                    ["direction", "queue", "user", "from", "to", "secret"].contains(&key),
                     "{file}: unknown parameter {key} in {url}"
                 );
             }

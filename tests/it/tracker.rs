@@ -370,6 +370,31 @@ fn claim(linkedid: &str, uniqueid: &str, context: &str, exten: &str, caller: &st
     }
 }
 
+/// Asterisk's `Newchannel` for the channel a claim names (it comes before the dialplan
+/// runs the AGI): what makes the tracker take the claim.
+fn announce(pbx: &mut Pbx, c: &CallClaim) {
+    let caller = c.caller_num.as_deref().unwrap_or("");
+    pbx.ev(
+        "Newchannel",
+        (
+            &c.channel,
+            &c.uniqueid,
+            &c.linkedid,
+            4,
+            &c.context,
+            &c.exten,
+            caller,
+        ),
+        &[],
+    );
+}
+
+/// [`announce`], then the claim.
+fn seen_and_claimed(pbx: &mut Pbx, c: &CallClaim) -> ClaimOutcome {
+    announce(pbx, c);
+    pbx.tracker.claim(c)
+}
+
 fn body(outcome: ClaimOutcome) -> Value {
     match outcome {
         ClaimOutcome::New(r) => serde_json::from_str(&r.to_json()).unwrap(),
@@ -378,23 +403,36 @@ fn body(outcome: ClaimOutcome) -> Value {
 }
 
 #[test]
-fn a_claim_before_the_channel_is_seen_on_ami_is_the_calls_only_newcall() {
+fn a_claim_counts_once_ami_shows_its_channel_and_is_the_calls_only_newcall() {
     let mut pbx = Pbx::new();
-    // The FastAGI session is faster than the AMI events of its own channel.
+    // The FastAGI session is faster than the AMI events of its own channel: nothing yet.
     let mut c = claim("9.1", "9.2", "from-trunk", "4930100", "+4930555");
     c.users = vec!["Alice".into(), "Carol".into()];
     c.queue = Some("support".into());
-    assert_eq!(
-        body(pbx.tracker.claim(&c)),
-        json!({"event":"newCall","direction":"in","callId":"9.1","from":"4930555","to":"4930100",
-               "user":["Alice","Carol"],"queue":"support"})
-    );
-    // Now AMI catches up: the channels, a leg that rings and answers, the hangup.
+    assert_eq!(pbx.tracker.claim(&c), ClaimOutcome::Unconfirmed);
+    assert_eq!(pbx.tracker.active_calls(), 0);
+    // AMI catches up with the channel; a claim naming it under another name or Linkedid
+    // still takes nothing, the session's own does.
     pbx.ev(
         "Newchannel",
         (T, "9.2", "9.1", 4, "from-trunk", "4930100", "+4930555"),
         &[],
     );
+    let mut renamed = c.clone();
+    renamed.channel = "PJSIP/evil-01".into();
+    let mut relinked = c.clone();
+    relinked.linkedid = "9.0".into();
+    let mut unknown = c.clone();
+    unknown.uniqueid = "9.9".into();
+    for forged in [&renamed, &relinked, &unknown] {
+        assert_eq!(pbx.tracker.claim(forged), ClaimOutcome::Unconfirmed);
+    }
+    assert_eq!(
+        body(pbx.tracker.claim(&c)),
+        json!({"event":"newCall","direction":"in","callId":"9.1","from":"4930555","to":"4930100",
+               "user":["Alice","Carol"],"queue":"support"})
+    );
+    // Then a leg that rings and answers, the hangup.
     pbx.ev(
         "Newchannel",
         ("PJSIP/201-03", "9.3", "9.1", 0, "from-internal", "s", "201"),
@@ -469,10 +507,10 @@ fn a_claim_for_a_call_already_reported_sends_nothing() {
 fn claims_follow_direction_and_internal_rules() {
     let mut pbx = Pbx::new();
     // Outbound by context: Alice's configured number is the from, her name the user.
-    let out = body(
-        pbx.tracker
-            .claim(&claim("7.1", "7.2", "from-internal", "+15555550199", "201")),
-    );
+    let out = body(seen_and_claimed(
+        &mut pbx,
+        &claim("7.1", "7.2", "from-internal", "+15555550199", "201"),
+    ));
     assert_eq!(
         out,
         json!({"event":"newCall","direction":"out","callId":"7.1","from":"4930123456201",
@@ -489,7 +527,7 @@ fn claims_follow_direction_and_internal_rules() {
     hook.direction = Some(Direction::Out);
     hook.to = Some("0301234".into());
     hook.from = Some("202".into());
-    let out = body(pbx.tracker.claim(&hook));
+    let out = body(seen_and_claimed(&mut pbx, &hook));
     assert_eq!(out["from"], "202");
     assert_eq!(
         out["to"], "1301234",
@@ -498,20 +536,21 @@ fn claims_follow_direction_and_internal_rules() {
     assert_eq!(out["user"], "Bob");
     // An outbound "call" to an internal extension is not reported.
     assert_eq!(
-        pbx.tracker
-            .claim(&claim("6.1", "6.2", "from-internal", "203", "201")),
+        seen_and_claimed(
+            &mut pbx,
+            &claim("6.1", "6.2", "from-internal", "203", "201")
+        ),
         ClaimOutcome::NotReported(CallId("6.1".into()))
     );
     // A context that is neither inbound nor outbound, without direction=: not reported.
     assert_eq!(
-        pbx.tracker
-            .claim(&claim("5.1", "5.2", "ivr", "4930100", "+4930555")),
+        seen_and_claimed(&mut pbx, &claim("5.1", "5.2", "ivr", "4930100", "+4930555")),
         ClaimOutcome::NotReported(CallId("5.1".into()))
     );
     // The same with direction=in is an inbound call.
     let mut forced = claim("4.1", "4.2", "ivr", "4930100", "+4930555");
     forced.direction = Some(Direction::In);
-    assert_eq!(body(pbx.tracker.claim(&forced))["direction"], "in");
+    assert_eq!(body(seen_and_claimed(&mut pbx, &forced))["direction"], "in");
     assert_eq!(pbx.sent(), Vec::<Value>::new());
 }
 
@@ -1101,7 +1140,7 @@ fn a_claimed_caller_with_presentation_prohibited_is_anonymous() {
     let mut pbx = Pbx::new();
     let mut c = claim("13.1", "13.1", "from-trunk", "4930100", "+4930555");
     c.caller_withheld = true;
-    assert_eq!(body(pbx.tracker.claim(&c))["from"], "anonymous");
+    assert_eq!(body(seen_and_claimed(&mut pbx, &c))["from"], "anonymous");
 }
 
 #[test]
@@ -1179,6 +1218,19 @@ fn predial_hook_legs_of_an_inbound_call_stay_part_of_it() {
     // dialed: a ring-group member that is an outside number (a Local channel) and a call
     // forward (the inbound channel itself). Both carry the inbound call's Linkedid.
     let mut pbx = Pbx::new();
+    // Asterisk announces the channels before their dialplans run the AGI.
+    let t = (T, "16.1", "16.1", 4, "from-trunk", "4930100", "+4930555");
+    let l2 = (
+        "Local/0301234@from-internal-0001;2",
+        "16.3",
+        "16.1",
+        4,
+        "from-internal",
+        "0301234",
+        "+4930555",
+    );
+    pbx.ev("Newchannel", t, &[]);
+    pbx.ev("Newchannel", l2, &[]);
     let inbound = claim("16.1", "16.1", "from-trunk", "4930100", "+4930555");
     let call_id = body(pbx.tracker.claim(&inbound))["callId"].clone();
     let mut member = claim("16.1", "16.3", "macro-dialout-trunk", "s", "+4930555");
@@ -1195,18 +1247,6 @@ fn predial_hook_legs_of_an_inbound_call_stay_part_of_it() {
         }
     }
     // On AMI the member leg dials the trunk: still no outbound call of its own.
-    let t = (T, "16.1", "16.1", 4, "from-trunk", "4930100", "+4930555");
-    let l2 = (
-        "Local/0301234@from-internal-0001;2",
-        "16.3",
-        "16.1",
-        4,
-        "from-internal",
-        "0301234",
-        "+4930555",
-    );
-    pbx.ev("Newchannel", t, &[]);
-    pbx.ev("Newchannel", l2, &[]);
     let trunk = ("PJSIP/trunk-15", "16.4", "16.1");
     pbx.ev(
         "Newchannel",

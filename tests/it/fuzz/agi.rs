@@ -332,6 +332,7 @@ async fn the_fastagi_port_survives_random_connections() {
     // A normal session still works.
     let mut call = FakeAgiCall::inbound("1795596443.98", "1795596443.99", "+15555550100", "800");
     call.channel = "Local/800@from-trunk-00000063;2".into();
+    assert!(h.ami.send_raw(crate::support::encode(&[call.newchannel()])));
     let t = tokio::time::timeout(Duration::from_secs(10), call.run(h.agi))
         .await
         .expect("the session ends")
