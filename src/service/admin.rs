@@ -9,6 +9,12 @@
 //! `/health` is 200 when AMI is logged in and the FastAGI listener (if enabled) is bound,
 //! else 503; either way the body says why:
 //! `{"status":"ok"|"unhealthy","ami":"connected"|"disconnected","agi":"listening"|"off"|"down","active_calls":N,"outbox_depth":N}`.
+//!
+//! Whoever can reach the port cannot hold what the daemon needs: at most
+//! [`MAX_CONNECTIONS`] connections at once (more are closed at once), a request's head must
+//! arrive within [`HEADER_TIMEOUT`] (also the most an idle keep-alive connection is kept),
+//! and no connection lasts longer than [`CONNECTION_LIFETIME`]. Each connection is served
+//! by hyper's HTTP/1 with those limits; axum routes the requests.
 
 use crate::service::health::Health;
 use crate::service::metrics::{self, Metrics};
@@ -17,14 +23,29 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::agi::server::Throttle;
+
+/// Connections served at once; one more is closed as soon as it is accepted. A scraper and
+/// a health check need one or two.
+pub const MAX_CONNECTIONS: usize = 32;
+/// The longest wait for a request's head: from the connection, or from the end of the
+/// previous response on a kept-alive connection.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection is served longer than this, however busy (a scraper simply reconnects).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// What the handlers read.
 struct AdminState {
@@ -63,7 +84,7 @@ impl AdminServer {
         self.listener.local_addr().expect("a bound listener")
     }
 
-    /// Serves until `cancel`.
+    /// Serves until `cancel` (then each open connection gets a second to finish).
     pub fn spawn(
         self,
         metrics: Arc<Metrics>,
@@ -80,15 +101,65 @@ impl AdminServer {
             .route("/health", get(health_handler))
             .route("/metrics", get(metrics_handler))
             .with_state(state);
-        tokio::spawn(async move {
-            let served = axum::serve(self.listener, app)
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                warn!(error = %e, "the admin listener stopped");
-            }
-        })
+        tokio::spawn(serve(self.listener, app, cancel))
     }
+}
+
+/// Accepts connections until `cancel`, at most [`MAX_CONNECTIONS`] at once.
+async fn serve(listener: TcpListener, app: Router, cancel: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = TaskTracker::new();
+    let refused = Throttle::new(Duration::from_secs(10));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = cancel.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little, do not spin.
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            if let Some(left_out) = refused.allow() {
+                warn!(%peer, max = MAX_CONNECTIONS, like_it_since_last_warning = left_out,
+                    "too many connections to the admin listener: closed this one");
+            }
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(64 * 1024);
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(e) = served {
+                        debug!(%peer, error = %e, "admin connection ended");
+                    }
+                }
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                    debug!(%peer, "admin connection open too long: closed");
+                }
+                _ = cancel.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
 }
 
 async fn health_handler(State(state): State<Arc<AdminState>>) -> Response {
