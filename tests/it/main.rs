@@ -2,6 +2,7 @@
 
 mod admin;
 mod agi;
+mod attacks;
 mod cli;
 mod daemon;
 mod e2e;
