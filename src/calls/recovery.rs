@@ -197,6 +197,8 @@ impl Tracker {
             self.hang_up_unseen(&uid, out);
         }
         let mut adopted: Vec<Box<str>> = Vec::new();
+        // Channels first learnt from this list.
+        let mut new_channels: HashSet<&str> = HashSet::new();
         for snapshot in live {
             let Some(uid) = snapshot.get("Uniqueid") else {
                 continue;
@@ -211,11 +213,36 @@ impl Tracker {
             if !known && let Some(key) = self.call_of(uid) {
                 self.adopt(snapshot, uid, &key);
                 adopted.push(key);
+                new_channels.insert(uid);
             }
         }
         adopted.sort();
         adopted.dedup();
-        for key in &adopted {
+        // A phone that entered an outbound context and has a channel in its call that we
+        // learn of only now (not the other half of its own Local pair) dialed while we were
+        // not looking, whether the phone itself was learnt from the list or from events
+        // before it (the connection dropped between its Newchannel and its DialBegin, or
+        // the daemon restarted meanwhile).
+        let mut dialed_unseen: Vec<Box<str>> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.direction.is_none() && !c.reported)
+            .filter_map(|(key, c)| {
+                let (origin, _) = c.out_origin.as_ref()?;
+                let sibling = self
+                    .channels
+                    .get(origin)
+                    .and_then(|o| o.local_sibling_name());
+                c.members
+                    .iter()
+                    .filter(|m| *m != origin && new_channels.contains(&***m))
+                    .filter_map(|m| self.channels.get(m))
+                    .any(|ch| sibling.as_deref() != Some(&*ch.name))
+                    .then(|| key.clone())
+            })
+            .collect();
+        dialed_unseen.sort();
+        for key in &dialed_unseen {
             self.adopt_outbound(key, live, out);
         }
         let keys: Vec<Box<str>> = self.calls.keys().cloned().collect();
@@ -272,6 +299,9 @@ impl Tracker {
         });
         let call = self.calls.get_mut(key).expect("checked above");
         for uid in others {
+            if Self::is_leg(call, &uid) {
+                continue;
+            }
             call.legs.push(Leg {
                 uniqueid: uid,
                 extension: None,
@@ -290,10 +320,14 @@ impl Tracker {
         }
     }
 
-    /// A channel found only in a snapshot: an inbound caller up or ringing in an inbound
-    /// context makes its call inbound, as `Newchannel` would have.
+    /// A channel found only in a snapshot, up: in an inbound context it makes its call
+    /// inbound, as its `Newchannel` in state Ring would have. Only the call's first channel
+    /// can be its caller: Asterisk gives a channel created on another's behalf (a Dial
+    /// leg, a Local half) the requester's Linkedid, so a listed channel whose Uniqueid is
+    /// not its Linkedid is a leg (e.g. the trunk leg of an outbound call).
     pub(super) fn adopt(&mut self, snapshot: &AmiMessage, uid: &str, key: &str) {
-        if ChannelState::of(snapshot, "") == ChannelState::Up {
+        let first = snapshot.get("Linkedid").is_none_or(|l| l == uid);
+        if first && ChannelState::of(snapshot, "") == ChannelState::Up {
             self.detect_origin(snapshot, uid, key);
         }
     }

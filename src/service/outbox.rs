@@ -10,10 +10,8 @@
 //! With a [`Store`], every event comes in already written to the state journal (the
 //! daemon commits it before pushing), an `answer` or `hangup` is marked as being sent
 //! before it goes out, and each event is marked done once delivered or given up. After a
-//! restart, [`Outbox::restore`] sends what was left: a `newCall` again even if it may have
-//! gone out (a duplicate only gets "already exists"), but not an `answer` or `hangup`
-//! whose sending had started (Zammad most likely has it, and a second hangup turns a
-//! missed call into a handled one). The outbox is bounded: past `max_items` undelivered
+//! restart, [`Outbox::restore`] sends what was left; of the events in doubt (their sending
+//! had started), only a `newCall` ([`resend_in_doubt`]). The outbox is bounded: past `max_items` undelivered
 //! events, new calls are not taken ([`Outbox::admit`]); calls already in it go on.
 
 use crate::ami::backoff::Backoff;
@@ -31,6 +29,17 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
+
+/// Whether an event whose sending had started when the daemon stopped is sent again: the
+/// cheaper side of the doubt (docs/persistence.md, "Events in doubt"). An attempt that
+/// certainly did not reach Zammad is unmarked before the next one, so an event still
+/// marked was most likely on its way: Zammad most likely has it. A second
+/// `newCall` costs nothing ("already exists"), so it is sent again; a second `answer`
+/// would restart the talk time and a second `hangup` turn a missed call into a handled
+/// one, so those are not.
+fn resend_in_doubt(request: &CtiRequest) -> bool {
+    request.event == CtiEventKind::NewCall
+}
 
 /// Zammad's answer to a call's `newCall`, for whoever acts on it (reject, dial).
 pub type DecisionSender = oneshot::Sender<Result<ZammadDecision, ZammadError>>;
@@ -145,13 +154,13 @@ impl Outbox {
         let mut dropped = Vec::new();
         for (seq, item) in items {
             let event = item.request.event;
-            if item.sending && event != CtiEventKind::NewCall {
+            if item.sending && !resend_in_doubt(&item.request) {
                 warn!(
                     call_id = %item.request.call_id,
                     direction = item.request.direction.as_str(),
                     event = event.as_str(),
-                    "was being sent when the daemon stopped: zammad most likely has it; \
-                     not sent again"
+                    "was being sent when the daemon stopped: zammad most likely has it; not \
+                     sent again"
                 );
                 dropped.push(Record::Done { seq });
                 continue;
@@ -401,6 +410,47 @@ impl Worker {
             Outcome::CallRefused
         } else {
             Outcome::Dropped
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zammad::cti::{Cause, Direction};
+
+    fn request(event: CtiEventKind, direction: Direction, cause: Option<Cause>) -> CtiRequest {
+        CtiRequest {
+            event,
+            direction,
+            call_id: CallId("1.1".into()),
+            from: "4930555".into(),
+            to: "4930100".into(),
+            user: None,
+            queue: None,
+            answering_number: None,
+            cause,
+        }
+    }
+
+    #[test]
+    fn only_a_newcall_is_sent_again_in_doubt() {
+        use CtiEventKind::{Answer, Hangup, NewCall};
+        use Direction::{In, Out};
+        for (event, direction, cause, resend) in [
+            (NewCall, In, None, true),
+            (NewCall, Out, None, true),
+            (Answer, In, None, false),
+            (Answer, Out, None, false),
+            (Hangup, In, Some(Cause::NormalClearing), false),
+            (Hangup, Out, Some(Cause::NormalClearing), false),
+            (Hangup, In, Some(Cause::Cancel), false),
+        ] {
+            assert_eq!(
+                resend_in_doubt(&request(event, direction, cause)),
+                resend,
+                "{event:?} {direction:?} {cause:?}"
+            );
         }
     }
 }

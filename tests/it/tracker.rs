@@ -1381,3 +1381,99 @@ fn an_extension_not_in_agents_is_named_by_its_phones_caller_id_name() {
     dial(&mut pbx, phone, trunk, None);
     assert_eq!(pbx.sent()[0]["user"], "Dave");
 }
+
+#[test]
+fn an_outbound_call_whose_dial_was_missed_is_adopted_from_the_channel_list() {
+    // Alice's phone enters from-internal dialing an outside number; the AMI connection
+    // drops before its DialBegin. After the reconnect Asterisk lists her channel, up and
+    // bridged with a trunk leg: the call was dialed and answered while we were away.
+    let mut pbx = Pbx::new();
+    let phone = (
+        "PJSIP/201-20",
+        "20.1",
+        "20.1",
+        4,
+        "from-internal",
+        "0301234567",
+        "201",
+    );
+    pbx.ev("Newchannel", phone, &[]);
+    assert!(pbx.sent().is_empty());
+    let since = pbx.tracker.events_seen();
+    let listed = |ch: &str, uid: &str, ctx: &str, exten: &str| {
+        AmiMessage::from_pairs([
+            ("Event", "CoreShowChannel"),
+            ("Channel", ch),
+            ("ChannelState", "6"),
+            ("CallerIDNum", "201"),
+            ("Context", ctx),
+            ("Exten", exten),
+            ("Uniqueid", uid),
+            ("Linkedid", "20.1"),
+            ("BridgeId", "b20"),
+        ])
+    };
+    let live = [
+        listed("PJSIP/201-20", "20.1", "from-internal", "0301234567"),
+        listed("PJSIP/trunk-21", "20.2", "from-trunk", "s"),
+    ];
+    pbx.tracker.reconcile(&live, since, &mut pbx.out);
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["newCall", "answer"]);
+    assert_eq!(sent[0]["direction"], "out");
+    assert_eq!(sent[0]["user"], "Alice");
+    assert_eq!(sent[0]["to"], "1301234567");
+    // A second list changes nothing; the hangups arrive live and end it once.
+    pbx.tracker.reconcile(&live, since, &mut pbx.out);
+    assert!(pbx.sent().is_empty());
+    pbx.ev(
+        "Hangup",
+        ("PJSIP/trunk-21", "20.2", "20.1", 6, "from-trunk", "s", ""),
+        &[("Cause", "16")],
+    );
+    pbx.ev(
+        "Hangup",
+        (phone.0, phone.1, phone.2, 6, phone.4, phone.5, phone.6),
+        &[("Cause", "16")],
+    );
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["hangup"]);
+    assert_eq!(sent[0]["cause"], "normalClearing");
+}
+
+#[test]
+fn a_phone_still_in_the_dialplan_is_not_taken_for_an_unseen_dial() {
+    // After a restart Asterisk lists a phone's Local pair whose dialplan half is still in
+    // from-internal (say, running the FastAGI before its Dial): the other half of its own
+    // pair is no dialed leg, so no outbound call yet.
+    let mut pbx = Pbx::new();
+    let since = pbx.tracker.events_seen();
+    let listed = |ch: &str, uid: &str, state: &str, ctx: &str| {
+        AmiMessage::from_pairs([
+            ("Event", "CoreShowChannel"),
+            ("Channel", ch),
+            ("ChannelState", state),
+            ("CallerIDNum", "201"),
+            ("Context", ctx),
+            ("Exten", "0301234567"),
+            ("Uniqueid", uid),
+            ("Linkedid", "21.1"),
+        ])
+    };
+    let live = [
+        listed(
+            "Local/0301234567@from-internal-00000031;1",
+            "21.1",
+            "6",
+            "phones",
+        ),
+        listed(
+            "Local/0301234567@from-internal-00000031;2",
+            "21.2",
+            "4",
+            "from-internal",
+        ),
+    ];
+    pbx.tracker.reconcile(&live, since, &mut pbx.out);
+    assert!(pbx.sent().is_empty(), "{:?}", pbx.sent());
+}
