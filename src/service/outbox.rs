@@ -329,6 +329,9 @@ impl Worker {
         let journal = (seq != 0 && event != CtiEventKind::NewCall).then(|| self.store.clone());
         let mut marked = false;
         loop {
+            // The client's turn first (at most so many requests in flight): a crash while
+            // waiting for it must not find the event marked as maybe sent.
+            let turn = self.client.turn().await;
             if let Some(store) = &journal
                 && !marked
             {
@@ -338,7 +341,7 @@ impl Worker {
                 marked = true;
             }
             let started = Instant::now();
-            let result = self.client.send(&request).await;
+            let result = self.client.send_in_turn(turn, &request).await;
             let took = started.elapsed();
             let (outcome, counted) = match &result {
                 Ok(_) => (Some(Outcome::Delivered), CtiOutcome::Delivered),

@@ -23,7 +23,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The most of a reply the client reads. Zammad answers the CTI endpoint with `{}` or a
 /// decision of a few dozen bytes, its error pages with a few KiB; a longer body is not
@@ -35,6 +35,12 @@ pub const MAX_REPLY: usize = 64 * 1024;
 /// Legitimate load needs far fewer: 400 new calls a second with a Zammad that takes half a
 /// second keep about 400 in flight.
 pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// A turn to send one request ([`ZammadClient::turn`]); the next one waiting gets it when
+/// this is dropped.
+pub struct Turn {
+    _permit: OwnedSemaphorePermit,
+}
 
 /// Why a CTI request did not produce a decision. `Display` never contains the token.
 #[derive(Debug, thiserror::Error)]
@@ -242,10 +248,36 @@ impl ZammadClient {
         &self.redacted
     }
 
-    /// Posts one event and returns Zammad's decision (`Continue` for answer and hangup).
+    /// Waits for a turn to send: at most [`MAX_IN_FLIGHT`] requests are in flight at once.
+    /// Take it before anything that says a request may have reached Zammad (the outbox's
+    /// "sending" mark): the wait for it is certainly not a send.
+    pub async fn turn(&self) -> Turn {
+        Turn {
+            _permit: self
+                .in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed"),
+        }
+    }
+
+    /// Posts one event and returns Zammad's decision (`Continue` for answer and hangup),
+    /// in its own turn.
     pub async fn send(&self, req: &CtiRequest) -> Result<ZammadDecision, ZammadError> {
+        let turn = self.turn().await;
+        self.send_in_turn(turn, req).await
+    }
+
+    /// As [`ZammadClient::send`], in `turn`, taken with [`ZammadClient::turn`].
+    pub async fn send_in_turn(
+        &self,
+        turn: Turn,
+        req: &CtiRequest,
+    ) -> Result<ZammadDecision, ZammadError> {
         let started = Instant::now();
         let result = self.post(req).await;
+        drop(turn);
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(decision) => tracing::debug!(
@@ -274,7 +306,6 @@ impl ZammadClient {
     /// Posts `body` to the endpoint; returns the status and at most [`MAX_REPLY`] bytes of
     /// the reply. A redirect is an error, its body unread.
     async fn exchange(&self, body: impl Into<reqwest::Body>) -> Result<(u16, String), ZammadError> {
-        let _turn = self.in_flight.acquire().await.expect("never closed");
         let mut response = self
             .http
             .post(self.url.expose_secret())
@@ -340,6 +371,7 @@ impl ZammadClient {
     /// [`ZammadError::Connect`] …); a 2xx is a [`ZammadError::Rejected`], since Zammad
     /// never accepts that body.
     pub async fn probe(&self) -> Result<(), ZammadError> {
+        let _turn = self.turn().await;
         let (status, body) = self.exchange(PROBE_BODY).await?;
         let result = classify_probe(status, &body);
         tracing::debug!(status, ok = result.is_ok(), "zammad probe answered");
