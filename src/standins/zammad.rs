@@ -6,9 +6,11 @@
 //! per-callId log with its `done` rules, Zammad's error bodies and their Accept-dependent
 //! format, and what out-of-order and repeated events do. It also records every request,
 //! checks the bridge against the rules for a bridge of docs/zammad.md (`violations`), and
-//! injects faults (delay, failing statuses, HTML pages). It does not model the customer
-//! lookup by number (docs/zammad.md, "Numbers"), agents, `notify_map`, multipart bodies or
-//! connection resets. The bridge's own code never depends on it.
+//! injects faults: delay, failing statuses and HTML pages instead of handling a request,
+//! and, after handling it, a reset connection or a proxy's 504 instead of the answer
+//! ([`AfterFault`]). It does not model the customer lookup by number (docs/zammad.md,
+//! "Numbers"), agents, `notify_map` or multipart bodies. The bridge's own code never
+//! depends on it.
 //!
 //! Timestamps come from `tokio::time::Instant`, so tests with paused time control the
 //! clock; durations are whole seconds of truncated timestamps counted from the stand-in's
@@ -19,10 +21,14 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -153,8 +159,13 @@ pub struct RecordedRequest {
     pub body: String,
     /// The parameters Zammad would see (body, then query string on top), as a JSON object.
     pub params: Value,
-    /// `None` while the request is still being handled.
+    /// The status answered; `None` while the request is still being handled, `Some(0)`
+    /// when the connection was reset instead ([`AfterFault::Reset`]).
     pub status: Option<u16>,
+    /// The status Zammad's own handling gave: `None` while in flight or when an injected
+    /// fault answered instead of handling it (the request took no effect). It differs
+    /// from `status` when an [`AfterFault`] replaced the answer after handling.
+    pub handled: Option<u16>,
     /// When the handler finished (`received_at` to this is the stand-in's own time).
     pub answered_at: Option<Instant>,
     pub response_body: Option<String>,
@@ -193,6 +204,26 @@ impl RecordedRequest {
     }
 }
 
+/// A breach of the rules for a bridge, with the request that showed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The request's [`RecordedRequest::seq`].
+    pub seq: usize,
+    pub call_id: String,
+    pub what: String,
+}
+
+/// What replaces Zammad's answer to a request it has handled: the request took effect,
+/// but the client cannot tell (a proxy that gave up waiting, a connection lost on the way
+/// back). See [`FakeZammad::fail_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFault {
+    /// The connection is reset (TCP RST) instead of answering.
+    Reset,
+    /// nginx's 504 page instead of the answer.
+    GatewayTimeout,
+}
+
 /// A running stand-in. Dropping it stops the server.
 pub struct FakeZammad {
     addr: SocketAddr,
@@ -219,18 +250,24 @@ impl Drop for FakeZammad {
 impl FakeZammad {
     /// Binds `127.0.0.1:0` and serves until dropped.
     pub async fn start(config: FakeZammadConfig) -> std::io::Result<FakeZammad> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let token = config.token.clone();
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             state: Mutex::new(State::new(config)),
             changed: Notify::new(),
+            resets: Arc::default(),
         });
         let stop = CancellationToken::new();
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let stopped = stop.clone();
+        let listener = ResettingListener {
+            inner: listener,
+            resets: shared.resets.clone(),
+        };
         tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<Peer>();
             let serve = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stopped.cancelled().await });
             if let Err(error) = serve.await {
@@ -277,7 +314,51 @@ impl FakeZammad {
     /// Every breach of the rules for a bridge (docs/zammad.md, "What a bridge must keep
     /// to") seen so far, one line each, naming the callId.
     pub fn violations(&self) -> Vec<String> {
+        self.shared
+            .lock()
+            .violations
+            .iter()
+            .map(|v| format!("callId {:?}: {}", v.call_id, v.what))
+            .collect()
+    }
+
+    /// The same breaches, each with the request that showed it.
+    pub fn violation_log(&self) -> Vec<Violation> {
         self.shared.lock().violations.clone()
+    }
+
+    /// Requests received so far, how many of them are still being handled, and when the
+    /// last one arrived or was answered: cheaper than [`FakeZammad::requests`] for
+    /// polling a long run.
+    pub fn activity(&self) -> Activity {
+        let state = self.shared.lock();
+        Activity {
+            requests: state.requests.len(),
+            in_flight: state.in_flight.values().sum::<usize>() + state.in_flight_other,
+            last: state.last_activity,
+        }
+    }
+
+    /// The callIds of the caller log whose call has no hangup applied yet.
+    pub fn open_calls(&self) -> Vec<String> {
+        let state = self.shared.lock();
+        state
+            .order
+            .iter()
+            .filter(|id| state.logs.get(*id).is_some_and(|e| !e.hungup))
+            .cloned()
+            .collect()
+    }
+
+    /// The callIds of the caller log whose call has a hangup applied.
+    pub fn hung_up(&self) -> HashSet<String> {
+        let state = self.shared.lock();
+        state
+            .logs
+            .values()
+            .filter(|e| e.hungup)
+            .map(|e| e.call_id.clone())
+            .collect()
     }
 
     /// Waits until at least `n` requests have been answered (including ones whose client
@@ -310,10 +391,24 @@ impl FakeZammad {
         self.shared.lock().fail_for = Some((until, status));
     }
 
+    /// Every `every`-th request is handled as usual, and then the answer is replaced by
+    /// `fault`, for `duration` or until [`FakeZammad::clear_faults`]. Counted over the
+    /// requests handled meanwhile, from 1, so `every = 1` hits each one.
+    pub fn fail_after(&self, duration: Option<Duration>, every: usize, fault: AfterFault) {
+        let until = duration.map(|d| Instant::now() + d);
+        self.shared.lock().fail_after = Some(FailAfter {
+            until,
+            every: every.max(1),
+            fault,
+            count: 0,
+        });
+    }
+
     pub fn clear_faults(&self) {
         let mut state = self.shared.lock();
         state.fail_next = None;
         state.fail_for = None;
+        state.fail_after = None;
     }
 
     pub fn set_blocked(&self, blocked: Vec<String>) {
@@ -335,12 +430,22 @@ impl FakeZammad {
     }
 }
 
+/// See [`FakeZammad::activity`].
+#[derive(Debug, Clone, Copy)]
+pub struct Activity {
+    pub requests: usize,
+    pub in_flight: usize,
+    pub last: Option<Instant>,
+}
+
 struct Shared {
     /// Zero of the whole-second clock used for durations.
     epoch: Instant,
     state: Mutex<State>,
     /// Woken whenever a request has been answered.
     changed: Notify,
+    /// Connections to reset at their next write, by the client's address.
+    resets: Resets,
 }
 
 impl Shared {
@@ -359,13 +464,28 @@ struct State {
     requests: Vec<RecordedRequest>,
     logs: HashMap<String, LogEntry>,
     order: Vec<String>,
-    violations: Vec<String>,
+    violations: Vec<Violation>,
+    /// The request being looked at (the lock is held meanwhile): what a violation names.
+    current: usize,
     /// Requests of each callId that arrived and are not answered yet (one at a time:
     /// docs/zammad.md, "What a bridge must keep to").
     in_flight: HashMap<String, usize>,
+    /// Requests without a callId not answered yet.
+    in_flight_other: usize,
+    last_activity: Option<Instant>,
     fail_next: Option<(usize, u16, bool)>,
     fail_for: Option<(Option<Instant>, u16)>,
+    fail_after: Option<FailAfter>,
     answered: usize,
+}
+
+/// See [`FakeZammad::fail_after`].
+struct FailAfter {
+    until: Option<Instant>,
+    every: usize,
+    fault: AfterFault,
+    /// Requests handled since it was set.
+    count: usize,
 }
 
 impl State {
@@ -376,16 +496,35 @@ impl State {
             logs: HashMap::new(),
             order: Vec::new(),
             violations: Vec::new(),
+            current: 0,
             in_flight: HashMap::new(),
+            in_flight_other: 0,
+            last_activity: None,
             fail_next: None,
             fail_for: None,
+            fail_after: None,
             answered: 0,
         }
     }
 
     fn violation(&mut self, call_id: &str, what: impl std::fmt::Display) {
         tracing::debug!(call_id, %what, "fake zammad saw a violation");
-        self.violations.push(format!("callId {call_id:?}: {what}"));
+        self.violations.push(Violation {
+            seq: self.current,
+            call_id: call_id.to_string(),
+            what: what.to_string(),
+        });
+    }
+
+    /// The fault that replaces the answer to a request just handled, if any.
+    fn take_after_fault(&mut self, now: Instant) -> Option<AfterFault> {
+        let after = self.fail_after.as_mut()?;
+        if after.until.is_some_and(|until| now >= until) {
+            self.fail_after = None;
+            return None;
+        }
+        after.count += 1;
+        (after.count % after.every == 0).then_some(after.fault)
     }
 
     /// An injected fault for this request, if any: (status, html).
@@ -424,6 +563,7 @@ enum Reply {
 
 async fn handle(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    axum::extract::ConnectInfo(Peer(peer)): axum::extract::ConnectInfo<Peer>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -432,7 +572,15 @@ async fn handle(
     let received_at = Instant::now();
     // Zammad handles a request to the end even when the client has gone: the work runs in
     // its own task so a client timeout does not cancel it.
-    let task = tokio::spawn(serve_one(shared, received_at, method, uri, headers, body));
+    let task = tokio::spawn(serve_one(
+        shared,
+        peer,
+        received_at,
+        method,
+        uri,
+        headers,
+        body,
+    ));
     match task.await {
         Ok(response) => response,
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -441,6 +589,7 @@ async fn handle(
 
 async fn serve_one(
     shared: Arc<Shared>,
+    peer: SocketAddr,
     received_at: Instant,
     method: Method,
     uri: Uri,
@@ -484,9 +633,12 @@ async fn serve_one(
             body: body_text,
             params: params.clone(),
             status: None,
+            handled: None,
             answered_at: None,
             response_body: None,
         });
+        state.current = seq;
+        state.last_activity = Some(received_at);
         if is_cti_post && let Value::Object(map) = &params {
             check_shape(&mut state, map, content_type.as_deref());
         }
@@ -496,6 +648,8 @@ async fn serve_one(
             if *in_flight > 1 {
                 state.violation(id, "two requests of one call in flight at the same time");
             }
+        } else {
+            state.in_flight_other += 1;
         }
         (seq, state.config.delay)
     };
@@ -504,40 +658,168 @@ async fn serve_one(
         tokio::time::sleep(delay).await;
     }
 
-    let reply = {
+    let (reply, after) = {
         let mut state = shared.lock();
+        state.current = seq;
         match state.take_fault(Instant::now()) {
-            Some((status, html)) => Reply::Fault(status, html),
-            None if !is_cti_post => Reply::Error(404, BODY_NOT_FOUND.to_string()),
-            None => match parsed {
-                Err(()) => Reply::Error(400, error_id_body()),
-                Ok(map) => {
-                    let token = cti_token(uri.path()).unwrap_or_default();
-                    process(&shared, &mut state, token, &map)
-                }
-            },
+            Some((status, html)) => (Reply::Fault(status, html), None),
+            None => {
+                let reply = if !is_cti_post {
+                    Reply::Error(404, BODY_NOT_FOUND.to_string())
+                } else {
+                    match parsed {
+                        Err(()) => Reply::Error(400, error_id_body()),
+                        Ok(map) => {
+                            let token = cti_token(uri.path()).unwrap_or_default();
+                            process(&shared, &mut state, token, &map)
+                        }
+                    }
+                };
+                let after = state.take_after_fault(Instant::now());
+                (reply, Some(after))
+            }
         }
     };
-    let (status, content_type, body) = render(&reply, accept.as_deref());
+    let (handled_status, content_type, body) = render(&reply, accept.as_deref());
+    // `after`: `None` when a fault answered instead of handling; `Some(fault)` when the
+    // request was handled (and `fault` replaces the answer).
+    let (status, content_type, body) = match after {
+        Some(Some(AfterFault::GatewayTimeout)) => render(&Reply::Fault(504, true), None),
+        Some(Some(AfterFault::Reset)) => (0, content_type, body),
+        _ => (handled_status, content_type, body),
+    };
 
     {
         let mut state = shared.lock();
-        if let Some(id) = &call_id
-            && let Some(n) = state.in_flight.get_mut(id)
-        {
-            *n = n.saturating_sub(1);
+        match &call_id {
+            Some(id) => {
+                if let Some(n) = state.in_flight.get_mut(id) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            None => state.in_flight_other = state.in_flight_other.saturating_sub(1),
         }
+        let now = Instant::now();
         if let Some(rec) = state.requests.get_mut(seq) {
             rec.status = Some(status);
-            rec.answered_at = Some(Instant::now());
+            rec.handled = after.is_some().then_some(handled_status);
+            rec.answered_at = Some(now);
             rec.response_body = Some(body.clone());
         }
+        state.last_activity = Some(now);
         state.answered += 1;
+        if status == 0 {
+            // Registered before the answer is written: the connection's next write fails
+            // and resets it.
+            lock_resets(&shared.resets).insert(peer);
+        }
     }
     shared.changed.notify_waiters();
 
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Client addresses of the connections to reset at their next write.
+type Resets = Arc<Mutex<HashSet<SocketAddr>>>;
+
+fn lock_resets(resets: &Resets) -> MutexGuard<'_, HashSet<SocketAddr>> {
+    resets.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The client's address, as the handler learns it (`ConnectInfo`).
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ResettingListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, ResettingListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// The stand-in's listener: TCP connections that can be reset on request
+/// ([`AfterFault::Reset`]).
+struct ResettingListener {
+    inner: TcpListener,
+    resets: Resets,
+}
+
+impl axum::serve::Listener for ResettingListener {
+    type Io = ResettableStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (inner, peer) = axum::serve::Listener::accept(&mut self.inner).await;
+        let stream = ResettableStream {
+            inner,
+            peer,
+            resets: self.resets.clone(),
+        };
+        (stream, peer)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection whose next write, once its client's address is in `resets`, fails and
+/// leaves the socket to be closed with a zero linger: the client sees a reset.
+struct ResettableStream {
+    inner: TcpStream,
+    peer: SocketAddr,
+    resets: Resets,
+}
+
+impl ResettableStream {
+    fn reset_now(&self) -> Option<std::io::Error> {
+        if !lock_resets(&self.resets).remove(&self.peer) {
+            return None;
+        }
+        if let Err(error) = self.inner.set_zero_linger() {
+            return Some(error);
+        }
+        Some(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "the stand-in resets this connection",
+        ))
+    }
+}
+
+impl AsyncRead for ResettableStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ResettableStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(error) = self.reset_now() {
+            return Poll::Ready(Err(error));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(error) = self.reset_now() {
+            return Poll::Ready(Err(error));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// The controller checks in Zammad's order, then the event (docs/zammad.md).
@@ -1788,6 +2070,67 @@ mod tests {
         assert_eq!(post(&fz, hangup("in", "c1", "x")).await.status, 504);
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(post(&fz, hangup("in", "c1", "x")).await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn after_faults_replace_the_answer_once_handled() {
+        let fz = start().await;
+        fz.fail_after(None, 2, AfterFault::GatewayTimeout);
+        assert_eq!(post(&fz, new_call("in", "c1", "1", "2")).await.status, 200);
+        let resp = post(&fz, answer("in", "c1")).await;
+        assert_eq!(resp.status, 504, "{resp:?}");
+        assert!(
+            resp.body.contains("<h1>504 Gateway Time-out</h1>"),
+            "{resp:?}"
+        );
+        assert!(fz.log("c1").unwrap().answered, "handled before the 504");
+
+        fz.fail_after(None, 1, AfterFault::Reset);
+        let mut stream = tokio::net::TcpStream::connect(fz.addr()).await.unwrap();
+        let body = hangup("in", "c1", "normalClearing").to_string();
+        let req = format!(
+            "POST {} HTTP/1.1\r\nHost: zammad.test\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            path(TOKEN),
+            body.len()
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let read = stream.read_to_end(&mut out).await;
+        assert!(
+            out.is_empty(),
+            "no answer, only a reset: {read:?} {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        if let Err(e) = read {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        }
+        assert!(fz.log("c1").unwrap().hungup, "handled before the reset");
+        let recs = fz.requests();
+        let last = recs.last().unwrap();
+        assert_eq!((last.status, last.handled), (Some(0), Some(200)));
+        assert_eq!(recs[1].status, Some(504));
+        assert_eq!(recs[1].handled, Some(200));
+
+        fz.clear_faults();
+        fz.fail_next(1, 503, true);
+        let resp = post(&fz, new_call("in", "c2", "1", "2")).await;
+        assert_eq!(resp.status, 503);
+        let recs = fz.requests();
+        assert_eq!(
+            recs.last().unwrap().handled,
+            None,
+            "a fault before handling"
+        );
+        assert_eq!(post(&fz, new_call("in", "c2", "1", "2")).await.status, 200);
+        assert_eq!(fz.activity().in_flight, 0);
+        assert_eq!(fz.open_calls(), vec!["c2".to_string()]);
+        assert!(fz.hung_up().contains("c1"));
+        assert_eq!(
+            fz.violation_log(),
+            Vec::<Violation>::new(),
+            "no rule of a bridge broken"
+        );
     }
 
     #[tokio::test]
