@@ -45,6 +45,13 @@ pub struct BridgeSetup<'a> {
     pub zammad_timeout: &'a str,
 }
 
+/// One daemon process of a [`Bridge`]: when it was started, and when it was SIGKILLed.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub started: tokio::time::Instant,
+    pub killed: Option<tokio::time::Instant>,
+}
+
 /// The daemon binary, started (and restarted) with one config and one state dir.
 pub struct Bridge {
     dir: PathBuf,
@@ -52,6 +59,7 @@ pub struct Bridge {
     log: PathBuf,
     child: Option<Child>,
     starts: usize,
+    runs: Vec<Run>,
 }
 
 impl Bridge {
@@ -67,6 +75,7 @@ impl Bridge {
             log: dir.join("bridge.log"),
             child: None,
             starts: 0,
+            runs: Vec::new(),
         };
         bridge.spawn();
         bridge
@@ -93,6 +102,10 @@ impl Bridge {
             .stderr(Stdio::from(err))
             .env_remove("RUST_LOG");
         crate::support::without_azb_env(&mut command);
+        self.runs.push(Run {
+            started: tokio::time::Instant::now(),
+            killed: None,
+        });
         self.child = Some(command.spawn().expect("start the daemon binary"));
     }
 
@@ -100,9 +113,22 @@ impl Bridge {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
+            if let Some(run) = self.runs.last_mut() {
+                run.killed = Some(tokio::time::Instant::now());
+            }
             let _ = child.wait();
             self.note("killed with SIGKILL");
         }
+    }
+
+    /// Whether a daemon process is running (or has ended by itself and not been reaped).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Every daemon process so far, in order.
+    pub fn runs(&self) -> &[Run] {
+        &self.runs
     }
 
     /// `None` while it runs; its exit status once it has ended by itself.
