@@ -9,9 +9,11 @@
 //! - at most `agi.max_sessions` sessions at once, and `agi.max_sessions_per_source` from
 //!   one address; a connection beyond either is closed at once (Asterisk's dialplan goes
 //!   on);
-//! - a session still reading its environment block (Asterisk sends it at once, in one go)
-//!   holds its slot only until a new connection needs it: the oldest such session gives
-//!   way ([`Slots`]);
+//! - a session that has not shown it is what it says (its environment block still coming,
+//!   or, without `agi.secret`, its channel not yet confirmed by AMI: the script calls
+//!   [`Session::settle`]) holds its slot only until a new connection needs it: the oldest
+//!   such session gives way ([`Slots`]). Asterisk sends its block at once and AMI knows its
+//!   channels already, so its sessions settle within a moment;
 //! - the whole environment block must arrive within `agi.idle_timeout` of the connection,
 //!   each line of a session within `agi.idle_timeout`, and the whole session after its
 //!   environment within `agi.decision_timeout` + `agi.idle_timeout`;
@@ -93,11 +95,13 @@ pub struct Session {
     /// end of the session's.
     deadline: Instant,
     hung_up: bool,
+    /// Its hold on a session slot: one a new connection may take until [`Session::settle`].
+    slot: Slot,
 }
 
 impl Session {
     /// Reads the `agi_*` block up to its blank line.
-    async fn start(stream: TcpStream, limits: Limits) -> Result<Session, SessionError> {
+    async fn start(stream: TcpStream, limits: Limits, slot: Slot) -> Result<Session, SessionError> {
         let mut session = Session {
             framed: Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE)),
             env: AgiEnv::default(),
@@ -105,6 +109,7 @@ impl Session {
             idle: limits.idle,
             deadline: Instant::now() + limits.env,
             hung_up: false,
+            slot,
         };
         loop {
             let line = session.read_line().await?;
@@ -117,6 +122,13 @@ impl Session {
 
     pub fn env(&self) -> &AgiEnv {
         &self.env
+    }
+
+    /// The session has shown it is what it says (its secret, or AMI confirmed its
+    /// channel): it keeps its slot from now on. Until then a new connection that finds no
+    /// free slot may take this one's, which ends the session. `false` if that happened.
+    pub fn settle(&self) -> bool {
+        self.slot.settle()
     }
 
     /// Asterisk reported the channel hung up (a `HANGUP` line) during this session.
@@ -152,11 +164,12 @@ impl Session {
     }
 }
 
-/// The session slots: at most `max` sessions, `per_source` from one address. A session
-/// still reading its environment block is *unsettled*: when a new connection finds no
-/// slot, the oldest unsettled session (of the same address, when that address is at its
-/// cap) gives its slot up. Asterisk sends its block at once, so its sessions settle within
-/// a moment; a connection that dribbles its block keeps nothing.
+/// The session slots: at most `max` sessions, `per_source` from one address. A session is
+/// *unsettled* until it has shown it is what it says ([`Session::settle`]): when a new
+/// connection finds no slot, the oldest unsettled session (of the same address, when that
+/// address is at its cap) gives its slot up. Asterisk's sessions settle within a moment;
+/// a connection that dribbles its block, or a forged session AMI never confirms, keeps
+/// nothing.
 struct Slots {
     max: usize,
     per_source: usize,
@@ -424,10 +437,11 @@ impl AgiServer {
             let (failed, refused, secret) = (failed.clone(), refused.clone(), secret.clone());
             sessions.spawn(
                 async move {
+                    let displaced = slot.displaced.clone();
                     let started = tokio::select! {
                         biased;
-                        _ = slot.displaced.cancelled() => Err(SessionError::Displaced),
-                        started = Session::start(stream, limits) => started,
+                        _ = displaced.cancelled() => Err(SessionError::Displaced),
+                        started = Session::start(stream, limits, slot) => started,
                     };
                     let mut session = match started {
                         Ok(session) => session,
@@ -459,12 +473,20 @@ impl AgiServer {
                         script.not_run(NotRun::Refused);
                         return;
                     }
-                    if !slot.settle() {
+                    // With a secret, knowing it is enough; without, the script settles the
+                    // session once AMI confirms its channel.
+                    if secret.is_some() && !session.settle() {
                         script.not_run(NotRun::Failed);
                         return;
                     }
-                    script.run(&mut session).await;
-                    drop(slot);
+                    tokio::select! {
+                        biased;
+                        () = script.run(&mut session) => {}
+                        _ = displaced.cancelled() => {
+                            debug!("FastAGI session not confirmed yet gave its slot to a new connection");
+                            script.not_run(NotRun::Failed);
+                        }
+                    }
                 }
                 .instrument(info_span!("agi", %peer)),
             );

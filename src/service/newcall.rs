@@ -223,7 +223,11 @@ impl NewcallScript {
         let named = (claim.channel.clone(), claim.uniqueid.clone());
         let claimed = self.claims.send(Claim { claim, reply: tx }).is_ok();
         let answer = match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(answer)) if claimed => Some(answer),
+            Ok(Ok(answer)) if claimed => {
+                // AMI confirmed the channel: the session keeps its slot.
+                session.settle();
+                Some(answer)
+            }
             Err(_) if claimed => None,
             _ => {
                 warn!("the daemon is shutting down; the call goes on without Zammad");

@@ -485,15 +485,34 @@ async fn metrics(h: &Harness) -> String {
 
 #[tokio::test]
 async fn sessions_beyond_the_limit_are_closed_at_once() {
-    let h = Harness::start(FakeZammadConfig::default(), |c| c.agi.max_sessions = 1).await;
-    // A whole environment block: the session keeps its slot (it waits for our GET
-    // VARIABLE's answer).
+    let h = Harness::start(
+        FakeZammadConfig {
+            delay: Duration::from_secs(3),
+            ..FakeZammadConfig::default()
+        },
+        |c| c.agi.max_sessions = 1,
+    )
+    .await;
+    // A session AMI confirms keeps its slot (here while it waits for a slow Zammad).
+    let call = recorded_inbound_agi();
+    assert!(h.ami.send_raw(encode(&[call.newchannel()])));
     let mut first = TcpStream::connect(h.agi).await.unwrap();
-    let env = recorded_inbound_agi().environment(h.agi);
-    first.write_all(env.as_bytes()).await.unwrap();
+    first
+        .write_all(call.environment(h.agi).as_bytes())
+        .await
+        .unwrap();
     let mut line = [0u8; 64];
     let n = first.read(&mut line).await.unwrap();
     assert!(line[..n].starts_with(b"GET VARIABLE"));
+    first
+        .write_all(format!("200 result=1 ({})\n", call.linkedid).as_bytes())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.zammad.requests().is_empty() {
+        assert!(Instant::now() < deadline, "the claim reaches Zammad");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut second = TcpStream::connect(h.agi).await.unwrap();
     let started = Instant::now();
     assert_eq!(read_to_close(&mut second).await, "");

@@ -419,6 +419,47 @@ async fn forged_fastagi_sessions_without_the_secret_are_closed_unheard() {
     assert_eq!(d.stop().await, Some(0));
 }
 
+/// Attack 2 with whole environment blocks: forged sessions that AMI never confirms fill
+/// every slot and wait. A real call's session takes the slot of the oldest of them.
+#[tokio::test]
+async fn forged_sessions_waiting_for_ami_give_their_slots_to_real_calls() {
+    let (ami, zammad) = stand_ins(FakeZammadConfig::default()).await;
+    let d = Daemon::start(
+        "attack-unconfirmed-flood",
+        &ami,
+        &zammad.url(),
+        Extra {
+            agi: "max_sessions = 40\ndecision_timeout = \"5s\"",
+            ..Extra::default()
+        },
+    )
+    .await;
+    let mut forged = JoinSet::new();
+    for i in 0..60 {
+        let mut f = blocked_call(300 + i);
+        f.uniqueid = format!("1800000300.{i}");
+        let agi = d.agi;
+        forged.spawn(async move { f.run(agi).await });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 0..3 {
+        let call = blocked_call(400 + n);
+        assert!(ami.send_raw(encode(&[call.newchannel()])));
+        let t = run_session(&call, d.agi).await;
+        assert!(rejected(&t), "call {n}: {:?}\n{}", t.commands, d.log());
+    }
+    let text = d.metrics().await;
+    assert!(
+        text.lines()
+            .any(|l| l == r#"azb_agi_sessions_total{outcome="overloaded"} 0"#),
+        "{text}"
+    );
+    assert_eq!(new_calls(&zammad).len(), 3);
+    forged.abort_all();
+    assert_eq!(d.stop().await, Some(0));
+}
+
 /// Attack 2: 520 connections each dribbling its environment block, one line a second,
 /// while calls need their sessions.
 #[tokio::test]
