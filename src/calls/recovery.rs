@@ -261,6 +261,9 @@ impl Tracker {
                 self.report_answer(&key, AnsweredBy::Picker { extension }, out);
             }
         }
+        // The list can move a call's last channel into another call (a transfer merged
+        // them while we were away): that call ends now, as after an event.
+        self.end_emptied(out);
     }
 
     /// A call found only in a snapshot whose phone (in an outbound context) has another

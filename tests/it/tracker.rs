@@ -1477,3 +1477,50 @@ fn a_phone_still_in_the_dialplan_is_not_taken_for_an_unseen_dial() {
     pbx.tracker.reconcile(&live, since, &mut pbx.out);
     assert!(pbx.sent().is_empty(), "{:?}", pbx.sent());
 }
+
+#[test]
+fn a_call_emptied_by_a_merge_seen_only_in_the_channel_list_ends_at_once() {
+    // Two inbound calls up; while we were away a transfer joined them: the list shows the
+    // younger call's caller with the older call's Linkedid.
+    let mut pbx = Pbx::new();
+    let t1 = (T, "22.1", "22.1", 4, "from-trunk", "4930100", "+4930555");
+    let t2 = (
+        "PJSIP/trunk-23",
+        "23.1",
+        "23.1",
+        4,
+        "from-trunk",
+        "4930100",
+        "+4930666",
+    );
+    for t in [t1, t2] {
+        pbx.ev("Newchannel", t, &[]);
+        pbx.ev(
+            "Newexten",
+            (t.0, t.1, t.2, 6, t.4, t.5, t.6),
+            &[("Application", "VoiceMail")],
+        );
+    }
+    assert_eq!(
+        names(&pbx.sent()),
+        ["newCall", "answer", "newCall", "answer"]
+    );
+    let since = pbx.tracker.events_seen();
+    let listed = |ch: &str, uid: &str| {
+        AmiMessage::from_pairs([
+            ("Event", "CoreShowChannel"),
+            ("Channel", ch),
+            ("ChannelState", "6"),
+            ("Context", "from-trunk"),
+            ("Exten", "4930100"),
+            ("Uniqueid", uid),
+            ("Linkedid", "22.1"),
+            ("BridgeId", "b22"),
+        ])
+    };
+    let live = [listed(T, "22.1"), listed("PJSIP/trunk-23", "23.1")];
+    pbx.tracker.reconcile(&live, since, &mut pbx.out);
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["hangup"], "{sent:?}");
+    assert_eq!(sent[0]["callId"], "23.1");
+}
