@@ -49,6 +49,7 @@ impl Tracker {
                         state,
                         caller.map(Into::into),
                         self.events,
+                        prefix.is_empty() && msg.get("Event") == Some("Newchannel"),
                     ),
                 );
                 None

@@ -37,6 +37,10 @@ pub(super) struct Channel {
     pub(super) connected_to: Option<Box<str>>,
     /// The tracker's event count when the channel was first seen (0: restored).
     pub(super) seen_at: u64,
+    /// The channel was first seen in its own `Newchannel`: everything it did since
+    /// came through events. A channel first seen in any later event (or a list) was
+    /// born while we were not looking.
+    pub(super) born_seen: bool,
 }
 
 impl Channel {
@@ -47,6 +51,7 @@ impl Channel {
         state: ChannelState,
         caller_num: Option<Box<str>>,
         seen_at: u64,
+        born_seen: bool,
     ) -> Self {
         Self {
             name,
@@ -61,6 +66,7 @@ impl Channel {
             entered: state == ChannelState::Ring && seen_at == 0,
             connected_to: None,
             seen_at,
+            born_seen,
         }
     }
 

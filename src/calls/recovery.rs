@@ -163,6 +163,7 @@ impl Tracker {
                         ChannelState::from_code(ch.state),
                         ch.caller_num,
                         0,
+                        false,
                     ),
                 );
             }
@@ -197,20 +198,24 @@ impl Tracker {
             self.hang_up_unseen(&uid, out);
         }
         let mut adopted: Vec<Box<str>> = Vec::new();
-        // Channels first learnt from this list.
+        // Channels born while we were not looking: first learnt from this list, or from an
+        // event after the list was asked for that was not their `Newchannel` (events go on
+        // between the login and the list, and tell only the rest of such a channel's life).
         let mut new_channels: HashSet<&str> = HashSet::new();
         for snapshot in live {
             let Some(uid) = snapshot.get("Uniqueid") else {
                 continue;
             };
-            let known = self.channels.contains_key(uid);
+            let known = self.channels.get(uid);
+            let learnt_midway = known.is_none_or(|ch| ch.seen_at > since && !ch.born_seen);
+            let known = known.is_some();
             let linkedid = snapshot.get("Linkedid").unwrap_or(uid);
             if !known && (self.hung_up.contains(uid) || self.ended.contains(linkedid)) {
                 // Listed before its hangup reached us: gone already.
                 continue;
             }
             self.touch(snapshot, "");
-            if !known && let Some(key) = self.call_of(uid) {
+            if learnt_midway && let Some(key) = self.call_of(uid) {
                 self.adopt(snapshot, uid, &key);
                 adopted.push(key);
                 new_channels.insert(uid);
@@ -218,11 +223,11 @@ impl Tracker {
         }
         adopted.sort();
         adopted.dedup();
-        // A phone that entered an outbound context and has a channel in its call that we
-        // learn of only now (not the other half of its own Local pair) dialed while we were
-        // not looking, whether the phone itself was learnt from the list or from events
-        // before it (the connection dropped between its Newchannel and its DialBegin, or
-        // the daemon restarted meanwhile).
+        // A phone that entered an outbound context and has a channel in its call born while
+        // we were not looking (not the other half of its own Local pair) dialed unseen,
+        // whether the phone itself was learnt from the list, from events since the list was
+        // asked for, or before (the connection dropped between its Newchannel and its
+        // DialBegin, or the daemon restarted meanwhile).
         let mut dialed_unseen: Vec<Box<str>> = self
             .calls
             .iter()

@@ -5,8 +5,9 @@
 //! MD5 key; a wrong secret gets `Authentication failed` and the socket closed), then
 //! `Ping`, `CoreShowChannels` (an event list), `Logoff`, and `Response: Success` for any
 //! other action. Every action received is recorded. The test drives it: stream recorded
-//! bytes to the logged-in client, drop the connection, stay silent on chosen actions, or
-//! answer a batch of actions in reverse order. It knows nothing of calls.
+//! bytes to the logged-in client, drop the connection, stay silent on chosen actions,
+//! answer a batch of actions in reverse order, or take a while to list the channels (as
+//! a busy Asterisk does, with events going on meanwhile). It knows nothing of calls.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -91,6 +92,10 @@ struct Shared {
     reorder: AtomicUsize,
     /// Replies set by the test, by lowercase action name.
     scripted: Mutex<HashMap<String, AmiMessage>>,
+    /// How long `CoreShowChannels` takes to list the channels.
+    list_delay: Mutex<Duration>,
+    /// Channel lists handed out so far.
+    lists: AtomicUsize,
 }
 
 /// A std mutex guard; the fake never holds one across an `.await`.
@@ -116,6 +121,8 @@ impl FakeAmi {
             logins: watch::Sender::new(Logins::default()),
             reorder: AtomicUsize::new(0),
             scripted: Mutex::default(),
+            list_delay: Mutex::default(),
+            lists: AtomicUsize::new(0),
         });
         let accept = tokio::spawn(
             accept_loop(listener, Arc::clone(&shared)).instrument(info_span!("fake_ami", %addr)),
@@ -204,6 +211,19 @@ impl FakeAmi {
     /// `Response`; the `ActionID` is added after it), e.g. an `Error` for `Hangup`.
     pub fn set_reply(&self, action: &str, reply: AmiMessage) {
         lock(&self.shared.scripted).insert(action.to_ascii_lowercase(), reply);
+    }
+
+    /// From now on `CoreShowChannels` is answered at once ("Channels will follow") and
+    /// its list comes `delay` later: the channels as they are then, after the events sent
+    /// meanwhile, as Asterisk walking a long channel list while calls go on.
+    pub fn set_list_delay(&self, delay: Duration) {
+        *lock(&self.shared.list_delay) = delay;
+    }
+
+    /// Channel lists (`CoreShowChannels`) handed out so far. Each takes the channels set
+    /// with [`FakeAmi::set_channels`] at the moment it is counted.
+    pub fn lists(&self) -> usize {
+        self.shared.lists.load(Ordering::SeqCst)
     }
 
     /// Holds back the replies to the next `n` ordinary actions (not Login, Ping or
@@ -396,7 +416,7 @@ impl Session {
                 ("Ping", "Pong"),
                 ("Timestamp", "1795596369.000000"),
             ])]),
-            "coreshowchannels" => Reply::Send(self.core_show_channels(id.as_deref())),
+            "coreshowchannels" => Reply::Send(self.core_show_channels(id)),
             _ => {
                 let action_name = action.get("Action").unwrap_or_default();
                 let reply = respond(&[("Response", "Success"), ("Message", action_name)]);
@@ -445,16 +465,46 @@ impl Session {
         self.shared.logins.send_modify(|l| l.current = still_open);
     }
 
-    fn core_show_channels(&self, id: Option<&str>) -> Vec<AmiMessage> {
-        let channels = lock(&self.shared.channels).clone();
-        let mut out = vec![response(
-            id,
+    fn core_show_channels(&self, id: Option<String>) -> Vec<AmiMessage> {
+        let start = response(
+            id.as_deref(),
             &[
                 ("Response", "Success"),
                 ("EventList", "start"),
                 ("Message", "Channels will follow"),
             ],
-        )];
+        );
+        let delay = *lock(&self.shared.list_delay);
+        if delay.is_zero() {
+            let mut out = vec![start];
+            out.extend(Self::channel_list(&self.shared, id.as_deref()));
+            return out;
+        }
+        let shared = Arc::clone(&self.shared);
+        let control = self.control.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut buf = BytesMut::new();
+            let list = Session::channel_list(&shared, id.as_deref());
+            for message in &list {
+                if AmiCodec::new().encode(message, &mut buf).is_err() {
+                    return;
+                }
+            }
+            if control.send(Control::Raw(buf.freeze())).is_err() {
+                // The connection closed meanwhile: nobody got this list.
+                shared.lists.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
+        vec![start]
+    }
+
+    /// The `CoreShowChannel` events and the closing `CoreShowChannelsComplete` of the
+    /// channels set now; counts a list handed out.
+    fn channel_list(shared: &Shared, id: Option<&str>) -> Vec<AmiMessage> {
+        let channels = lock(&shared.channels).clone();
+        shared.lists.fetch_add(1, Ordering::SeqCst);
+        let mut out = Vec::with_capacity(channels.len() + 1);
         for channel in &channels {
             let mut event = AmiMessage::from_pairs([("Event", "CoreShowChannel")]);
             if let Some(id) = id {
@@ -623,6 +673,44 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fake.logins(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_slow_channel_list_comes_after_the_events_sent_meanwhile() {
+        let fake = FakeAmi::start(FakeAmiConfig::default()).await;
+        fake.set_list_delay(Duration::from_secs(1));
+        let channel =
+            |uid: &str| AmiMessage::from_pairs([("Channel", "PJSIP/201-1"), ("Uniqueid", uid)]);
+        fake.set_channels(vec![channel("1.1")]);
+        let mut stream = TcpStream::connect(fake.addr()).await.unwrap();
+        stream
+            .write_all(b"Action: Login\r\nActionID: 1\r\nUsername: bridge\r\nSecret: bridge-secret\r\n\r\nAction: CoreShowChannels\r\nActionID: 2\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reader = FramedRead::new(&mut stream, AmiCodec::new());
+        let mut next = async || loop {
+            match reader.next().await {
+                Some(Ok(AmiFrame::Message(m))) => return m,
+                Some(Ok(_)) => continue,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(next().await.get("Message"), Some("Authentication accepted"));
+        assert_eq!(next().await.get("Event"), Some("FullyBooted"));
+        assert_eq!(next().await.get("Message"), Some("Channels will follow"));
+        assert_eq!(fake.lists(), 0, "not listed yet");
+        // An event meanwhile, and the channels as they are when the list is taken.
+        assert!(fake.send_raw(&b"Event: Newchannel\r\nUniqueid: 1.2\r\n\r\n"[..]));
+        fake.set_channels(vec![channel("1.1"), channel("1.2")]);
+        assert_eq!(next().await.get("Event"), Some("Newchannel"));
+        let listed: Vec<AmiMessage> = vec![next().await, next().await];
+        assert_eq!(listed[0].get("Uniqueid"), Some("1.1"));
+        assert_eq!(listed[1].get("Uniqueid"), Some("1.2"));
+        assert_eq!(listed[1].get("ActionID"), Some("2"));
+        let complete = next().await;
+        assert_eq!(complete.get("Event"), Some("CoreShowChannelsComplete"));
+        assert_eq!(complete.get("ListItems"), Some("2"));
+        assert_eq!(fake.lists(), 1);
     }
 
     #[test]

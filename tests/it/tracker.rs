@@ -1524,3 +1524,136 @@ fn a_call_emptied_by_a_merge_seen_only_in_the_channel_list_ends_at_once() {
     assert_eq!(names(&sent), ["hangup"], "{sent:?}");
     assert_eq!(sent[0]["callId"], "23.1");
 }
+
+#[test]
+fn an_outbound_call_learnt_between_the_login_and_the_list_is_adopted() {
+    // The daemon restarts while Alice dials out: the dial and the answer happened before
+    // its login. Between the login and the channel list, the call's end of dialling goes
+    // on live (the phone's DialEnd ANSWER, both up); none of those events is a
+    // Newchannel, so both channels were born while the daemon was not looking and the
+    // list decides the call: outbound, answered, reported once.
+    let mut pbx = Pbx::new();
+    let since = pbx.tracker.events_seen();
+    let phone = (
+        "PJSIP/201-30",
+        "30.1",
+        "30.1",
+        6,
+        "from-internal",
+        "0301234567",
+        "201",
+    );
+    dial(
+        &mut pbx,
+        phone,
+        ("PJSIP/trunk-31", "30.2", "30.1"),
+        Some("ANSWER"),
+    );
+    assert!(pbx.sent().is_empty(), "nothing decided the call yet");
+    let listed = |ch: &str, uid: &str, ctx: &str, exten: &str, caller: &str| {
+        AmiMessage::from_pairs([
+            ("Event", "CoreShowChannel"),
+            ("Channel", ch),
+            ("ChannelState", "6"),
+            ("CallerIDNum", caller),
+            ("Context", ctx),
+            ("Exten", exten),
+            ("Uniqueid", uid),
+            ("Linkedid", "30.1"),
+            ("BridgeId", "b30"),
+        ])
+    };
+    let live = [
+        listed(phone.0, "30.1", "from-internal", "0301234567", "201"),
+        listed("PJSIP/trunk-31", "30.2", "from-trunk", "s", "0301234567"),
+    ];
+    pbx.tracker.reconcile(&live, since, &mut pbx.out);
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["newCall", "answer"], "{sent:?}");
+    assert_eq!(sent[0]["direction"], "out");
+    assert_eq!(sent[0]["to"], "1301234567");
+    pbx.tracker.reconcile(&live, since, &mut pbx.out);
+    assert!(pbx.sent().is_empty(), "a second list changes nothing");
+}
+
+#[test]
+fn a_call_whose_birth_came_after_the_list_was_asked_is_left_to_its_events() {
+    // A caller is born after the login (its Newchannel is seen) and the IVR answers it:
+    // no phone rang yet, so Zammad hears of it only when one does. The list that follows
+    // shows it up; nothing was missed, so nothing is reported early.
+    let mut pbx = Pbx::new();
+    let since = pbx.tracker.events_seen();
+    let t = (T, "34.1", "34.1", 4, "from-trunk", "4930100", "+4930555");
+    pbx.ev("Newchannel", t, &[]);
+    pbx.ev("Newstate", (t.0, t.1, t.2, 6, t.4, t.5, t.6), &[]);
+    let live = [AmiMessage::from_pairs([
+        ("Event", "CoreShowChannel"),
+        ("Channel", T),
+        ("ChannelState", "6"),
+        ("CallerIDNum", "+4930555"),
+        ("Context", "from-trunk"),
+        ("Exten", "4930100"),
+        ("Uniqueid", "34.1"),
+        ("Linkedid", "34.1"),
+        ("Application", "BackGround"),
+    ])];
+    pbx.tracker.reconcile(&live, since, &mut pbx.out);
+    assert!(pbx.sent().is_empty(), "{:?}", pbx.sent());
+}
+
+#[test]
+fn an_internal_call_born_after_the_list_was_asked_stays_unreported() {
+    // Alice's phone is born after the login (its Newchannel is seen) and dials extension
+    // 202: an internal call, which is not Zammad's. The list that follows shows both up
+    // and bridged; nothing was missed, so nothing is adopted.
+    let mut pbx = Pbx::new();
+    let since = pbx.tracker.events_seen();
+    let phone = (
+        "PJSIP/201-32",
+        "32.1",
+        "32.1",
+        4,
+        "from-internal",
+        "202",
+        "201",
+    );
+    pbx.ev("Newchannel", phone, &[]);
+    pbx.ev(
+        "Newchannel",
+        (
+            "PJSIP/202-33",
+            "32.2",
+            "32.1",
+            0,
+            "from-internal",
+            "s",
+            "202",
+        ),
+        &[],
+    );
+    dial(&mut pbx, phone, ("PJSIP/202-33", "32.2", "32.1"), None);
+    dial(
+        &mut pbx,
+        (phone.0, phone.1, phone.2, 6, phone.4, phone.5, phone.6),
+        ("PJSIP/202-33", "32.2", "32.1"),
+        Some("ANSWER"),
+    );
+    let listed = |ch: &str, uid: &str, exten: &str| {
+        AmiMessage::from_pairs([
+            ("Event", "CoreShowChannel"),
+            ("Channel", ch),
+            ("ChannelState", "6"),
+            ("Context", "from-internal"),
+            ("Exten", exten),
+            ("Uniqueid", uid),
+            ("Linkedid", "32.1"),
+            ("BridgeId", "b32"),
+        ])
+    };
+    let live = [
+        listed(phone.0, "32.1", "202"),
+        listed("PJSIP/202-33", "32.2", "s"),
+    ];
+    pbx.tracker.reconcile(&live, since, &mut pbx.out);
+    assert!(pbx.sent().is_empty(), "{:?}", pbx.sent());
+}

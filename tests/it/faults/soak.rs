@@ -8,8 +8,9 @@
 //! what a SIGKILL leaves in doubt, which `support::traffic` excuses only where the kills
 //! and Zammad's requests show such a doubt (its module doc says exactly when).
 //!
-//! Traffic goes on while a restarted daemon logs in and asks for the live channels, so
-//! events arrive between its login and its list, as with a real Asterisk.
+//! Traffic goes on while a restarted daemon logs in and asks for the live channels, and
+//! the list takes 300 ms to come, so events arrive between its login and its list, as
+//! with a real Asterisk.
 //!
 //! The run is drawn from one seed: the calls (shapes, numbers, timing) and the faults
 //! (kinds, times, lengths). `AZB_SOAK_SEED` replays a run's plan (the daemon's own timing
@@ -25,7 +26,6 @@ use super::{Drain, Lab, drain_and_judge, fail, ms, secs};
 use crate::support::traffic::{PlanSpec, Player};
 use asterisk_zammad_bridge::standins::zammad::AfterFault;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 /// The faults a run injects.
@@ -238,20 +238,21 @@ async fn soak(name: &str, size: Size) {
     spec.min_calls = calls;
     let actions = schedule(size.seed, span, profile);
     println!(
-        "[{name}] {}: {calls} calls over {} s, {} fault actions planned",
+        "[{name}] {}: {calls} calls over {} s, {} fault actions planned; the faults as they come:",
         size.replay(),
         size.seconds,
         actions.len()
     );
 
     let mut lab = Lab::start(&format!("soak-{name}")).await;
+    // Asterisk takes a while to list hundreds of channels, and calls go on meanwhile.
+    lab.ami.set_list_delay(ms(300));
     let mut player = Player::new(&lab.ami, &spec);
     assert!(
         player.wait_connected(secs(15)).await,
         "the daemon logs in to AMI"
     );
     let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();
-    let mut timeline = String::new();
     for (at, action) in actions {
         player.play_until(at).await;
         let (fault, what) = match action {
@@ -323,8 +324,7 @@ async fn soak(name: &str, size: Size) {
         if let Some(fault) = fault {
             *injected.entry(fault).or_default() += 1;
         }
-        let _ = writeln!(
-            timeline,
+        println!(
             "[{name}]   {:>8.3} s  {} calls started  {what}",
             at.as_secs_f64(),
             player.started()
@@ -335,7 +335,7 @@ async fn soak(name: &str, size: Size) {
     lab.zammad.set_delay(Duration::ZERO);
     if !lab.bridge.running() {
         lab.bridge.spawn();
-        let _ = writeln!(timeline, "[{name}]   end: started again");
+        println!("[{name}]   end: started again");
     }
     let drain = Drain {
         quiet: profile.quiet,
@@ -361,7 +361,7 @@ async fn soak(name: &str, size: Size) {
     .map(|(what, n)| format!("{what} {n}"))
     .join(", ");
     println!(
-        "[{name}] fault timeline:\n{timeline}{}[{name}] {}: {} calls; faults injected {} ({}); lost {}, duplicated hangups {}, out of order {}, left open {}, answered shown as missed {}; excused, in doubt at a SIGKILL: {excused}; answered calls no daemon saw answered: {}; waited {:.1} s for zammad, {:.1} s in all; {}",
+        "{}[{name}] {}: {} calls; faults injected {} ({}); lost {}, duplicated hangups {}, out of order {}, left open {}, answered shown as missed {}; excused, in doubt at a SIGKILL: {excused}; answered calls no daemon saw answered: {}; waited {:.1} s for zammad, {:.1} s in all; {}",
         verdict.report,
         size.replay(),
         t.calls,

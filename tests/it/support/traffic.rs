@@ -727,8 +727,8 @@ pub struct Player<'a> {
     process_first_login: usize,
     /// Per login after the first traffic: whether the daemon asked for the live channels.
     pub logins: Vec<(usize, bool)>,
-    /// `CoreShowChannels` actions seen so far, and when each was noticed (with the login
-    /// it came on).
+    /// Channel lists handed out so far, and when each was noticed (with the login it came
+    /// on).
     lists_seen: usize,
     lists: Vec<(usize, Instant)>,
     pub events_sent: usize,
@@ -895,14 +895,10 @@ impl<'a> Player<'a> {
         }
     }
 
-    /// Notes the `CoreShowChannels` lists handed out since the last look, and which calls
-    /// each showed: the channels as they are now, since nothing was played meanwhile.
+    /// Notes the channel lists handed out since the last look, and which calls each
+    /// showed: the channels as they are now, since nothing was played meanwhile.
     fn observe_lists(&mut self) {
-        let is_list = |a: &AmiMessage| {
-            a.get("Action")
-                .is_some_and(|n| n.eq_ignore_ascii_case("CoreShowChannels"))
-        };
-        let lists = self.ami.actions().iter().filter(|a| is_list(a)).count();
+        let lists = self.ami.lists();
         if lists <= self.lists_seen {
             return;
         }
