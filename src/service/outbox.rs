@@ -11,7 +11,8 @@
 //! daemon commits it before pushing), an `answer` or `hangup` is marked as being sent
 //! before it goes out, and each event is marked done once delivered or given up. After a
 //! restart, [`Outbox::restore`] sends what was left; of the events in doubt (their sending
-//! had started), only a `newCall` ([`resend_in_doubt`]). The outbox is bounded: past `max_items` undelivered
+//! had started), all but the `hangup` of a missed inbound call ([`resend_in_doubt`]). The
+//! outbox is bounded: past `max_items` undelivered
 //! events, new calls are not taken ([`Outbox::admit`]); calls already in it go on.
 
 use crate::ami::backoff::Backoff;
@@ -33,12 +34,11 @@ use tracing::{Instrument, error, info, info_span, warn};
 /// Whether an event whose sending had started when the daemon stopped is sent again: the
 /// cheaper side of the doubt (docs/persistence.md, "Events in doubt"). An attempt that
 /// certainly did not reach Zammad is unmarked before the next one, so an event still
-/// marked was most likely on its way: Zammad most likely has it. A second
-/// `newCall` costs nothing ("already exists"), so it is sent again; a second `answer`
-/// would restart the talk time and a second `hangup` turn a missed call into a handled
-/// one, so those are not.
+/// marked was most likely on its way: it is sent again when a second copy costs less than
+/// a lost one ([`CtiRequest::safe_to_repeat`]), which is all but the `hangup` of a missed
+/// inbound call.
 fn resend_in_doubt(request: &CtiRequest) -> bool {
-    request.event == CtiEventKind::NewCall
+    request.safe_to_repeat()
 }
 
 /// Zammad's answer to a call's `newCall`, for whoever acts on it (reject, dial).
@@ -437,17 +437,22 @@ mod tests {
     }
 
     #[test]
-    fn only_a_newcall_is_sent_again_in_doubt() {
+    fn in_doubt_only_the_hangup_of_a_missed_inbound_call_is_not_sent_again() {
         use CtiEventKind::{Answer, Hangup, NewCall};
         use Direction::{In, Out};
         for (event, direction, cause, resend) in [
             (NewCall, In, None, true),
             (NewCall, Out, None, true),
-            (Answer, In, None, false),
-            (Answer, Out, None, false),
-            (Hangup, In, Some(Cause::NormalClearing), false),
-            (Hangup, Out, Some(Cause::NormalClearing), false),
+            (Answer, In, None, true),
+            (Answer, Out, None, true),
+            (Hangup, In, Some(Cause::NormalClearing), true),
+            (Hangup, In, Some(Cause::Forwarded), true),
+            (Hangup, Out, Some(Cause::NormalClearing), true),
+            (Hangup, Out, Some(Cause::NoAnswer), true),
             (Hangup, In, Some(Cause::Cancel), false),
+            (Hangup, In, Some(Cause::NoAnswer), false),
+            (Hangup, In, Some(Cause::Busy), false),
+            (Hangup, In, None, false),
         ] {
             assert_eq!(
                 resend_in_doubt(&request(event, direction, cause)),

@@ -128,6 +128,30 @@ impl CtiRequest {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a CtiRequest always serialises")
     }
+
+    /// Whether a second copy of this event costs less than its loss, when Zammad may or
+    /// may not have the first because the daemon died while sending it (the kill may
+    /// have come before the request's bytes left; docs/persistence.md, "Events in
+    /// doubt"). A live attempt that timed out or was cut off after its request was
+    /// written is another matter: Zammad most likely has it, and
+    /// [`crate::zammad::ZammadError::retryable`] does not send a hangup again. True
+    /// for a `newCall` (a second one is answered "already exists"), an `answer` (a second
+    /// one only moves the talk time's start; a lost one shows a handled call as missed),
+    /// and the `hangup` of an answered, forwarded or outbound call (a second one only
+    /// moves its end; a lost one leaves it open in Zammad for good). False for the
+    /// `hangup` of an inbound call nobody answered: Zammad's missed rule fires only on
+    /// the first hangup, so a second one turns the missed call into a handled one, while
+    /// a lost one leaves it shown as not done. The tracker gives a hangup the cause
+    /// `normalClearing` exactly when its call was answered.
+    pub fn safe_to_repeat(&self) -> bool {
+        match self.event {
+            CtiEventKind::NewCall | CtiEventKind::Answer => true,
+            CtiEventKind::Hangup => {
+                self.direction == Direction::Out
+                    || matches!(self.cause, Some(Cause::NormalClearing | Cause::Forwarded))
+            }
+        }
+    }
 }
 
 /// What Zammad answered to a `newCall` (ignored for the other events).

@@ -1134,13 +1134,12 @@ impl Runs<'_> {
     }
 }
 
-/// Whether the daemon sends an `answer` or `hangup` again after a restart when its
-/// sending had started (docs/persistence.md, "Events in doubt": the cheaper side of each
-/// doubt). `missed`: an inbound call nobody answered, as Zammad has it. Today's table
-/// sends neither again, whatever the call.
+/// Whether the daemon sends an event again after a restart when its sending had started
+/// (docs/persistence.md, "Events in doubt": the cheaper side of each doubt). `missed`: an
+/// inbound call nobody answered, as Zammad has it. Everything is sent again but the
+/// `hangup` of a missed call.
 fn resent_in_doubt(event: &str, missed: bool) -> bool {
-    let _ = missed;
-    event == "newCall"
+    !(event == "hangup" && missed)
 }
 
 /// Why `event` ("answer" or "hangup") of `call` may have been in doubt at a kill (its
