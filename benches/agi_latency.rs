@@ -54,12 +54,14 @@ const STEPS: [&str; 4] = [
 fn main() {
     // The daemon gets a runtime of its own, as it would be a process of its own; the
     // stand-ins share the other one (and the same two cores).
-    let daemon_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("daemon")
-        .enable_all()
-        .build()
-        .expect("daemon runtime");
+    let daemon_rt = daemon::runtime().expect("daemon runtime");
+    let daemon_handle = daemon_rt.handle().clone();
+    // The daemon's runtime runs its tasks on the thread that drives it, as the daemon's
+    // main thread does.
+    std::thread::Builder::new()
+        .name("daemon".into())
+        .spawn(move || daemon_rt.block_on(std::future::pending::<()>()))
+        .expect("daemon thread");
     let stand_ins_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("stand-ins")
@@ -68,7 +70,7 @@ fn main() {
         .expect("stand-ins runtime");
     for (zammad_delay, sessions_per_peer) in PACES {
         stand_ins_rt.block_on(bench(
-            daemon_rt.handle().clone(),
+            daemon_handle.clone(),
             zammad_delay,
             sessions_per_peer,
         ));

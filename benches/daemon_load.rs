@@ -261,6 +261,9 @@ async fn rate_mode() {
     let mut next_call = 0u64;
     let mut max_depth = 0u64;
     let mut next_probe = Instant::now();
+    // RSS as the calls handled grow, at every tenth of the run: flat after warm-up, or not.
+    let mut rss_marks: Vec<(u64, u64)> = Vec::new();
+    let mark_every = (total / 10).max(1);
     let mut buf = BytesMut::new();
     while next_call < total || !active.is_empty() {
         let now = began.elapsed();
@@ -287,6 +290,9 @@ async fn rate_mode() {
         if Instant::now() >= next_probe {
             max_depth = max_depth.max(outbox_depth(&admin).await.unwrap_or(0));
             next_probe = Instant::now() + Duration::from_millis(250);
+            if next_call >= mark_every * (rss_marks.len() as u64 + 1) {
+                rss_marks.push((next_call, daemon.status_kib("VmRSS")));
+            }
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -319,6 +325,15 @@ async fn rate_mode() {
         rss_start as f64 / 1024.0,
         daemon.status_kib("VmHWM") as f64 / 1024.0,
         daemon.status_kib("VmRSS") as f64 / 1024.0,
+    );
+    let marks: Vec<String> = rss_marks
+        .iter()
+        .map(|(calls, kib)| format!("{calls}: {:.1}", *kib as f64 / 1024.0))
+        .collect();
+    println!(
+        "daemon RSS in MiB as calls started grew (about {} open at any time): {}",
+        rate * (hold.as_millis() as u64) / 1000,
+        marks.join(", ")
     );
     check_complete(&zammad, total as usize);
 }

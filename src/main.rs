@@ -106,10 +106,7 @@ fn run(path: &Path) -> ExitCode {
 }
 
 fn run_daemon(config: Config, path: &Path) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the tokio runtime")?;
+    let runtime = daemon::runtime().context("failed to start the tokio runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let mut term = signal(SignalKind::terminate()).context("failed to listen for SIGTERM")?;

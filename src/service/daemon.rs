@@ -42,6 +42,19 @@ use tracing::{error, info, warn};
 /// Most inputs taken into one batch (one journal commit).
 const MAX_BATCH: usize = 512;
 
+/// The runtime the daemon runs on: one thread for all of its tasks (the AMI reader, the
+/// tracker loop, the outbox's workers and their HTTP, the FastAGI sessions, the admin
+/// listener), plus the journal's sync thread and tokio's pool for blocking calls (name
+/// lookups). Events arrive one by one, a few microseconds of work each: on a runtime with
+/// a thread per core, most of an event's cost was waking the task on another thread (a
+/// futex call each way) to hand it over, not the work. One thread keeps each hand-over a
+/// push to a local queue, and a few hundred calls a second use a small part of it.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 /// A request on its way to the outbox, with who waits for Zammad's answer to it.
 struct Pending {
     request: CtiRequest,
