@@ -63,6 +63,12 @@ use model::{Call, Channel, RecentlyEnded};
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+/// The tracker's maps, keyed by Asterisk's Uniqueids and Linkedids: looked up several
+/// times per event, so hashed with foldhash (seeded per process) rather than SipHash,
+/// whose resistance to chosen keys buys nothing against ids the PBX makes.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 /// Everything the tracker needs from the config, compiled once.
 #[derive(Debug, Clone)]
 pub struct TrackerSettings {
@@ -93,10 +99,10 @@ impl TrackerSettings {
 #[derive(Debug)]
 pub struct Tracker {
     settings: TrackerSettings,
-    channels: HashMap<Box<str>, Channel>,
-    calls: HashMap<Box<str>, Call>,
+    channels: FastMap<Box<str>, Channel>,
+    calls: FastMap<Box<str>, Call>,
     /// Linkedids adopted by a call other than their own (after merges), to that call's key.
-    aliases: HashMap<Box<str>, Box<str>>,
+    aliases: FastMap<Box<str>, Box<str>>,
     /// Keys of the last calls that ended (oldest first), so that a FastAGI claim arriving
     /// after its call's last AMI event does not bring the call back.
     ended: RecentlyEnded,
@@ -108,10 +114,10 @@ pub struct Tracker {
     /// The time the daemon last told ([`Tracker::set_now`]), in seconds.
     now: u64,
     /// Calls changed since the last [`Tracker::take_changes`].
-    dirty: HashSet<Box<str>>,
+    dirty: FastSet<Box<str>>,
     /// Calls whose record the state dir holds, with a hash of that record, so that an event
     /// that changes nothing a restart needs writes nothing.
-    stored: HashMap<Box<str>, u64>,
+    stored: FastMap<Box<str>, u64>,
     /// Whether [`Tracker::take_changes`] is used (the daemon); `replay` leaves it off.
     persisting: bool,
     /// Calls emptied by a re-link during the current event ([`Tracker::end_emptied`]).
@@ -122,15 +128,15 @@ impl Tracker {
     pub fn new(settings: TrackerSettings) -> Self {
         Self {
             settings,
-            channels: HashMap::new(),
-            calls: HashMap::new(),
-            aliases: HashMap::new(),
+            channels: FastMap::default(),
+            calls: FastMap::default(),
+            aliases: FastMap::default(),
             ended: RecentlyEnded::default(),
             hung_up: RecentlyEnded::default(),
             events: 0,
             now: 0,
-            dirty: HashSet::new(),
-            stored: HashMap::new(),
+            dirty: FastSet::default(),
+            stored: FastMap::default(),
             persisting: false,
             emptied: Vec::new(),
         }

@@ -2,11 +2,12 @@
 //! a call (the channels sharing its Linkedid), and the small helpers to read AMI channel
 //! blocks. Plain data: the rules that change it live beside it in `calls`.
 
+use super::FastSet;
 use crate::ami::AmiMessage;
 use crate::calls::cause::CallOutcome;
 use crate::zammad::cti::{CallId, Direction};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 
 /// One channel (Uniqueid) as far as call tracking needs it.
 #[derive(Debug)]
@@ -188,7 +189,7 @@ pub(super) struct Call {
 #[derive(Debug, Default)]
 pub(super) struct RecentlyEnded {
     pub(super) order: VecDeque<Box<str>>,
-    pub(super) keys: HashSet<Box<str>>,
+    pub(super) keys: FastSet<Box<str>>,
 }
 
 impl RecentlyEnded {

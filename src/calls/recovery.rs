@@ -43,11 +43,20 @@ impl Tracker {
     /// forget (the call ended, or is no longer one Zammad hears of).
     pub fn take_changes(&mut self) -> Vec<(String, Option<CallRecord>)> {
         let mut changes = Vec::with_capacity(self.dirty.len());
-        for key in std::mem::take(&mut self.dirty) {
+        // Drained and put back, so that the set keeps its room for the next batch.
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for key in dirty.drain() {
             match self.calls.get(&*key).filter(|c| c.reported && !c.ended) {
                 Some(call) => {
                     let hash = self.fingerprint(call);
-                    if self.stored.insert(key.clone(), hash) != Some(hash) {
+                    let changed = match self.stored.get_mut(&*key) {
+                        Some(stored) => std::mem::replace(stored, hash) != hash,
+                        None => {
+                            self.stored.insert(key.clone(), hash);
+                            true
+                        }
+                    };
+                    if changed {
                         changes.push((key.to_string(), Some(self.record_of(call))));
                     }
                 }
@@ -58,6 +67,7 @@ impl Tracker {
                 }
             }
         }
+        self.dirty = dirty;
         changes
     }
 
@@ -66,8 +76,8 @@ impl Tracker {
     /// left out: they change on most events, and after a restart Asterisk's channel list
     /// brings them up to date (`reconcile`) before anything reads them.
     fn fingerprint(&self, call: &Call) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = foldhash::fast::FixedState::with_seed(0).build_hasher();
         call.call_id.hash(&mut h);
         call.direction.hash(&mut h);
         call.origin.hash(&mut h);
