@@ -49,6 +49,8 @@ struct Item {
     seq: u64,
     request: CtiRequest,
     decision: Option<DecisionSender>,
+    /// Not sent before then (an event in doubt after a restart: see `restore`).
+    not_before: Option<Instant>,
 }
 
 /// Cloneable handle to the outbox.
@@ -137,6 +139,7 @@ impl Outbox {
             seq,
             request,
             decision: None,
+            not_before: None,
         });
     }
 
@@ -146,26 +149,48 @@ impl Outbox {
             seq,
             request,
             decision: Some(decision),
+            not_before: None,
         });
     }
 
-    /// Queues what the state journal held at start-up, in order (see the module doc).
+    /// Queues what the state journal held at start-up, in order (see the module doc). An
+    /// event in doubt that is sent again waits `zammad.timeout` first, and its call's
+    /// later events behind it: the stopped daemon's attempt may still be on its way or
+    /// in Zammad's hands, and Zammad handles two events of one call at once in no sure
+    /// order (an `answer` racing a `hangup` can reopen the call). By then that attempt
+    /// had timed out, had it lived.
     pub fn restore(&self, items: BTreeMap<u64, StoredItem>) {
         let mut dropped = Vec::new();
+        let settled = Instant::now() + self.client.timeout();
         for (seq, item) in items {
             let event = item.request.event;
-            if item.sending && !resend_in_doubt(&item.request) {
+            let in_doubt = item.sending;
+            if in_doubt && !resend_in_doubt(&item.request) {
                 warn!(
                     call_id = %item.request.call_id,
                     direction = item.request.direction.as_str(),
                     event = event.as_str(),
-                    "was being sent when the daemon stopped: zammad most likely has it; not \
-                     sent again"
+                    "was being sent when the daemon stopped: zammad most likely has it, and \
+                     a second one would turn its missed call into a handled one; not sent again"
                 );
                 dropped.push(Record::Done { seq });
                 continue;
             }
-            self.push(seq, item.request);
+            if in_doubt {
+                info!(
+                    call_id = %item.request.call_id,
+                    direction = item.request.direction.as_str(),
+                    event = event.as_str(),
+                    "was being sent when the daemon stopped: sent again once zammad.timeout \
+                     has passed"
+                );
+            }
+            self.push_item(Item {
+                seq,
+                request: item.request,
+                decision: None,
+                not_before: in_doubt.then_some(settled),
+            });
         }
         self.store.record(dropped);
     }
@@ -320,8 +345,16 @@ impl Worker {
             seq,
             request,
             decision,
+            not_before,
         } = item;
         let event = request.event;
+        if let Some(at) = not_before {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.into()) => {}
+                // Still in doubt: it stays in the journal, marked, for the next start.
+                _ = self.cancel.cancelled() => return Outcome::Kept,
+            }
+        }
         self.retry.reset();
         // An answer or hangup is marked as being sent before each attempt, and unmarked
         // when an attempt certainly did not reach Zammad, so that after a crash the

@@ -248,6 +248,11 @@ impl ZammadClient {
         &self.redacted
     }
 
+    /// How long a request may take (`zammad.timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Waits for a turn to send: at most [`MAX_IN_FLIGHT`] requests are in flight at once.
     /// Take it before anything that says a request may have reached Zammad (the outbox's
     /// "sending" mark): the wait for it is certainly not a send.

@@ -7,7 +7,9 @@ use crate::support::call_events;
 use crate::support::encode;
 use crate::support::harness::Harness;
 use asterisk_zammad_bridge::ami::AmiMessage;
+use asterisk_zammad_bridge::service::journal::{Journal, Record};
 use asterisk_zammad_bridge::standins::zammad::FakeZammadConfig;
+use asterisk_zammad_bridge::zammad::cti::{CallId, Cause, CtiEventKind, CtiRequest, Direction};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -190,5 +192,89 @@ async fn a_call_silent_for_longer_than_stale_after_is_ended() {
         ev(&[("event", "hangup"), ("cause", "normalClearing")])
     );
     assert_eq!(h.zammad.violations(), Vec::<String>::new());
+    h.stop().await;
+}
+
+/// A journal as a daemon killed while sending `in_doubt` (an `answer`, or the `hangup`
+/// ending with `cause`) left it: call 1900000000.18's `newCall` still to send (Zammad was down),
+/// then `in_doubt`, marked "being sent" (Zammad came back just then), then, after an
+/// `answer`, the call's `hangup`.
+fn journal_killed_while_sending(dir: &std::path::Path, in_doubt: CtiEventKind, cause: Cause) {
+    let request = |event, cause| CtiRequest {
+        event,
+        direction: Direction::In,
+        call_id: CallId("1900000000.18".into()),
+        from: "4930555".into(),
+        to: "4930100".into(),
+        user: None,
+        queue: None,
+        answering_number: None,
+        cause,
+    };
+    let item = |seq, request| Record::Item { seq, request };
+    let mut records = vec![item(1, request(CtiEventKind::NewCall, None))];
+    if in_doubt == CtiEventKind::Answer {
+        records.push(item(2, request(CtiEventKind::Answer, None)));
+        records.push(item(3, request(CtiEventKind::Hangup, Some(cause))));
+    } else {
+        records.push(item(2, request(CtiEventKind::Hangup, Some(cause))));
+    }
+    records.push(Record::Sending { seq: 2 });
+    Journal::open(dir).unwrap().append(records).unwrap();
+}
+
+#[tokio::test]
+async fn an_event_in_doubt_after_a_kill_is_sent_again_once_the_killed_attempt_is_over() {
+    // The killed daemon was sending the answer of call 1900000000.18 (answered: its hangup says
+    // normalClearing). A second answer costs less than a handled call shown as missed, so
+    // it goes again, but only once zammad.timeout has passed since the start: the killed
+    // attempt may still be in Zammad's hands, and the hangup must not overtake it. The
+    // newCall before it was certainly not sent yet: it goes at once.
+    let dir = crate::support::temp_dir("doubt");
+    journal_killed_while_sending(&dir, CtiEventKind::Answer, Cause::NormalClearing);
+    let started = Instant::now();
+    let h = Harness::start(FakeZammadConfig::default(), |c| {
+        c.state.dir = dir.clone();
+        c.zammad.timeout = Duration::from_millis(1500);
+    })
+    .await;
+    wait_until("the three events", || accepted(&h, 9).len() == 3).await;
+    let requests = h.zammad.requests();
+    let at = |event: &str| {
+        let r = requests.iter().find(|r| r.event() == Some(event)).unwrap();
+        r.received_at.into_std() - started
+    };
+    assert!(
+        at("newCall") < Duration::from_millis(1000),
+        "{:?}",
+        at("newCall")
+    );
+    assert!(
+        at("answer") >= Duration::from_millis(1500),
+        "the answer waited out zammad.timeout: {:?}",
+        at("answer")
+    );
+    assert!(at("hangup") >= at("answer"));
+    assert_eq!(h.zammad.violations(), Vec::<String>::new());
+    h.stop().await;
+
+    // The hangup of a missed call in doubt is not sent again: a second one would turn
+    // Zammad's missed call into a handled one.
+    let dir = crate::support::temp_dir("doubt-missed");
+    journal_killed_while_sending(&dir, CtiEventKind::Hangup, Cause::Cancel);
+    let h = Harness::start(FakeZammadConfig::default(), |c| {
+        c.state.dir = dir.clone();
+        c.zammad.timeout = Duration::from_millis(300);
+    })
+    .await;
+    wait_until("the newCall", || accepted(&h, 9).len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let events: Vec<String> = h
+        .zammad
+        .requests()
+        .iter()
+        .map(|r| r.event().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(events, ["newCall"]);
     h.stop().await;
 }
