@@ -2,8 +2,8 @@
 //! order, different calls concurrently.
 //!
 //! Owns the per-call queues, the retry policy (docs/zammad.md, "Errors and retries": a
-//! duplicate `newCall` counts as delivered, an unknown callId is permanent, a `hangup` is
-//! only retried when it certainly did not reach Zammad) and what happens to a call whose
+//! duplicate `newCall` counts as delivered, an unknown callId is permanent, the `hangup` of
+//! a missed inbound call is only retried when it certainly did not reach Zammad) and what happens to a call whose
 //! `newCall` Zammad refused (its later events are dropped: Zammad would answer them with
 //! 500s). `push` never blocks, so the AMI side never waits on HTTP.
 //!
@@ -381,10 +381,12 @@ impl Worker {
                 Err(e) if e.counts_as_delivered(event) => {
                     (Some(Outcome::Delivered), CtiOutcome::Duplicate)
                 }
-                Err(e) if e.retryable(event) && !self.cancel.is_cancelled() => {
+                Err(e) if e.retryable(&request) && !self.cancel.is_cancelled() => {
                     (None, CtiOutcome::Retried)
                 }
-                Err(e) if e.retryable(event) && seq != 0 => (Some(Outcome::Kept), CtiOutcome::Kept),
+                Err(e) if e.retryable(&request) && seq != 0 => {
+                    (Some(Outcome::Kept), CtiOutcome::Kept)
+                }
                 Err(e) => match self.give_up(event, e) {
                     Outcome::CallRefused => (Some(Outcome::CallRefused), CtiOutcome::Refused),
                     other => (Some(other), CtiOutcome::Dropped),

@@ -125,18 +125,16 @@ impl ZammadError {
     }
 
     /// Whether sending the same event again is safe and may help (docs/zammad.md, "Errors
-    /// and retries").
-    ///
-    /// - newCall: a retry that finds the first one delivered gets "already exists", which
-    ///   [`ZammadError::counts_as_delivered`] accepts; so retry anything transient.
-    /// - answer: a second answer only moves `start_at`; retry anything transient.
-    /// - hangup: a second hangup recomputes `done` and can turn a missed call into a
-    ///   handled one, so retry only when the first certainly did not reach Zammad
-    ///   ([`ZammadError::certainly_not_processed`] and transient: Connect, 502, 503).
+    /// and retries"): the error is transient, and either the attempt certainly did not
+    /// reach Zammad ([`ZammadError::certainly_not_processed`]: Connect, 502, 503) or a
+    /// second copy costs less than a lost one ([`CtiRequest::safe_to_repeat`]: everything
+    /// but the `hangup` of an inbound call nobody answered, which a second hangup would
+    /// turn from missed into handled). A `newCall` that finds the first delivered gets
+    /// "already exists", which [`ZammadError::counts_as_delivered`] accepts.
     ///
     /// Wrong tokens, a disabled integration and refused bodies are not transient: they
     /// need a human, and the caller logs them.
-    pub fn retryable(&self, event: CtiEventKind) -> bool {
+    pub fn retryable(&self, request: &CtiRequest) -> bool {
         let transient = matches!(
             self,
             ZammadError::Connect(_)
@@ -144,10 +142,7 @@ impl ZammadError {
                 | ZammadError::Interrupted(_)
                 | ZammadError::Unavailable { .. }
         );
-        match event {
-            CtiEventKind::NewCall | CtiEventKind::Answer => transient,
-            CtiEventKind::Hangup => transient && self.certainly_not_processed(),
-        }
+        transient && (request.safe_to_repeat() || self.certainly_not_processed())
     }
 
     /// Whether the event should be treated as delivered despite the error: a newCall
@@ -551,6 +546,15 @@ mod tests {
         }
     }
 
+    /// A request of kind `event`; a `hangup` is that of a missed inbound call, the one
+    /// event a second copy of which costs more than its loss.
+    fn of(event: CtiEventKind) -> CtiRequest {
+        CtiRequest {
+            cause: (event == CtiEventKind::Hangup).then_some(Cause::Cancel),
+            ..req(event, Direction::In, "c1", "4930111", "4940222")
+        }
+    }
+
     /// The token appears nowhere in the error, its sources or its Debug form.
     fn assert_no_token(error: &ZammadError) {
         let mut texts = vec![format!("{error:?}")];
@@ -660,7 +664,7 @@ mod tests {
         // The client with the right token: its errors never show it either.
         let error = send_err(&client(&fz), &hangup("c1")).await;
         assert!(matches!(error, ZammadError::UnknownCall), "{error:?}");
-        assert!(!error.retryable(CtiEventKind::Hangup));
+        assert!(!error.retryable(&of(CtiEventKind::Hangup)));
     }
 
     #[tokio::test]
@@ -702,7 +706,7 @@ mod tests {
         assert!(matches!(error, ZammadError::AlreadyExists), "{error:?}");
         assert!(error.counts_as_delivered(CtiEventKind::NewCall));
         assert!(!error.counts_as_delivered(CtiEventKind::Answer));
-        assert!(!error.retryable(CtiEventKind::NewCall));
+        assert!(!error.retryable(&of(CtiEventKind::NewCall)));
     }
 
     #[tokio::test]
@@ -712,7 +716,7 @@ mod tests {
         for r in [answer("nope"), hangup("nope")] {
             let error = send_err(&client, &r).await;
             assert!(matches!(error, ZammadError::UnknownCall), "{error:?}");
-            assert!(!error.retryable(r.event));
+            assert!(!error.retryable(&r));
             assert!(!error.counts_as_delivered(r.event));
         }
     }
@@ -753,9 +757,11 @@ mod tests {
             ZammadError::Timeout { timeout } => assert_eq!(*timeout, Duration::from_millis(250)),
             other => panic!("{other:?}"),
         }
-        assert!(error.retryable(CtiEventKind::NewCall));
-        assert!(error.retryable(CtiEventKind::Answer));
-        assert!(!error.retryable(CtiEventKind::Hangup));
+        assert!(error.retryable(&of(CtiEventKind::NewCall)));
+        assert!(error.retryable(&of(CtiEventKind::Answer)));
+        assert!(!error.retryable(&of(CtiEventKind::Hangup)));
+        // The hangup of an answered call: a second one costs less than a call left open.
+        assert!(error.retryable(&hangup("c1")));
         // Zammad finished the request after the client gave up: "may have reached".
         fz.wait_for_answered(1).await;
         assert!(fz.log("c1").is_some());
@@ -772,7 +778,7 @@ mod tests {
             CtiEventKind::Answer,
             CtiEventKind::Hangup,
         ] {
-            assert!(error.retryable(event), "{event:?}");
+            assert!(error.retryable(&of(event)), "{event:?}");
         }
     }
 
@@ -916,7 +922,7 @@ mod tests {
                 other => panic!("{status}: {other:?}"),
             }
             assert!(error.to_string().contains("set zammad.url"), "{error}");
-            assert!(!error.retryable(CtiEventKind::NewCall));
+            assert!(!error.retryable(&of(CtiEventKind::NewCall)));
             assert!(!error.counts_as_delivered(CtiEventKind::NewCall));
             let heads = seen.lock().unwrap().clone();
             assert_eq!(heads.len(), 1, "{heads:?}");
@@ -1146,9 +1152,9 @@ mod tests {
         ];
         for (error, new_call, answer, hangup) in cases {
             let got = [
-                error.retryable(CtiEventKind::NewCall),
-                error.retryable(CtiEventKind::Answer),
-                error.retryable(CtiEventKind::Hangup),
+                error.retryable(&of(CtiEventKind::NewCall)),
+                error.retryable(&of(CtiEventKind::Answer)),
+                error.retryable(&of(CtiEventKind::Hangup)),
             ];
             assert_eq!(got, [new_call, answer, hangup], "{error:?}");
         }

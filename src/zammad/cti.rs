@@ -130,11 +130,9 @@ impl CtiRequest {
     }
 
     /// Whether a second copy of this event costs less than its loss, when Zammad may or
-    /// may not have the first because the daemon died while sending it (the kill may
-    /// have come before the request's bytes left; docs/persistence.md, "Events in
-    /// doubt"). A live attempt that timed out or was cut off after its request was
-    /// written is another matter: Zammad most likely has it, and
-    /// [`crate::zammad::ZammadError::retryable`] does not send a hangup again. True
+    /// may not have the first: an attempt timed out, was cut off or answered 504, or the
+    /// daemon died while sending it (docs/zammad.md, "Errors and retries";
+    /// docs/persistence.md, "Events in doubt"). True
     /// for a `newCall` (a second one is answered "already exists"), an `answer` (a second
     /// one only moves the talk time's start; a lost one shows a handled call as missed),
     /// and the `hangup` of an answered, forwarded or outbound call (a second one only

@@ -361,7 +361,7 @@ async fn soak(name: &str, size: Size) {
     .map(|(what, n)| format!("{what} {n}"))
     .join(", ");
     println!(
-        "{}[{name}] {}: {} calls; faults injected {} ({}); lost {}, duplicated hangups {}, out of order {}, left open {}, answered shown as missed {}; excused, in doubt at a SIGKILL: {excused}; answered calls no daemon saw answered: {}; waited {:.1} s for zammad, {:.1} s in all; {}",
+        "{}[{name}] {}: {} calls; faults injected {} ({}); lost {}, duplicated hangups {}, out of order {}, left open {}, answered shown as missed {}; excused, in doubt (a SIGKILL, or a request cut off): {excused}; answered calls no daemon saw answered: {}; waited {:.1} s for zammad, {:.1} s in all; {}",
         verdict.report,
         size.replay(),
         t.calls,

@@ -40,9 +40,12 @@
 //! second hangup, when the table sends a hangup again and the first was in doubt so. And
 //! whatever the table: an `answer` handled after the call's `hangup`, or two requests of
 //! one call in flight at once, when one of them was sent by a daemon killed before the
-//! other was sent (nobody can recall a request in flight). A second accepted `answer` is
-//! allowed: it is sent on purpose when Zammad may have the first (docs/zammad.md, "Errors
-//! and retries"). Each excuse is printed with the kill that makes it.
+//! other was sent (nobody can recall a request in flight). A live attempt Zammad cut off
+//! (reset, or 504) leaves the same doubt, handled or not, and the daemon takes the same
+//! side (docs/zammad.md, "Errors and retries"): a second hangup when the first was handled
+//! and then cut off, or a call left open when its last hangup was cut off unhandled, is
+//! excused on that side only. A second accepted `answer` is allowed: it is sent on purpose
+//! when Zammad may have the first. Each excuse is printed with what makes it.
 
 use crate::support::bridge::Run;
 use asterisk_zammad_bridge::ami::{AmiCodec, AmiMessage};
@@ -1020,6 +1023,8 @@ pub struct Tally {
     /// Breaches of Zammad's order rules (the stand-in's violations, other than the
     /// duplicates counted above), one line each.
     pub out_of_order: Vec<String>,
+    /// The calls of `out_of_order`, for their histories in a failure.
+    pub out_of_order_calls: Vec<String>,
     pub out_of_order_in_doubt: Vec<String>,
     /// Inbound calls answered at the PBX that Zammad shows as missed, although a daemon
     /// saw the answer.
@@ -1286,8 +1291,22 @@ fn judge(player: &Player<'_>, name: &str, zammad: &FakeZammad, runs: &[Run]) -> 
                 .then(|| in_doubt(player, call, requests, &runs, event))
                 .flatten()
         };
+        // A live attempt the daemon could not judge: Zammad cut the connection or
+        // answered 504, having handled the request or not.
+        let cut_off = |r: &RecordedRequest| matches!(r.status, Some(0 | 504));
         if !entry.hungup {
-            match doubt("hangup") {
+            let last = requests.iter().rev().find(|r| r.event() == Some("hangup"));
+            let live_doubt = (!resent_in_doubt("hangup", missed))
+                .then_some(last)
+                .flatten()
+                .filter(|r| cut_off(r))
+                .map(|r| {
+                    format!(
+                        "its last hangup was cut off ({}) unhandled: the daemon could not know",
+                        r.status.unwrap_or_default()
+                    )
+                });
+            match doubt("hangup").or(live_doubt) {
                 Some(why) => tally.left_open_in_doubt.push((id.clone(), why)),
                 None => tally.left_open.push(id.clone()),
             }
@@ -1304,14 +1323,26 @@ fn judge(player: &Player<'_>, name: &str, zammad: &FakeZammad, runs: &[Run]) -> 
                 .filter(|h| Some(runs.of(h.received_at)) < last_run)
                 .filter_map(|h| runs.open_at_kill(h))
                 .min();
-            match doubt {
-                Some(gap) if resent_in_doubt("hangup", missed) => {
+            // Or the first was handled and then cut off, so its daemon sent it again.
+            let first_cut_off = accepted
+                .iter()
+                .take(accepted.len().saturating_sub(1))
+                .find(|r| cut_off(r))
+                .map(|r| r.status.unwrap_or_default());
+            match (doubt, first_cut_off) {
+                (Some(gap), _) if resent_in_doubt("hangup", missed) => {
                     tally.duplicated_hangups_in_doubt.push((
                         id.clone(),
                         format!(
                             "its daemon was killed {} ms after zammad answered the first",
                             gap.as_millis()
                         ),
+                    ))
+                }
+                (_, Some(status)) if resent_in_doubt("hangup", missed) => {
+                    tally.duplicated_hangups_in_doubt.push((
+                        id.clone(),
+                        format!("zammad handled the first, then cut it off ({status})"),
                     ))
                 }
                 _ => tally.duplicated_hangups.push(id.clone()),
@@ -1425,6 +1456,7 @@ fn judge(player: &Player<'_>, name: &str, zammad: &FakeZammad, runs: &[Run]) -> 
             tally.out_of_order_in_doubt.push(line);
         } else {
             tally.out_of_order.push(line);
+            tally.out_of_order_calls.push(v.call_id.clone());
         }
     }
     let history = |id: &str| {
@@ -1561,7 +1593,7 @@ fn report(player: &Player<'_>, name: &str, tally: Tally) -> Verdict {
             .collect();
         let _ = writeln!(
             report,
-            "[{name}] calls left open, their hangup in doubt at a SIGKILL and not sent again (excused): {}",
+            "[{name}] calls left open, their hangup in doubt (a SIGKILL, or cut off) and not sent again (excused): {}",
             some(lines)
         );
     }
@@ -1586,7 +1618,7 @@ fn report(player: &Player<'_>, name: &str, tally: Tally) -> Verdict {
             .collect();
         let _ = writeln!(
             report,
-            "[{name}] calls hung up twice, the first in doubt at a SIGKILL (excused): {}",
+            "[{name}] calls hung up twice, the first in doubt (a SIGKILL, or cut off; excused): {}",
             some(lines)
         );
     }
@@ -1644,7 +1676,7 @@ fn report(player: &Player<'_>, name: &str, tally: Tally) -> Verdict {
                 tally.out_of_order.len(),
                 lines.join("; ")
             ),
-            &[],
+            &tally.out_of_order_calls,
         );
     }
     if !tally.wrong_causes.is_empty() {
