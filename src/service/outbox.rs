@@ -419,7 +419,15 @@ impl Worker {
                     return outcome;
                 }
                 None => {
-                    let delay = self.retry.next_delay();
+                    let mut delay = self.retry.next_delay();
+                    if let Err(e) = &result
+                        && !e.certainly_not_processed()
+                    {
+                        // Zammad may still be handling that attempt (a proxy's 504, a
+                        // timeout): the next waits until it would be over, as after a
+                        // restart, so that two of the call's requests never race there.
+                        delay = delay.max(self.client.timeout());
+                    }
                     if let Err(e) = &result {
                         warn!(event = event.as_str(), error = %e, retry_in = ?delay, "zammad did not take the event; retrying");
                     }

@@ -265,9 +265,10 @@ impl FakeZammad {
         let listener = ResettingListener {
             inner: listener,
             resets: shared.resets.clone(),
+            accepted: 0,
         };
         tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<Peer>();
+            let app = app.into_make_service_with_connect_info::<Connection>();
             let serve = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stopped.cancelled().await });
             if let Err(error) = serve.await {
@@ -563,7 +564,7 @@ enum Reply {
 
 async fn handle(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
-    axum::extract::ConnectInfo(Peer(peer)): axum::extract::ConnectInfo<Peer>,
+    axum::extract::ConnectInfo(Connection(connection)): axum::extract::ConnectInfo<Connection>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -574,7 +575,7 @@ async fn handle(
     // its own task so a client timeout does not cancel it.
     let task = tokio::spawn(serve_one(
         shared,
-        peer,
+        connection,
         received_at,
         method,
         uri,
@@ -589,7 +590,7 @@ async fn handle(
 
 async fn serve_one(
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    connection: u64,
     received_at: Instant,
     method: Method,
     uri: Uri,
@@ -711,7 +712,7 @@ async fn serve_one(
         if status == 0 {
             // Registered before the answer is written: the connection's next write fails
             // and resets it.
-            lock_resets(&shared.resets).insert(peer);
+            lock_resets(&shared.resets).insert(connection);
         }
     }
     shared.changed.notify_waiters();
@@ -720,22 +721,26 @@ async fn serve_one(
     (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-/// Client addresses of the connections to reset at their next write.
-type Resets = Arc<Mutex<HashSet<SocketAddr>>>;
+/// The connections to reset at their next write, by [`Connection`] number. Not by the
+/// client's address: a request keeps being handled after its client has gone (a killed
+/// daemon), and a reset it then asks for must not hit a later connection that happens to
+/// come from the same port.
+type Resets = Arc<Mutex<HashSet<u64>>>;
 
-fn lock_resets(resets: &Resets) -> MutexGuard<'_, HashSet<SocketAddr>> {
+fn lock_resets(resets: &Resets) -> MutexGuard<'_, HashSet<u64>> {
     resets.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The client's address, as the handler learns it (`ConnectInfo`).
+/// The connection a request came on, numbered by the listener, as the handler learns it
+/// (`ConnectInfo`).
 #[derive(Debug, Clone, Copy)]
-struct Peer(SocketAddr);
+struct Connection(u64);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ResettingListener>>
-    for Peer
+    for Connection
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, ResettingListener>) -> Self {
-        Peer(*stream.remote_addr())
+        Connection(stream.io().id)
     }
 }
 
@@ -744,6 +749,8 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Rese
 struct ResettingListener {
     inner: TcpListener,
     resets: Resets,
+    /// Connections accepted so far.
+    accepted: u64,
 }
 
 impl axum::serve::Listener for ResettingListener {
@@ -752,9 +759,10 @@ impl axum::serve::Listener for ResettingListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (inner, peer) = axum::serve::Listener::accept(&mut self.inner).await;
+        self.accepted += 1;
         let stream = ResettableStream {
             inner,
-            peer,
+            id: self.accepted,
             resets: self.resets.clone(),
         };
         (stream, peer)
@@ -765,17 +773,17 @@ impl axum::serve::Listener for ResettingListener {
     }
 }
 
-/// A connection whose next write, once its client's address is in `resets`, fails and
+/// A connection whose next write, once its number is in `resets`, fails and
 /// leaves the socket to be closed with a zero linger: the client sees a reset.
 struct ResettableStream {
     inner: TcpStream,
-    peer: SocketAddr,
+    id: u64,
     resets: Resets,
 }
 
 impl ResettableStream {
     fn reset_now(&self) -> Option<std::io::Error> {
-        if !lock_resets(&self.resets).remove(&self.peer) {
+        if !lock_resets(&self.resets).remove(&self.id) {
             return None;
         }
         if let Err(error) = self.inner.set_zero_linger() {
@@ -1429,6 +1437,66 @@ mod tests {
         FakeZammad::start(FakeZammadConfig::default())
             .await
             .unwrap()
+    }
+
+    /// A connection from local port `port` (0: any), ready to send.
+    async fn connect_from(fz: &FakeZammad, port: u16) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], port)))
+            .unwrap();
+        socket.connect(fz.addr()).await.unwrap()
+    }
+
+    fn new_call_request(call_id: &str) -> String {
+        let body = json!({"event": "newCall", "direction": "in", "callId": call_id,
+            "from": "4930555", "to": "4930100"})
+        .to_string();
+        format!(
+            "POST {} HTTP/1.1\r\nHost: zammad.test\r\nContent-Type: application/json\r\n\
+             Accept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            path(TOKEN),
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn a_reset_asked_for_a_client_gone_does_not_hit_the_next_connection_from_its_port() {
+        // A client (a daemon being killed) sends a newCall and is gone, hard (no
+        // TIME_WAIT), before the slow answer; Zammad handles it to the end, and the
+        // fault then asks for its connection to be reset.
+        let fz = start().await;
+        fz.set_delay(Duration::from_millis(300));
+        fz.fail_after(None, 1, AfterFault::Reset);
+        let mut gone = connect_from(&fz, 0).await;
+        let port = gone.local_addr().unwrap().port();
+        gone.write_all(new_call_request("c1").as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gone.set_zero_linger().unwrap();
+        drop(gone);
+        for _ in 0..100 {
+            if fz.requests().first().is_some_and(|r| r.status.is_some()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(fz.requests()[0].status, Some(0), "handled, then reset");
+        // The next client comes from the same port: its answer is its own, not a reset.
+        fz.clear_faults();
+        fz.set_delay(Duration::ZERO);
+        let mut next = connect_from(&fz, port).await;
+        next.write_all(new_call_request("c2").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        next.read_to_end(&mut out)
+            .await
+            .expect("answered, not reset");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     }
 
     fn new_call(dir: &str, id: &str, from: &str, to: &str) -> Value {

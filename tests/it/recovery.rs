@@ -278,3 +278,42 @@ async fn an_event_in_doubt_after_a_kill_is_sent_again_once_the_killed_attempt_is
     assert_eq!(events, ["newCall"]);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_cut_off_is_retried_only_once_zammad_would_be_done_with_it() {
+    // Zammad handles each request and a proxy answers 504 instead: the daemon cannot know
+    // whether it got through, so it sends the newCall again (a second one is harmless),
+    // but not before zammad.timeout has passed: Zammad may still be busy with the first,
+    // and two requests of one call must never be in its hands at once.
+    let h = Harness::start(FakeZammadConfig::default(), |c| {
+        c.zammad.timeout = Duration::from_millis(1200);
+    })
+    .await;
+    h.zammad.fail_after(
+        Some(Duration::from_millis(400)),
+        1,
+        asterisk_zammad_bridge::standins::zammad::AfterFault::GatewayTimeout,
+    );
+    h.ami.send_raw(encode(&call_events(4)));
+    // The first newCall was handled, so the second is answered "already exists" (a 500
+    // that counts as delivered): Zammad accepts the answer and the hangup after it.
+    wait_until("the answer and the hangup", || accepted(&h, 4).len() == 2).await;
+    let requests = h.zammad.requests();
+    let new_calls: Vec<_> = requests
+        .iter()
+        .filter(|r| r.event() == Some("newCall"))
+        .collect();
+    assert!(new_calls.len() >= 2, "{new_calls:?}");
+    assert_eq!(new_calls[0].status, Some(504));
+    let waited = new_calls[1].received_at - new_calls[0].answered_at.unwrap();
+    assert!(
+        waited >= Duration::from_millis(1150),
+        "retried after {waited:?}"
+    );
+    assert_eq!(
+        h.zammad.violations(),
+        ["callId \"1900000000.8\": duplicate newCall"],
+        "nothing but the second newCall it had to send"
+    );
+    h.stop().await;
+}
