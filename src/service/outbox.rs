@@ -153,12 +153,12 @@ impl Outbox {
         });
     }
 
-    /// Queues what the state journal held at start-up, in order (see the module doc). An
-    /// event in doubt that is sent again waits `zammad.timeout` first, and its call's
-    /// later events behind it: the stopped daemon's attempt may still be on its way or
-    /// in Zammad's hands, and Zammad handles two events of one call at once in no sure
-    /// order (an `answer` racing a `hangup` can reopen the call). By then that attempt
-    /// had timed out, had it lived.
+    /// Queues what the state journal held at start-up, in order (see the module doc).
+    /// They wait `zammad.timeout` first, and their calls' later events behind them: an
+    /// attempt of the stopped daemon (a `newCall` is not marked while sent; an `answer`
+    /// or `hangup` in doubt is) may still be on its way or in Zammad's hands, and Zammad
+    /// handles two events of one call at once in no sure order (an `answer` racing a
+    /// `hangup` can reopen the call). By then that attempt had timed out, had it lived.
     pub fn restore(&self, items: BTreeMap<u64, StoredItem>) {
         let mut dropped = Vec::new();
         let settled = Instant::now() + self.client.timeout();
@@ -189,7 +189,7 @@ impl Outbox {
                 seq,
                 request: item.request,
                 decision: None,
-                not_before: in_doubt.then_some(settled),
+                not_before: Some(settled),
             });
         }
         self.store.record(dropped);

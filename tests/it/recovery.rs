@@ -229,7 +229,7 @@ async fn an_event_in_doubt_after_a_kill_is_sent_again_once_the_killed_attempt_is
     // normalClearing). A second answer costs less than a handled call shown as missed, so
     // it goes again, but only once zammad.timeout has passed since the start: the killed
     // attempt may still be in Zammad's hands, and the hangup must not overtake it. The
-    // newCall before it was certainly not sent yet: it goes at once.
+    // newCall before it waits as well (a newCall on its way carries no mark).
     let dir = crate::support::temp_dir("doubt");
     journal_killed_while_sending(&dir, CtiEventKind::Answer, Cause::NormalClearing);
     let started = Instant::now();
@@ -245,15 +245,11 @@ async fn an_event_in_doubt_after_a_kill_is_sent_again_once_the_killed_attempt_is
         r.received_at.into_std() - started
     };
     assert!(
-        at("newCall") < Duration::from_millis(1000),
-        "{:?}",
+        at("newCall") >= Duration::from_millis(1500),
+        "what the journal kept waited out zammad.timeout: {:?}",
         at("newCall")
     );
-    assert!(
-        at("answer") >= Duration::from_millis(1500),
-        "the answer waited out zammad.timeout: {:?}",
-        at("answer")
-    );
+    assert!(at("answer") >= at("newCall"));
     assert!(at("hangup") >= at("answer"));
     assert_eq!(h.zammad.violations(), Vec::<String>::new());
     h.stop().await;
