@@ -3,17 +3,19 @@
 //!
 //! Owns the per-call queues, the retry policy (docs/zammad.md, "Errors and retries": a
 //! duplicate `newCall` counts as delivered, an unknown callId is permanent, the `hangup` of
-//! a missed inbound call is only retried when it certainly did not reach Zammad) and what happens to a call whose
-//! `newCall` Zammad refused (its later events are dropped: Zammad would answer them with
-//! 500s). `push` never blocks, so the AMI side never waits on HTTP.
+//! a missed inbound call is only retried when it certainly did not reach Zammad, and after
+//! an attempt cut off the next waits until Zammad would be done with it) and what happens
+//! to a call whose `newCall` Zammad refused (its later events are dropped: Zammad would
+//! answer them with 500s). `push` never blocks, so the AMI side never waits on HTTP.
 //!
 //! With a [`Store`], every event comes in already written to the state journal (the
 //! daemon commits it before pushing), an `answer` or `hangup` is marked as being sent
 //! before it goes out, and each event is marked done once delivered or given up. After a
 //! restart, [`Outbox::restore`] sends what was left; of the events in doubt (their sending
-//! had started), all but the `hangup` of a missed inbound call ([`resend_in_doubt`]). The
-//! outbox is bounded: past `max_items` undelivered
-//! events, new calls are not taken ([`Outbox::admit`]); calls already in it go on.
+//! had started), all but the `hangup` of a missed inbound call ([`resend_in_doubt`]), and
+//! none before `zammad.timeout` has passed. The outbox is bounded: past `max_items`
+//! undelivered events, new calls are not taken ([`Outbox::admit`]); calls already in it go
+//! on.
 
 use crate::ami::backoff::Backoff;
 use crate::service::journal::{Record, Store, StoredItem};
@@ -49,7 +51,7 @@ struct Item {
     seq: u64,
     request: CtiRequest,
     decision: Option<DecisionSender>,
-    /// Not sent before then (an event in doubt after a restart: see `restore`).
+    /// Not sent before then (what a restart takes back: see `restore`).
     not_before: Option<Instant>,
 }
 
@@ -351,7 +353,7 @@ impl Worker {
         if let Some(at) = not_before {
             tokio::select! {
                 _ = tokio::time::sleep_until(at.into()) => {}
-                // Still in doubt: it stays in the journal, marked, for the next start.
+                // Stopping: it stays in the journal as it is, for the next start.
                 _ = self.cancel.cancelled() => return Outcome::Kept,
             }
         }
