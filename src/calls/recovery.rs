@@ -347,6 +347,41 @@ impl Tracker {
         let first = snapshot.get("Linkedid").is_none_or(|l| l == uid);
         if first && ChannelState::of(snapshot, "") == ChannelState::Up {
             self.detect_origin(snapshot, uid, key);
+            self.detect_dialing_phone(snapshot, uid, key);
+        }
+    }
+
+    /// A phone's channel (its endpoint names an extension or an agent) found up, as its
+    /// call's first channel, at a dialable number that is no extension, in a context that
+    /// is not inbound: it came in through an outbound context before we looked, and the
+    /// dialplan has moved it on to where its `Dial` runs. Asterisk keeps a channel's
+    /// dialplan location while an application runs there, so the listed `Exten` is the
+    /// number dialed (FreePBX 17 dials out from `trunk-dial-with-exten`, at the number).
+    /// It becomes the call's phone dialing that number, as its entry in an outbound
+    /// context would have made it.
+    fn detect_dialing_phone(&mut self, snapshot: &AmiMessage, uid: &str, key: &str) {
+        let context = snapshot.get("Context").unwrap_or("");
+        let exten = snapshot.get("Exten").unwrap_or("");
+        let dialable = !exten.is_empty()
+            && exten
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'+'));
+        let phone = self
+            .extension_of(snapshot.get("Channel").unwrap_or(""))
+            .is_some();
+        if !dialable
+            || !phone
+            || self.settings.inbound_contexts.contains(context)
+            || self.settings.plan.is_extension(exten)
+        {
+            return;
+        }
+        if let Some(call) = self.calls.get_mut(key)
+            && call.direction.is_none()
+            && call.out_origin.is_none()
+        {
+            call.out_origin = Some((uid.into(), exten.into()));
         }
     }
 

@@ -1657,3 +1657,73 @@ fn an_internal_call_born_after_the_list_was_asked_stays_unreported() {
     pbx.tracker.reconcile(&live, since, &mut pbx.out);
     assert!(pbx.sent().is_empty(), "{:?}", pbx.sent());
 }
+
+#[test]
+fn a_phone_found_dialing_out_where_freepbx_dials_is_adopted_as_an_outbound_call() {
+    // The daemon restarts while Alice's call is up. FreePBX 17 runs the trunk's Dial in
+    // trunk-dial-with-exten at the number dialed, so the list shows her channel there,
+    // bridged with the trunk leg: she dialed out while we were away.
+    let mut pbx = Pbx::new();
+    let since = pbx.tracker.events_seen();
+    let listed = |ch: &str, uid: &str, ctx: &str, exten: &str, caller: &str| {
+        AmiMessage::from_pairs([
+            ("Event", "CoreShowChannel"),
+            ("Channel", ch),
+            ("ChannelState", "6"),
+            ("CallerIDNum", caller),
+            ("Context", ctx),
+            ("Exten", exten),
+            ("Uniqueid", uid),
+            ("Linkedid", "40.1"),
+            ("BridgeId", "b40"),
+            ("Application", "Dial"),
+        ])
+    };
+    let live = [
+        listed(
+            "PJSIP/201-40",
+            "40.1",
+            "trunk-dial-with-exten",
+            "0301234567",
+            "201",
+        ),
+        listed("PJSIP/trunk-41", "40.2", "from-trunk", "s", "0301234567"),
+    ];
+    pbx.tracker.reconcile(&live, since, &mut pbx.out);
+    let sent = pbx.sent();
+    assert_eq!(names(&sent), ["newCall", "answer"], "{sent:?}");
+    assert_eq!(sent[0]["direction"], "out");
+    assert_eq!(sent[0]["to"], "1301234567");
+    assert_eq!(sent[0]["user"], "Alice");
+}
+
+#[test]
+fn a_phone_found_at_a_feature_code_or_an_extension_is_no_outbound_call() {
+    // Listed after a restart: Alice's phone at a feature code beside a Local channel, and
+    // Bob's phone talking to extension 202 from a dialplan context of its own. Neither
+    // is a number dialed out.
+    for (exten, other) in [("*98", "Local/vm@app-00000001;1"), ("202", "PJSIP/202-43")] {
+        let mut pbx = Pbx::new();
+        let since = pbx.tracker.events_seen();
+        let listed = |ch: &str, uid: &str, exten: &str| {
+            AmiMessage::from_pairs([
+                ("Event", "CoreShowChannel"),
+                ("Channel", ch),
+                ("ChannelState", "6"),
+                ("CallerIDNum", "201"),
+                ("Context", "macro-dial-one"),
+                ("Exten", exten),
+                ("Uniqueid", uid),
+                ("Linkedid", "42.1"),
+                ("BridgeId", "b42"),
+            ])
+        };
+        let live = [
+            listed("PJSIP/201-42", "42.1", exten),
+            listed(other, "42.2", "s"),
+        ];
+        pbx.tracker.reconcile(&live, since, &mut pbx.out);
+        let sent = pbx.sent();
+        assert!(sent.is_empty(), "{exten}: {sent:?}");
+    }
+}
