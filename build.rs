@@ -20,17 +20,24 @@ fn main() {
         .or_else(|| std::env::var("AZB_BUILD_COMMIT").ok())
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| "unknown".to_string());
-    // HEAD and the branch it points to (or packed-refs) change with every commit.
+    // HEAD and the branch it points to (or packed-refs) change with every commit. Only
+    // paths that exist are named: cargo takes a missing one as changed, and would then
+    // rebuild the crate on every build. A branch kept only in packed-refs is watched by
+    // its directory, where the next commit writes it.
     if let Some(head) = git(&["rev-parse", "--git-path", "HEAD"]) {
-        println!("cargo:rerun-if-changed={head}");
+        watch(&head);
     }
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
         && let Some(path) = git(&["rev-parse", "--git-path", &branch])
     {
-        println!("cargo:rerun-if-changed={path}");
+        if !watch(&path)
+            && let Some(dir) = Path::new(&path).parent()
+        {
+            watch(&dir.to_string_lossy());
+        }
     }
     if let Some(packed) = git(&["rev-parse", "--git-path", "packed-refs"]) {
-        println!("cargo:rerun-if-changed={packed}");
+        watch(&packed);
     }
     println!("cargo:rerun-if-changed=build.rs");
     let seconds = std::env::var("SOURCE_DATE_EPOCH")
@@ -43,6 +50,17 @@ fn main() {
         });
     println!("cargo:rustc-env=AZB_BUILD_COMMIT={commit}");
     println!("cargo:rustc-env=AZB_BUILD_DATE={}", date(seconds));
+}
+
+/// Asks cargo to run this script again when `path` changes, if it exists; says whether
+/// it does.
+fn watch(path: &str) -> bool {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let exists = Path::new(&dir).join(path).exists();
+    if exists {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    exists
 }
 
 /// A git command's trimmed output in the package's directory; `None` without git or a
