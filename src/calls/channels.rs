@@ -3,7 +3,7 @@
 //! end its call.
 
 use super::Tracker;
-use super::model::{Call, Channel, ChannelState, Prefix, header};
+use super::model::{Call, Channel, ChannelBlock, ChannelState, Prefix};
 use crate::ami::AmiMessage;
 use crate::calls::number::{is_withheld, presentation_withholds};
 use crate::zammad::cti::{CtiRequest, Direction};
@@ -12,10 +12,25 @@ impl Tracker {
     /// Creates or refreshes the channel of the block with `prefix`; returns its Uniqueid.
     /// Re-homes the channel when its Linkedid changed.
     pub(super) fn touch(&mut self, msg: &AmiMessage, prefix: Prefix) -> Option<Box<str>> {
-        let uniqueid = header(msg, prefix, "Uniqueid")?;
-        let linkedid = header(msg, prefix, "Linkedid").unwrap_or(uniqueid);
-        let state = ChannelState::of(msg, prefix);
-        let caller = header(msg, prefix, "CallerIDNum").filter(|c| !is_withheld(c));
+        let block = ChannelBlock::read(msg, prefix);
+        let uniqueid = block.uniqueid?;
+        let linkedid = block.linkedid.unwrap_or(uniqueid);
+        let state = block.state();
+        let caller = block.caller_num.filter(|c| !is_withheld(c));
+        let name = block.caller_name.filter(|n| !is_withheld(n));
+        let withheld = block.calling_pres.and_then(presentation_withholds);
+        let refresh = |ch: &mut Channel| {
+            ch.state = state;
+            if let Some(c) = caller.filter(|c| ch.caller_num.as_deref() != Some(*c)) {
+                ch.caller_num = Some(c.into());
+            }
+            if let Some(n) = name.filter(|n| ch.caller_name.as_deref() != Some(*n)) {
+                ch.caller_name = Some(n.into());
+            }
+            if let Some(withheld) = withheld {
+                ch.withheld = withheld;
+            }
+        };
         let relinked = self
             .channels
             .get(uniqueid)
@@ -24,13 +39,13 @@ impl Tracker {
             Some(relinked) => {
                 let target = relinked.then(|| self.call_key_for(linkedid));
                 let ch = self.channels.get_mut(uniqueid).expect("checked above");
-                ch.state = state;
-                if let Some(c) = caller.filter(|c| ch.caller_num.as_deref() != Some(*c)) {
-                    ch.caller_num = Some(c.into());
-                }
+                refresh(ch);
                 match target {
                     Some(target) => {
                         ch.linkedid = linkedid.into();
+                        if let Some(call) = self.calls.get_mut(&*ch.call) {
+                            call.relinks += 1;
+                        }
                         (ch.call != target).then(|| std::mem::replace(&mut ch.call, target))
                     }
                     None => None,
@@ -40,52 +55,38 @@ impl Tracker {
                 let key = self.call_key_for(linkedid);
                 let call = self.calls.get_mut(&*key).expect("just made");
                 call.members.push(uniqueid.into());
-                self.channels.insert(
-                    uniqueid.into(),
-                    Channel::new(
-                        header(msg, prefix, "Channel").unwrap_or("").into(),
-                        key,
-                        linkedid.into(),
-                        state,
-                        caller.map(Into::into),
-                        self.events,
-                        prefix.is_empty() && msg.get("Event") == Some("Newchannel"),
-                    ),
+                let mut channel = Channel::new(
+                    block.channel.unwrap_or("").into(),
+                    key,
+                    linkedid.into(),
+                    state,
+                    None,
+                    self.events,
+                    prefix.is_empty() && msg.event() == Some("Newchannel"),
                 );
+                refresh(&mut channel);
+                self.channels.insert(uniqueid.into(), channel);
                 None
             }
         };
         let uid: Box<str> = uniqueid.into();
-        if let Some(name) = header(msg, prefix, "CallerIDName").filter(|n| !is_withheld(n))
-            && let Some(ch) = self.channels.get_mut(&*uid)
-            && ch.caller_name.as_deref() != Some(name)
-        {
-            ch.caller_name = Some(name.into());
-        }
-        if let Some(withheld) =
-            header(msg, prefix, "CID-CallingPres").and_then(presentation_withholds)
-            && let Some(ch) = self.channels.get_mut(&uid)
-        {
-            ch.withheld = withheld;
-        }
         if let Some(old) = moved_from {
             self.mark(&old);
             self.rehome(&uid, &old);
         }
-        if let Some(key) = self.call_of(&uid) {
-            self.mark(&key);
-            self.refresh_caller(&key, &uid);
-        }
+        // The channel is there: found or made above (re-homing moves it, never drops it).
+        let ch = self.channels.get_mut(&*uid)?;
+        let key = ch.call.clone();
+        // A channel enters the dialplan once, when it first reaches Ring. Later snapshots
+        // in Ring can show another context: after a masquerade (a blonde transfer moves
+        // the transferee into the transferer's place) the hung-up husk carries the other
+        // channel's location.
         let entering = prefix.is_empty()
             && state == ChannelState::Ring
-            && self.channels.get_mut(&uid).is_some_and(|ch| {
-                // A channel enters the dialplan once, when it first reaches Ring. Later
-                // snapshots in Ring can show another context: after a masquerade (a
-                // blonde transfer moves the transferee into the transferer's place) the
-                // hung-up husk carries the other channel's location.
-                !std::mem::replace(&mut ch.entered, true)
-            });
-        if let Some(key) = self.call_of(&uid).filter(|_| entering) {
+            && !std::mem::replace(&mut ch.entered, true);
+        self.mark(&key);
+        self.refresh_caller(&key, &uid);
+        if entering {
             self.detect_origin(msg, &uid, &key);
         }
         Some(uid)

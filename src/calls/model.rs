@@ -181,6 +181,10 @@ pub(super) struct Call {
     pub(super) outcome: CallOutcome,
     /// Uniqueids of this call's channels still alive.
     pub(super) members: Vec<Box<str>>,
+    /// How many times one of its channels took a new Linkedid while in this call: with
+    /// `members` (a channel's name never changes), what tells that the channels a
+    /// restart needs changed, without reading each one.
+    pub(super) relinks: u32,
     /// The time ([`Tracker::set_now`]) of the call's last event.
     pub(super) last_event_at: u64,
 }
@@ -214,6 +218,53 @@ impl RecentlyEnded {
 /// The header prefix of a channel block inside an event (`Dest`, `Target`, ...).
 pub(super) type Prefix = &'static str;
 
+/// What the tracker reads of one channel block (`prefix` + `Channel`, `Uniqueid`, ...),
+/// taken in one pass over the event's headers rather than a scan per header: every event
+/// refreshes at least one channel. As [`header`]: names compared ignoring ASCII case, the
+/// first occurrence wins.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct ChannelBlock<'a> {
+    pub(super) channel: Option<&'a str>,
+    pub(super) uniqueid: Option<&'a str>,
+    pub(super) linkedid: Option<&'a str>,
+    pub(super) state: Option<&'a str>,
+    pub(super) caller_num: Option<&'a str>,
+    pub(super) caller_name: Option<&'a str>,
+    pub(super) calling_pres: Option<&'a str>,
+}
+
+impl<'a> ChannelBlock<'a> {
+    pub(super) fn read(msg: &'a AmiMessage, prefix: Prefix) -> Self {
+        let mut block = Self::default();
+        let p = prefix.len();
+        for (key, value) in msg.iter() {
+            if key.len() <= p || !key.is_char_boundary(p) || !key[..p].eq_ignore_ascii_case(prefix)
+            {
+                continue;
+            }
+            let name = &key[p..];
+            let is = |wanted: &str| name.eq_ignore_ascii_case(wanted);
+            let slot = match name.len() {
+                7 if is("Channel") => &mut block.channel,
+                8 if is("Uniqueid") => &mut block.uniqueid,
+                8 if is("Linkedid") => &mut block.linkedid,
+                11 if is("CallerIDNum") => &mut block.caller_num,
+                12 if is("ChannelState") => &mut block.state,
+                12 if is("CallerIDName") => &mut block.caller_name,
+                15 if is("CID-CallingPres") => &mut block.calling_pres,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        block
+    }
+
+    /// The block's state (`ChannelState`); `Down` when absent, as [`ChannelState::of`].
+    pub(super) fn state(&self) -> ChannelState {
+        ChannelState::from_code(self.state.and_then(|s| s.parse().ok()).unwrap_or(0))
+    }
+}
+
 pub(super) fn header<'a>(msg: &'a AmiMessage, prefix: Prefix, key: &str) -> Option<&'a str> {
     if prefix.is_empty() {
         return msg.get(key);
@@ -234,4 +285,56 @@ pub(super) enum AnsweredBy {
     Leg(Box<str>),
     Picker { extension: Option<Box<str>> },
     Voicemail,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass reader finds what a scan per header finds: the block's own headers
+    /// only (not another block's with a longer prefix, not a longer name ending alike),
+    /// ignoring case, the first occurrence winning.
+    #[test]
+    fn a_channel_block_is_read_as_a_scan_per_header_reads_it() {
+        let msg = AmiMessage::from_pairs([
+            ("Event", "DialBegin"),
+            ("Channel", "PJSIP/trunk-00000001"),
+            ("ChannelState", "4"),
+            ("CallerIDNum", "+15555550100"),
+            ("CallerIDName", "Caller"),
+            ("ConnectedLineNum", "201"),
+            ("Uniqueid", "1.1"),
+            ("Linkedid", "1.1"),
+            ("DestChannel", "PJSIP/201-00000002"),
+            ("DestChannelState", "0"),
+            ("DestCallerIDNum", "201"),
+            ("destuniqueid", "1.2"),
+            ("DestLinkedid", "1.1"),
+            ("DestUniqueid", "1.3"),
+            ("DestCID-CallingPres", "32 (Number Unavailable)"),
+        ]);
+        for prefix in ["", "Dest", "Target"] {
+            let block = ChannelBlock::read(&msg, prefix);
+            let scanned = ChannelBlock {
+                channel: header(&msg, prefix, "Channel"),
+                uniqueid: header(&msg, prefix, "Uniqueid"),
+                linkedid: header(&msg, prefix, "Linkedid"),
+                state: header(&msg, prefix, "ChannelState"),
+                caller_num: header(&msg, prefix, "CallerIDNum"),
+                caller_name: header(&msg, prefix, "CallerIDName"),
+                calling_pres: header(&msg, prefix, "CID-CallingPres"),
+            };
+            assert_eq!(block, scanned, "prefix {prefix:?}");
+        }
+        let dest = ChannelBlock::read(&msg, "Dest");
+        assert_eq!(dest.uniqueid, Some("1.2"), "first wins, case ignored");
+        assert_eq!(dest.caller_name, None);
+        assert_eq!(dest.calling_pres, Some("32 (Number Unavailable)"));
+        assert_eq!(dest.state(), ChannelState::Down);
+        let own = ChannelBlock::read(&msg, "");
+        assert_eq!(own.uniqueid, Some("1.1"));
+        assert_eq!(own.state(), ChannelState::Ring);
+        assert_eq!(own.calling_pres, None);
+        assert_eq!(ChannelBlock::read(&msg, "Target"), ChannelBlock::default());
+    }
 }

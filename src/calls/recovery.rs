@@ -48,7 +48,7 @@ impl Tracker {
         for key in dirty.drain() {
             match self.calls.get(&*key).filter(|c| c.reported && !c.ended) {
                 Some(call) => {
-                    let hash = self.fingerprint(call);
+                    let hash = Self::fingerprint(call);
                     let changed = match self.stored.get_mut(&*key) {
                         Some(stored) => std::mem::replace(stored, hash) != hash,
                         None => {
@@ -74,8 +74,12 @@ impl Tracker {
     /// A hash of what a restart needs of `call`, taken without building its record: the
     /// record is written only when this changes. Channel states and caller numbers are
     /// left out: they change on most events, and after a restart Asterisk's channel list
-    /// brings them up to date (`reconcile`) before anything reads them.
-    fn fingerprint(&self, call: &Call) -> u64 {
+    /// brings them up to date (`reconcile`) before anything reads them. The channels'
+    /// names and Linkedids are not read either: a channel's name never changes, so the
+    /// Uniqueids of its members and the count of their Linkedid changes (`relinks`) tell
+    /// when those do, and the call alone is read (one lookup per changed call, not one
+    /// per channel).
+    fn fingerprint(call: &Call) -> u64 {
         use std::hash::{BuildHasher, Hash, Hasher};
         let mut h = foldhash::fast::FixedState::with_seed(0).build_hasher();
         call.call_id.hash(&mut h);
@@ -89,13 +93,8 @@ impl Tracker {
         call.legs.hash(&mut h);
         call.answered.hash(&mut h);
         call.outcome.hash(&mut h);
-        for uid in &call.members {
-            uid.hash(&mut h);
-            if let Some(ch) = self.channels.get(uid) {
-                ch.name.hash(&mut h);
-                ch.linkedid.hash(&mut h);
-            }
-        }
+        call.members.hash(&mut h);
+        call.relinks.hash(&mut h);
         (call.last_event_at / 60).hash(&mut h);
         h.finish()
     }
