@@ -29,12 +29,10 @@ fn main() {
     }
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
         && let Some(path) = git(&["rev-parse", "--git-path", &branch])
+        && !watch(&path)
+        && let Some(dir) = Path::new(&path).parent()
     {
-        if !watch(&path)
-            && let Some(dir) = Path::new(&path).parent()
-        {
-            watch(&dir.to_string_lossy());
-        }
+        watch(&dir.to_string_lossy());
     }
     if let Some(packed) = git(&["rev-parse", "--git-path", "packed-refs"]) {
         watch(&packed);
