@@ -159,8 +159,10 @@ impl ZammadError {
 #[derive(Clone)]
 pub struct ZammadClient {
     http: reqwest::Client,
-    /// The full endpoint, token included; exposed only to build the request.
-    url: SecretString,
+    /// The full endpoint, token included, parsed once (a request clones it rather than
+    /// parsing the text again); only ever handed to reqwest, never shown (`Debug` below
+    /// and the logs use `redacted`).
+    endpoint: reqwest::Url,
     /// `scheme://host[:port]/path/***`, computed once for logs and `Debug`.
     redacted: String,
     timeout: Duration,
@@ -231,7 +233,7 @@ impl ZammadClient {
             .map_err(|e| ZammadError::Build(e.without_url()))?;
         Ok(ZammadClient {
             http,
-            url,
+            endpoint: parsed,
             redacted,
             timeout,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
@@ -308,7 +310,7 @@ impl ZammadClient {
     async fn exchange(&self, body: impl Into<reqwest::Body>) -> Result<(u16, String), ZammadError> {
         let mut response = self
             .http
-            .post(self.url.expose_secret())
+            .post(self.endpoint.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json")
             .body(body)
@@ -346,8 +348,7 @@ impl ZammadClient {
     /// A redirect's `Location`, made absolute against the endpoint, as [`redact`] shows
     /// URLs; anything that is no URL is only quoted in part.
     fn redacted_location(&self, location: &str) -> String {
-        let absolute =
-            reqwest::Url::parse(self.url.expose_secret()).and_then(|base| base.join(location));
+        let absolute = self.endpoint.join(location);
         match absolute {
             Ok(url) => redact(&url),
             Err(_) => format!(
