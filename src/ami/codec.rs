@@ -326,7 +326,8 @@ fn push_line(message: &mut AmiMessage, line: &str) -> bool {
     let key = &line[..colon];
     let value = &line[colon + 1..];
     let value = value.strip_prefix(' ').unwrap_or(value);
-    if is_escaped(key) && memchr::memchr(b'\\', value.as_bytes()).is_some() {
+    // Most values hold no backslash: looking for one first spares the key's check.
+    if memchr::memchr(b'\\', value.as_bytes()).is_some() && is_escaped(key) {
         message.push_with(key, |out| unescape_into(value, out));
     } else {
         message.push(key, value);

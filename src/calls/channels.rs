@@ -12,6 +12,16 @@ impl Tracker {
     /// Creates or refreshes the channel of the block with `prefix`; returns its Uniqueid.
     /// Re-homes the channel when its Linkedid changed.
     pub(super) fn touch(&mut self, msg: &AmiMessage, prefix: Prefix) -> Option<Box<str>> {
+        self.touch_keyed(msg, prefix).map(|(uid, _)| uid)
+    }
+
+    /// [`Tracker::touch`] of the event's own channel, with the key of its call.
+    pub(super) fn touch_in_call(&mut self, msg: &AmiMessage) -> Option<(Box<str>, Box<str>)> {
+        self.touch_keyed(msg, "")
+    }
+
+    /// [`Tracker::touch`], returning the channel's Uniqueid and the key of its call.
+    fn touch_keyed(&mut self, msg: &AmiMessage, prefix: Prefix) -> Option<(Box<str>, Box<str>)> {
         let block = ChannelBlock::read(msg, prefix);
         let uniqueid = block.uniqueid?;
         let linkedid = block.linkedid.unwrap_or(uniqueid);
@@ -84,18 +94,26 @@ impl Tracker {
         let entering = prefix.is_empty()
             && state == ChannelState::Ring
             && !std::mem::replace(&mut ch.entered, true);
-        self.mark(&key);
-        self.refresh_caller(&key, &uid);
+        // `mark` and `refresh_caller` in one lookup of the call: this runs for every event.
+        let found = match self.calls.get_mut(&*key) {
+            Some(call) => {
+                call.last_event_at = self.now;
+                if call.origin.as_deref() == Some(&*uid)
+                    && let Some(ch) = self.channels.get(&*uid)
+                {
+                    if let Some(num) = &ch.caller_num {
+                        call.caller = Some(num.clone());
+                    }
+                    call.caller_withheld = ch.withheld;
+                }
+                true
+            }
+            None => false,
+        };
+        self.note_change(&key, found);
         if entering {
             self.detect_origin(msg, &uid, &key);
         }
-        Some(uid)
-    }
-
-    /// [`Tracker::touch`] of the event's own channel, with the key of its call.
-    pub(super) fn touch_in_call(&mut self, msg: &AmiMessage) -> Option<(Box<str>, Box<str>)> {
-        let uid = self.touch(msg, "")?;
-        let key = self.call_of(&uid)?;
         Some((uid, key))
     }
 

@@ -183,6 +183,11 @@ impl Tracker {
             }
             None => false,
         };
+        self.note_change(key, exists);
+    }
+
+    /// The record of the call of `key` (which `exists`, or ended) may have changed.
+    pub(super) fn note_change(&mut self, key: &str, exists: bool) {
         if self.persisting && (exists || self.stored.contains_key(key)) && !self.dirty.contains(key)
         {
             self.dirty.insert(key.into());
