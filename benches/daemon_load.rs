@@ -16,6 +16,8 @@
 //!   the RSS with the calls open and after they ended, and the difference per open call.
 //!
 //! CPU and RSS are the daemon's own, from `/proc/PID/stat` and `/proc/PID/status`.
+//! `AZB_LOAD_BIN` runs another build of the daemon (a copy of an older binary, say) under
+//! the same load, for a before and after on the same machine in the same hour.
 
 use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
 use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
@@ -118,7 +120,9 @@ max_outbox = 1000000
         );
         let path = dir.join("config.toml");
         std::fs::write(&path, config).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_asterisk-zammad-bridge"));
+        let binary = std::env::var_os("AZB_LOAD_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_asterisk-zammad-bridge").into());
+        let mut command = Command::new(binary);
         command
             .args(["run", "-c"])
             .arg(&path)

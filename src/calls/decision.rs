@@ -91,13 +91,31 @@ impl CallAction {
 
 /// The FastAGI commands that tell the dialplan: `ZAMMAD_CALLID`, for a dial
 /// `CALLERID(num)` and `ZAMMAD_CALLERID`, then `ZAMMAD_ACTION`, and for a reject with
-/// `agi.reject = "hangup"` the cause-17 hangup.
+/// `agi.reject = "hangup"` the cause-17 hangup: [`call_id_command`], then
+/// [`action_commands`].
 pub fn agi_commands(
     call_id: &CallId,
     action: &CallAction,
     reject: RejectMode,
 ) -> Result<Vec<AgiCommand>, AgiError> {
-    let mut commands = vec![AgiCommand::set_variable("ZAMMAD_CALLID", &call_id.0)?];
+    let mut commands = vec![call_id_command(call_id)?];
+    commands.extend(action_commands(action, reject)?);
+    Ok(commands)
+}
+
+/// `ZAMMAD_CALLID`: known once the claim is taken, so a session sets it while Zammad
+/// decides rather than after.
+pub fn call_id_command(call_id: &CallId) -> Result<AgiCommand, AgiError> {
+    AgiCommand::set_variable("ZAMMAD_CALLID", &call_id.0)
+}
+
+/// What follows Zammad's answer (or its absence): the caller ID of a dial, `ZAMMAD_ACTION`,
+/// and the hangup of a reject.
+pub fn action_commands(
+    action: &CallAction,
+    reject: RejectMode,
+) -> Result<Vec<AgiCommand>, AgiError> {
+    let mut commands = Vec::with_capacity(3);
     if let CallAction::Dial { caller_id } = action {
         commands.push(AgiCommand::set_variable("CALLERID(num)", caller_id)?);
         commands.push(AgiCommand::set_variable("ZAMMAD_CALLERID", caller_id)?);

@@ -20,7 +20,7 @@ use crate::agi::protocol::AgiCommand;
 use crate::agi::server::{NotRun, Script, Throttle};
 use crate::agi::server::{Session, SessionError};
 use crate::calls::CallClaim;
-use crate::calls::decision::{CallAction, agi_commands};
+use crate::calls::decision::{CallAction, action_commands, call_id_command};
 use crate::calls::number::presentation_withholds;
 use crate::config::{AgiConfig, RejectMode};
 use crate::service::metrics::{Metrics, SessionOutcome};
@@ -253,6 +253,9 @@ impl NewcallScript {
             }
         });
         let call_id = answer.call_id;
+        // The callId is known now: the dialplan gets it while Zammad decides, so that
+        // one round trip less follows Zammad's answer.
+        session.command(&call_id_command(&call_id)?).await?;
         let (action, outcome) = match (answer.direction, answer.decision) {
             (Some(direction), Some(decision)) => {
                 let action = wait_for_decision(&call_id, direction, decision, deadline).await;
@@ -268,7 +271,7 @@ impl NewcallScript {
             _ if !confirmed => (CallAction::Continue, SessionOutcome::Unconfirmed),
             _ => (CallAction::Continue, SessionOutcome::NotClaimed),
         };
-        for command in agi_commands(&call_id, &action, self.reject)? {
+        for command in action_commands(&action, self.reject)? {
             session.command(&command).await?;
         }
         if confirmed {
