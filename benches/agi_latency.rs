@@ -20,12 +20,18 @@
 //! machine's cores with the daemon, so their load is. Prints p50, p99 and the maximum,
 //! the whole session for comparison, and the bridge's share of the wait before each
 //! command (where the time goes).
+//!
+//! Then the floor: the same peers, at the same pace, against a FastAGI server that does no
+//! work at all (`floor_server`: the same commands, Zammad's time slept, no claim, no
+//! journal, no HTTP), on a thread of its own as the daemon is. What it "adds" is this
+//! machine's share: waking the threads and the loopback hops with 200 peer threads on two
+//! cores. The bridge's own work is what lies above it.
 
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::ami::codec::AmiCodec;
 use asterisk_zammad_bridge::config::Config;
 use asterisk_zammad_bridge::service::daemon;
-use asterisk_zammad_bridge::standins::agi::FakeAgiCall;
+use asterisk_zammad_bridge::standins::agi::{AgiTranscript, FakeAgiCall};
 use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
 use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
 use bytes::{Bytes, BytesMut};
@@ -36,6 +42,8 @@ use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
 const CONCURRENCY: usize = 200;
+/// The caller Zammad blocks: half the sessions.
+const BLOCKED: &str = "+15555550100";
 /// Zammad's time per request, and sessions per peer at that pace (about 5 s each).
 /// With 200 sessions open at once, 500 ms is 400 new calls a second, 100 ms 2,000.
 const PACES: [(Duration, usize); 2] = [
@@ -76,7 +84,161 @@ fn main() {
             zammad_delay,
             sessions_per_peer,
         ));
+        stand_ins_rt.block_on(floor(zammad_delay, sessions_per_peer));
     }
+}
+
+/// The peers' sessions, `CONCURRENCY` at a time, each peer starting its next at once;
+/// before each, `announce` gets the call (the bridge's AMI hears of its channel), after
+/// it `ended`. Round 0 warms up, round 1 is returned: (linkedid, transcript).
+async fn run_peers(
+    agi: std::net::SocketAddr,
+    zammad_delay: Duration,
+    sessions_per_peer: usize,
+    announce: Arc<dyn Fn(&FakeAgiCall) + Send + Sync>,
+    ended: Arc<dyn Fn(&FakeAgiCall) + Send + Sync>,
+) -> Vec<(String, AgiTranscript)> {
+    // Half the callers are blocked, so rejects (with their extra EXEC) are measured too.
+    // Peers start spread over one Zammad delay, as calls arrive on a PBX, so that 200
+    // sessions are open at any moment without all of them arriving in the same instant.
+    // Each peer is a thread with blocking sockets, as each channel running an AGI is in
+    // Asterisk.
+    let run = |peer: usize, round: usize| {
+        let (announce, ended) = (announce.clone(), ended.clone());
+        move || {
+            std::thread::sleep(zammad_delay * peer as u32 / CONCURRENCY as u32);
+            let mut sessions = Vec::with_capacity(sessions_per_peer);
+            for i in 0..sessions_per_peer {
+                let seq = (round * CONCURRENCY + peer) * sessions_per_peer + i;
+                let linkedid = format!("2000000000.{}", seq * 2);
+                let uniqueid = format!("2000000000.{}", seq * 2 + 1);
+                let caller = if seq.is_multiple_of(2) {
+                    BLOCKED
+                } else {
+                    "+15555550101"
+                };
+                let call = FakeAgiCall::inbound(&linkedid, &uniqueid, caller, "800");
+                announce(&call);
+                let t = call.run_blocking(agi).expect("session runs");
+                assert!(t.commands.len() >= 3, "a full session: {:?}", t.commands);
+                sessions.push((linkedid.clone(), t));
+                ended(&call);
+            }
+            sessions
+        }
+    };
+    let mut measured = Vec::new();
+    for round in 0..2 {
+        let peers: Vec<_> = (0..CONCURRENCY)
+            .map(|peer| tokio::task::spawn_blocking(run(peer, round)))
+            .collect();
+        let mut all = Vec::new();
+        for p in peers {
+            all.extend(p.await.expect("peer"));
+        }
+        measured = all;
+    }
+    measured
+}
+
+/// The floor: the same load against [`floor_server`].
+async fn floor(zammad_delay: Duration, sessions_per_peer: usize) {
+    let (agi, slept) = floor_server(zammad_delay);
+    let nothing: Arc<dyn Fn(&FakeAgiCall) + Send + Sync> = Arc::new(|_: &FakeAgiCall| {});
+    let measured = run_peers(
+        agi,
+        zammad_delay,
+        sessions_per_peer,
+        nothing.clone(),
+        nothing,
+    )
+    .await;
+    let slept = slept.lock().unwrap();
+    let mut added: Vec<Duration> = measured
+        .iter()
+        .map(|(id, t)| t.bridge_time.saturating_sub(slept[id]))
+        .collect();
+    added.sort();
+    println!(
+        "floor, a server doing no work (same commands, Zammad's time slept): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        ms(pick(&added, 0.50)),
+        ms(pick(&added, 0.99)),
+        ms(*added.last().unwrap())
+    );
+    print_steps(&measured, &slept);
+}
+
+/// A FastAGI server on a thread and runtime of its own that does nothing but the talk:
+/// it reads the environment, asks for `CHANNEL(linkedid)`, sets `ZAMMAD_CALLID`, sleeps
+/// `zammad_delay` (what it slept is kept by linkedid), sets `ZAMMAD_ACTION` (`reject` for
+/// the blocked caller, who is then hung up with cause 17, as the bridge does) and closes.
+fn floor_server(
+    zammad_delay: Duration,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<HashMap<String, Duration>>>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the floor server");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("its address");
+    let slept = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let kept = slept.clone();
+    std::thread::Builder::new()
+        .name("floor".into())
+        .spawn(move || {
+            let rt = daemon::runtime().expect("floor runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let slept = kept.clone();
+                    tokio::spawn(async move {
+                        let (read, mut write) = stream.into_split();
+                        let mut lines = BufReader::new(read).lines();
+                        let mut blocked = false;
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            if line.is_empty() {
+                                break;
+                            }
+                            blocked |= line == format!("agi_callerid: {BLOCKED}");
+                        }
+                        let mut ask = async |command: &str| {
+                            write.write_all(command.as_bytes()).await.ok()?;
+                            lines.next_line().await.ok()?
+                        };
+                        let Some(reply) = ask("GET VARIABLE \"CHANNEL(linkedid)\"\n").await else {
+                            return;
+                        };
+                        let linkedid = reply
+                            .split_once('(')
+                            .and_then(|(_, rest)| rest.strip_suffix(')'))
+                            .unwrap_or_default()
+                            .to_string();
+                        let set_call_id =
+                            format!("SET VARIABLE \"ZAMMAD_CALLID\" \"{linkedid}\"\n");
+                        let started = std::time::Instant::now();
+                        let (_, reply) =
+                            tokio::join!(tokio::time::sleep(zammad_delay), ask(&set_call_id));
+                        slept.lock().unwrap().insert(linkedid, started.elapsed());
+                        if reply.is_none() {
+                            return;
+                        }
+                        let action = if blocked { "reject" } else { "continue" };
+                        let set_action = format!("SET VARIABLE \"ZAMMAD_ACTION\" \"{action}\"\n");
+                        if ask(&set_action).await.is_none() || !blocked {
+                            return;
+                        }
+                        let _ = ask("EXEC \"Hangup\" \"17\"\n").await;
+                    });
+                }
+            });
+        })
+        .expect("floor thread");
+    (addr, slept)
 }
 
 async fn bench(
@@ -86,7 +248,7 @@ async fn bench(
 ) {
     let zammad = FakeZammad::start(FakeZammadConfig {
         delay: zammad_delay,
-        blocked: vec!["15555550100".into()],
+        blocked: vec![BLOCKED.trim_start_matches('+').into()],
         ..FakeZammadConfig::default()
     })
     .await
@@ -126,50 +288,17 @@ async fn bench(
     let agi = listening.await.expect("daemon starts").agi.expect("agi on");
     ami.wait_logged_in().await;
 
-    // Half the callers are blocked, so rejects (with their extra EXEC) are measured too.
-    // Peers start spread over one Zammad delay, as calls arrive on a PBX, so that 200
-    // sessions are open at any moment without all of them arriving in the same instant.
-    // Each peer is a thread with blocking sockets, as each channel running an AGI is in
-    // Asterisk.
-    let run = |peer: usize, round: usize| {
-        let ami = ami.clone();
-        move || {
-            std::thread::sleep(zammad_delay * peer as u32 / CONCURRENCY as u32);
-            let mut sessions = Vec::with_capacity(sessions_per_peer);
-            for i in 0..sessions_per_peer {
-                let seq = (round * CONCURRENCY + peer) * sessions_per_peer + i;
-                let linkedid = format!("2000000000.{}", seq * 2);
-                let uniqueid = format!("2000000000.{}", seq * 2 + 1);
-                let caller = if seq.is_multiple_of(2) {
-                    "+15555550100"
-                } else {
-                    "+15555550101"
-                };
-                let call = FakeAgiCall::inbound(&linkedid, &uniqueid, caller, "800");
-                // Asterisk announces the channel on AMI before its dialplan runs the AGI;
-                // the claim counts once AMI has shown it (and waits for it otherwise).
-                ami.send_raw(encoded(&call.newchannel()));
-                let t = call.run_blocking(agi).expect("session runs");
-                assert!(t.commands.len() >= 3, "a full session: {:?}", t.commands);
-                sessions.push((linkedid.clone(), t));
-                // The call ends, so the daemon's state stays the size of a busy PBX's.
-                ami.send_raw(hangups(&call.channel, &uniqueid, &linkedid));
-            }
-            sessions
-        }
-    };
-    // Round 0 warms up (connections to Zammad, allocator); round 1 is measured.
-    let mut measured = Vec::new();
-    for round in 0..2 {
-        let peers: Vec<_> = (0..CONCURRENCY)
-            .map(|peer| tokio::task::spawn_blocking(run(peer, round)))
-            .collect();
-        let mut all = Vec::new();
-        for p in peers {
-            all.extend(p.await.expect("peer"));
-        }
-        measured = all;
-    }
+    // Asterisk announces the channel on AMI before its dialplan runs the AGI; the claim
+    // counts once AMI has shown it (and waits for it otherwise). The call then ends, so
+    // the daemon's state stays the size of a busy PBX's.
+    let (a, b) = (ami.clone(), ami.clone());
+    let announce: Arc<dyn Fn(&FakeAgiCall) + Send + Sync> = Arc::new(move |call: &FakeAgiCall| {
+        a.send_raw(encoded(&call.newchannel()));
+    });
+    let ended: Arc<dyn Fn(&FakeAgiCall) + Send + Sync> = Arc::new(move |call: &FakeAgiCall| {
+        b.send_raw(hangups(&call.channel, &call.uniqueid, &call.linkedid));
+    });
+    let measured = run_peers(agi, zammad_delay, sessions_per_peer, announce, ended).await;
 
     let zammad_time: HashMap<String, Duration> = zammad
         .requests()
@@ -187,7 +316,6 @@ async fn bench(
         .collect();
     added.sort();
     whole.sort();
-    let pick = |v: &[Duration], q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
     println!(
         "FastAGI newcall, {} sessions, {CONCURRENCY} open at once, stand-in Zammad {zammad_delay:?} per request ({} new calls/s)",
         added.len(),
@@ -204,25 +332,7 @@ async fn bench(
         ms(pick(&whole, 0.50)),
         ms(pick(&whole, 0.99)),
     );
-    // Where the time goes: the bridge's share of each wait for its next command.
-    for (step, what) in STEPS.iter().enumerate() {
-        let mut times: Vec<Duration> = measured
-            .iter()
-            .filter_map(|(id, t)| {
-                let wait = *t.steps.get(step)?;
-                Some(match step {
-                    ZAMMAD_STEP => wait.saturating_sub(zammad_time[id]),
-                    _ => wait,
-                })
-            })
-            .collect();
-        times.sort();
-        println!(
-            "  {what}: p50 {:.3} ms, p99 {:.3} ms",
-            ms(pick(&times, 0.50)),
-            ms(pick(&times, 0.99)),
-        );
-    }
+    print_steps(&measured, &zammad_time);
     shutdown.cancel();
     let _ = daemon.await;
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!(
@@ -255,6 +365,33 @@ fn hangups(channel: &str, uniqueid: &str, linkedid: &str) -> Bytes {
         AmiCodec::new().encode(&event, &mut buf).expect("encodes");
     }
     buf.freeze()
+}
+
+/// Where the time goes: the server's share of each wait for its next command (`waited`:
+/// Zammad's time, or what the floor server slept, taken off the step that holds it).
+fn print_steps(measured: &[(String, AgiTranscript)], waited: &HashMap<String, Duration>) {
+    for (step, what) in STEPS.iter().enumerate() {
+        let mut times: Vec<Duration> = measured
+            .iter()
+            .filter_map(|(id, t)| {
+                let wait = *t.steps.get(step)?;
+                Some(match step {
+                    ZAMMAD_STEP => wait.saturating_sub(waited[id]),
+                    _ => wait,
+                })
+            })
+            .collect();
+        times.sort();
+        println!(
+            "  {what}: p50 {:.3} ms, p99 {:.3} ms",
+            ms(pick(&times, 0.50)),
+            ms(pick(&times, 0.99)),
+        );
+    }
+}
+
+fn pick(v: &[Duration], q: f64) -> Duration {
+    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
 }
 
 fn ms(d: Duration) -> f64 {

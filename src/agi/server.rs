@@ -388,6 +388,17 @@ impl AgiServer {
         self.listener.local_addr().expect("a bound listener")
     }
 
+    /// The same server, its listener registered with the runtime this is called on (a
+    /// listener answers to the runtime that made it: one moved to another runtime's thread
+    /// would still be woken through the first).
+    pub fn reregister(self) -> std::io::Result<AgiServer> {
+        let listener = self.listener.into_std()?;
+        Ok(AgiServer {
+            listener: TcpListener::from_std(listener)?,
+            ..self
+        })
+    }
+
     /// Accepts sessions until `cancel`, then waits up to `grace` for those in progress.
     pub async fn run<S: Script>(self, script: S, cancel: CancellationToken, grace: Duration) {
         let script = Arc::new(script);

@@ -43,9 +43,9 @@ use tracing::{error, info, warn};
 const MAX_BATCH: usize = 512;
 
 /// The runtime the daemon runs on: one thread for all of its tasks (the AMI reader, the
-/// tracker loop, the outbox's workers and their HTTP, the FastAGI sessions, the admin
-/// listener), plus the journal's sync thread and tokio's pool for blocking calls (name
-/// lookups). Events arrive one by one, a few microseconds of work each: on a runtime with
+/// tracker loop, the outbox's workers and their HTTP, the admin listener), plus the
+/// FastAGI sessions' own thread ([`AgiThread`], another runtime like this one), the
+/// journal's sync thread and tokio's pool for blocking calls (name lookups). Events arrive one by one, a few microseconds of work each: on a runtime with
 /// a thread per core, most of an event's cost was waking the task on another thread (a
 /// futex call each way) to hand it over, not the work. One thread keeps each hand-over a
 /// push to a local queue, and a few hundred calls a second use a small part of it.
@@ -53,6 +53,56 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
+}
+
+/// The FastAGI sessions, on a thread (and current-thread runtime) of their own: a session
+/// is the one thing a call waits for (its dialplan stands still meanwhile), so it must
+/// not queue behind the daemon's bulk work, the AMI batches and the HTTP of every call's
+/// events. It meets the daemon only at the claim (a channel each way) and at Zammad's
+/// answer (a oneshot).
+struct AgiThread {
+    thread: std::thread::JoinHandle<()>,
+    /// Closed when the thread's server has stopped.
+    stopped: oneshot::Receiver<()>,
+}
+
+impl AgiThread {
+    fn spawn(
+        server: AgiServer,
+        script: NewcallScript,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> std::io::Result<AgiThread> {
+        let (stopped_tx, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("azb-fastagi".into())
+            .spawn(move || {
+                let _stopped = stopped_tx;
+                let runtime = match runtime() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        error!(error = %e, "could not start the FastAGI runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match server.reregister() {
+                        Ok(server) => server.run(script, shutdown, grace).await,
+                        Err(e) => error!(error = %e, "could not take over the FastAGI listener"),
+                    }
+                });
+            })?;
+        Ok(AgiThread { thread, stopped })
+    }
+
+    fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits until the server has stopped (after `shutdown`, its sessions' grace).
+    async fn stopped(self) {
+        let _ = self.stopped.await;
+    }
 }
 
 /// A request on its way to the outbox, with who waits for Zammad's answer to it.
@@ -142,16 +192,19 @@ pub async fn run(
 
     let (claims_tx, mut claims) = mpsc::unbounded_channel::<Claim>();
     let agi_addr = agi.as_ref().map(AgiServer::local_addr);
-    let agi_task = agi.map(|server| {
-        let script = NewcallScript::new(
-            &config.agi,
-            &config.zammad.call_id_prefix,
-            claims_tx.clone(),
-            metrics.clone(),
-        );
-        let grace = config.agi.decision_timeout + Duration::from_secs(1);
-        tokio::spawn(server.run(script, shutdown.clone(), grace))
-    });
+    let agi_task = agi
+        .map(|server| {
+            let script = NewcallScript::new(
+                &config.agi,
+                &config.zammad.call_id_prefix,
+                claims_tx.clone(),
+                metrics.clone(),
+            );
+            let grace = config.agi.decision_timeout + Duration::from_secs(1);
+            AgiThread::spawn(server, script, shutdown.clone(), grace)
+        })
+        .transpose()
+        .context("failed to start the FastAGI thread")?;
     let mut d = Daemon {
         tracker,
         outbox,
@@ -245,8 +298,8 @@ pub async fn run(
     d.flush();
     drop(claims_tx);
     let Daemon { outbox, store, .. } = d;
-    if let Some(task) = agi_task {
-        let _ = task.await;
+    if let Some(agi) = agi_task {
+        agi.stopped().await;
     }
     let grace = config.state.shutdown_grace;
     info!(
