@@ -300,11 +300,20 @@ async fn bench(
     });
     let measured = run_peers(agi, zammad_delay, sessions_per_peer, announce, ended).await;
 
-    let zammad_time: HashMap<String, Duration> = zammad
+    let newcalls: HashMap<String, (std::time::Instant, std::time::Instant)> = zammad
         .requests()
         .into_iter()
         .filter(|r| r.event() == Some("newCall"))
-        .filter_map(|r| Some((r.call_id()?, r.answered_at? - r.received_at)))
+        .filter_map(|r| {
+            Some((
+                r.call_id()?,
+                (r.received_at.into_std(), r.answered_at?.into_std()),
+            ))
+        })
+        .collect();
+    let zammad_time: HashMap<String, Duration> = newcalls
+        .iter()
+        .map(|(id, (received, answered))| (id.clone(), *answered - *received))
         .collect();
     let mut added: Vec<Duration> = measured
         .iter()
@@ -333,6 +342,30 @@ async fn bench(
         ms(pick(&whole, 0.99)),
     );
     print_steps(&measured, &zammad_time);
+    // The step that holds Zammad's time, split at Zammad's clock: from the peer's reply
+    // with the linkedid to Zammad's handler starting (the claim, the journal, the request),
+    // and from its handler ending to `SET VARIABLE ZAMMAD_ACTION` at the peer (the reply's
+    // way back, Zammad's answer turned into commands).
+    let mut to_zammad = Vec::new();
+    let mut back = Vec::new();
+    for (id, t) in &measured {
+        let (received, answered) = newcalls[id];
+        if let (Some(linkedid_sent), Some(action_arrived)) =
+            (t.writes.get(1), t.arrivals.get(ZAMMAD_STEP))
+        {
+            to_zammad.push(received.saturating_duration_since(*linkedid_sent));
+            back.push(action_arrived.saturating_duration_since(answered));
+        }
+    }
+    to_zammad.sort();
+    back.sort();
+    println!(
+        "  linkedid reply -> Zammad's handler starts: p50 {:.3} ms, p99 {:.3} ms; Zammad's handler ends -> SET VARIABLE ZAMMAD_ACTION: p50 {:.3} ms, p99 {:.3} ms",
+        ms(pick(&to_zammad, 0.50)),
+        ms(pick(&to_zammad, 0.99)),
+        ms(pick(&back, 0.50)),
+        ms(pick(&back, 0.99)),
+    );
     shutdown.cancel();
     let _ = daemon.await;
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!(

@@ -51,6 +51,11 @@ pub struct AgiTranscript {
     pub bridge_time: Duration,
     /// `bridge_time` per command: `steps[n]` is the wait for command `n`.
     pub steps: Vec<Duration>,
+    /// When this side wrote: `writes[0]` the environment block, `writes[n + 1]` the reply
+    /// to command `n` (to line up with other clocks, as the stand-in Zammad's).
+    pub writes: Vec<Instant>,
+    /// When command `n` arrived.
+    pub arrivals: Vec<Instant>,
 }
 
 impl FakeAgiCall {
@@ -238,7 +243,10 @@ impl Peer {
     fn new() -> Peer {
         let now = Instant::now();
         Peer {
-            t: AgiTranscript::default(),
+            t: AgiTranscript {
+                writes: vec![now],
+                ..AgiTranscript::default()
+            },
             dead: false,
             started: now,
             last_write: now,
@@ -247,6 +255,7 @@ impl Peer {
 
     /// A command arrived: what to write back, or `None` to close the connection.
     fn respond(&mut self, call: &FakeAgiCall, line: String) -> Option<String> {
+        self.t.arrivals.push(Instant::now());
         let step = self.last_write.elapsed();
         self.t.bridge_time += step;
         self.t.steps.push(step);
@@ -267,6 +276,7 @@ impl Peer {
     /// The reply is written: the bridge's time runs again.
     fn wrote(&mut self) {
         self.last_write = Instant::now();
+        self.t.writes.push(self.last_write);
     }
 
     fn end(mut self) -> AgiTranscript {
