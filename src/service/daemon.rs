@@ -6,7 +6,8 @@
 //!
 //! The tracker runs here, not in the socket reader: the reader only decodes and forwards,
 //! so Asterisk never waits on us. Claims are taken before AMI events, so a claimed call's
-//! `newCall` is queued before anything the tracker learns about it later. Inputs are taken
+//! `newCall` is queued before anything the tracker learns about it later, and go out at
+//! once, ahead of the AMI batch (their sessions wait for Zammad's answer). Inputs are taken
 //! in batches (whatever is ready); one journal write covers a batch, before its events are
 //! queued (its sync follows on the journal's sync thread).
 //!
@@ -244,10 +245,14 @@ pub async fn run(
 
     loop {
         d.tracker.set_now(unix_now());
+        let mut claimed = false;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(claim) = claims.recv() => d.on_claim(claim),
+            Some(claim) = claims.recv() => {
+                d.on_claim(claim);
+                claimed = true;
+            }
             input = inputs.recv() => match input {
                 Some(input) => d.on_input(input),
                 None => break,
@@ -260,6 +265,15 @@ pub async fn run(
             _ = sweep_timer.tick() => d.sweep(),
             Ok(()) = ami_status.changed() => {}
             Some(new) = reloads.recv() => d.reload(&config, new),
+        }
+        // Claims that came meanwhile join them and go out at once: their sessions wait for
+        // Zammad's answer, and must not wait behind a batch of AMI events as well.
+        while let Ok(claim) = claims.try_recv() {
+            d.on_claim(claim);
+            claimed = true;
+        }
+        if claimed {
+            d.flush();
         }
         // Whatever else is ready joins this batch.
         for _ in 0..MAX_BATCH {
