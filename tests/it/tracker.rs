@@ -799,6 +799,78 @@ fn only_changes_a_restart_needs_are_kept() {
     assert!(matches!(pbx.tracker.take_changes().as_slice(), [(k, None)] if k == "15.1"));
 }
 
+/// A member channel that takes another Linkedid without leaving its call (the Linkedid of
+/// a call merged into this one) changes what a restart needs: the record keeps each
+/// channel's Linkedid, and a restart routes that Linkedid's events by it.
+#[test]
+fn a_channel_taking_a_merged_calls_linkedid_rewrites_its_calls_record() {
+    let mut pbx = Pbx::new();
+    pbx.tracker.persist_changes();
+    let trunk = (T, "16.1", "16.1", 4, "from-trunk", "4930100", "+4930555");
+    pbx.ev("Newchannel", trunk, &[]);
+    let claimed = pbx
+        .tracker
+        .claim(&claim("16.1", "16.1", "from-trunk", "4930100", "+4930555"));
+    assert!(matches!(claimed, ClaimOutcome::New(_)));
+    let phone = (
+        "PJSIP/201-10",
+        "16.2",
+        "16.1",
+        0,
+        "from-internal",
+        "s",
+        "201",
+    );
+    pbx.ev("Newchannel", phone, &[]);
+    // A call of its own, then its only channel joins the reported call: its Linkedid
+    // now names the reported call.
+    let other = (
+        "PJSIP/202-11",
+        "16.5",
+        "16.5",
+        4,
+        "from-internal",
+        "s",
+        "202",
+    );
+    pbx.ev("Newchannel", other, &[]);
+    let joined = (
+        "PJSIP/202-11",
+        "16.5",
+        "16.1",
+        6,
+        "from-internal",
+        "s",
+        "202",
+    );
+    pbx.ev("Newstate", joined, &[]);
+    pbx.tracker.take_changes();
+    // The phone's channel shows the merged call's Linkedid: same call, new Linkedid.
+    let relinked = (
+        "PJSIP/201-10",
+        "16.2",
+        "16.5",
+        6,
+        "from-internal",
+        "s",
+        "201",
+    );
+    pbx.ev("VarSet", relinked, &[]);
+    let changes = pbx.tracker.take_changes();
+    let [(key, Some(record))] = changes.as_slice() else {
+        panic!("the call's record is rewritten: {changes:?}");
+    };
+    assert_eq!(key, "16.1");
+    let record = serde_json::to_value(record).unwrap();
+    let phone = record["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["uniqueid"] == "16.2")
+        .expect("the phone's channel is kept");
+    assert_eq!(phone["linkedid"], "16.5");
+}
+
 /// `DialBegin`/`DialEnd` of `caller` to the channel `dest` = (name, uniqueid, linkedid).
 fn dial(
     pbx: &mut Pbx,
