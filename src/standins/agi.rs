@@ -5,8 +5,9 @@
 //!
 //! Answers: `GET VARIABLE` of `CHANNEL(linkedid)` or of a variable set earlier
 //! (`200 result=1 (value)`, `200 result=0` when unset), `SET VARIABLE` with exactly two
-//! arguments (`200 result=1`, else 520), `EXEC Hangup <cause>` (hangs the channel up:
-//! `200 result=-1`, then a bare `HANGUP` line), `VERBOSE`, `NOOP`; anything else `510`.
+//! arguments (`200 result=1`, else 520), `EXEC MSet name=value,...` (sets each pair),
+//! `EXEC Hangup <cause>` (hangs the channel up: `200 result=-1`, then a bare `HANGUP`
+//! line), `VERBOSE`, `NOOP`; anything else `510`.
 //! After a hangup only the dead-capable commands run; others get `511`.
 
 use crate::ami::AmiMessage;
@@ -215,7 +216,15 @@ impl FakeAgiCall {
                 "520-Invalid command syntax.  Proper usage follows:\n Usage: SET VARIABLE <variablename> <value>\n520 End of proper usage.\n".into()
             }
             ["EXEC", ..] if words.len() >= 2 => {
-                if words[1].eq_ignore_ascii_case("Hangup") {
+                if words[1].eq_ignore_ascii_case("MSet") {
+                    // `MSet(name=value,...)`: each pair as `Set` would (Asterisk's
+                    // `pbx_builtin_setvar_multiple`); a pair without `=` is skipped.
+                    let data = words.get(2).map_or("", String::as_str);
+                    for (name, value) in data.split(',').filter_map(|p| p.split_once('=')) {
+                        t.variables.insert(name.to_string(), value.to_string());
+                    }
+                    "200 result=0\n".into()
+                } else if words[1].eq_ignore_ascii_case("Hangup") {
                     t.hangup_cause = Some(words.get(2).cloned().unwrap_or_default());
                     *dead = true;
                     "200 result=-1\nHANGUP\n".into()

@@ -236,12 +236,12 @@ async fn routed_outbound_call_gets_zammads_caller_id_through_fastagi() {
         [
             r#"GET VARIABLE "CHANNEL(linkedid)""#,
             r#"SET VARIABLE "ZAMMAD_CALLID" "1795596391.16""#,
-            r#"SET VARIABLE "CALLERID(num)" "493023125877""#,
-            r#"SET VARIABLE "ZAMMAD_CALLERID" "493023125877""#,
-            r#"SET VARIABLE "ZAMMAD_ACTION" "dial""#,
+            r#"EXEC "MSet" "CALLERID(num)=493023125877,ZAMMAD_CALLERID=493023125877,ZAMMAD_ACTION=dial""#,
         ]
     );
     assert_eq!(t.variables["CALLERID(num)"], "493023125877");
+    assert_eq!(t.variables["ZAMMAD_CALLERID"], "493023125877");
+    assert_eq!(t.variables["ZAMMAD_ACTION"], "dial");
     h.ami.send_events(after).unwrap();
     let got = wait_for_requests(&h, 3).await;
     // The same call as the AMI path alone reports it: one newCall, answer, hangup.
