@@ -130,6 +130,10 @@ struct Daemon {
     ami_logins: u64,
     /// FastAGI claims whose channel AMI has not shown yet: tried again when it does.
     waiting: WaitingClaims,
+    /// Answers to claims, given once the batch that holds their calls is written (the
+    /// sessions run on another thread: told earlier, one could set `ZAMMAD_CALLID` in the
+    /// dialplan before its call is in the journal).
+    answers: Vec<(oneshot::Sender<ClaimReply>, ClaimReply)>,
 }
 
 /// Runs the daemon until `shutdown` is cancelled. Tells `ready` where it listens once
@@ -218,6 +222,7 @@ pub async fn run(
         metrics: metrics.clone(),
         ami_logins: 0,
         waiting: WaitingClaims::default(),
+        answers: Vec::new(),
     };
     d.take_requests();
     let every = config.ami.reconcile_interval;
@@ -418,9 +423,10 @@ impl Daemon {
     }
 
     /// A FastAGI session claims its call: the tracker builds the `newCall` (or says
-    /// Zammad already knows the call) and the session gets Zammad's answer to wait for. A
-    /// claim AMI has not confirmed waits, unanswered, until AMI tells of its channel (or
-    /// its session stops waiting).
+    /// Zammad already knows the call) and the session gets Zammad's answer to wait for,
+    /// once `flush` has written the call ([`Daemon::answers`]). A claim AMI has not
+    /// confirmed waits, unanswered, until AMI tells of its channel (or its session stops
+    /// waiting).
     fn on_claim(&mut self, claim: Claim) {
         let reply = match self.tracker.claim(&claim.claim) {
             ClaimOutcome::Unconfirmed => {
@@ -456,7 +462,7 @@ impl Daemon {
                 decision: None,
             },
         };
-        let _ = claim.reply.send(reply);
+        self.answers.push((claim.reply, reply));
     }
 
     /// Asks Asterisk for its channels. The answer comes in the AMI input stream where the
@@ -509,7 +515,8 @@ impl Daemon {
         self.take_requests();
     }
 
-    /// Writes the batch (changed calls, new events) to the journal, then queues the events.
+    /// Writes the batch (changed calls, new events) to the journal, then queues the events
+    /// and answers the claims.
     fn flush(&mut self) {
         let mut records: Vec<Record> = self
             .tracker
@@ -552,6 +559,9 @@ impl Daemon {
                 }
                 (None, None) => self.outbox.push(seq, p.request),
             }
+        }
+        for (session, answer) in self.answers.drain(..) {
+            let _ = session.send(answer);
         }
     }
 }
