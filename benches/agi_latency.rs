@@ -154,16 +154,12 @@ async fn floor(zammad_delay: Duration, sessions_per_peer: usize) {
     )
     .await;
     let slept = slept.lock().unwrap();
-    let mut added: Vec<Duration> = measured
+    let added = measured
         .iter()
-        .map(|(id, t)| t.bridge_time.saturating_sub(slept[id]))
-        .collect();
-    added.sort();
+        .map(|(id, t)| t.bridge_time.saturating_sub(slept[id]));
     println!(
-        "floor, a server doing no work (same commands, Zammad's time slept): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-        ms(pick(&added, 0.50)),
-        ms(pick(&added, 0.99)),
-        ms(*added.last().unwrap())
+        "floor, a server doing no work (same commands, Zammad's time slept): {}",
+        percentiles(added, true)
     );
     print_steps(&measured, &slept);
 }
@@ -315,31 +311,24 @@ async fn bench(
         .iter()
         .map(|(id, (received, answered))| (id.clone(), *answered - *received))
         .collect();
-    let mut added: Vec<Duration> = measured
+    let added = measured
         .iter()
-        .map(|(id, t)| t.bridge_time.saturating_sub(zammad_time[id]))
-        .collect();
-    let mut whole: Vec<Duration> = measured
+        .map(|(id, t)| t.bridge_time.saturating_sub(zammad_time[id]));
+    let whole = measured
         .iter()
-        .map(|(id, t)| t.elapsed.saturating_sub(zammad_time[id]))
-        .collect();
-    added.sort();
-    whole.sort();
+        .map(|(id, t)| t.elapsed.saturating_sub(zammad_time[id]));
     println!(
         "FastAGI newcall, {} sessions, {CONCURRENCY} open at once, stand-in Zammad {zammad_delay:?} per request ({} new calls/s)",
-        added.len(),
+        measured.len(),
         CONCURRENCY as u128 * 1000 / zammad_delay.as_millis()
     );
     println!(
-        "time the bridge adds (session minus Zammad's own time): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (target: p99 < 1 ms)",
-        ms(pick(&added, 0.50)),
-        ms(pick(&added, 0.99)),
-        ms(*added.last().unwrap())
+        "time the bridge adds (session minus Zammad's own time): {} (target: p99 < 1 ms)",
+        percentiles(added, true)
     );
     println!(
-        "whole session incl. the peer's replies, minus Zammad's own time: p50 {:.3} ms, p99 {:.3} ms",
-        ms(pick(&whole, 0.50)),
-        ms(pick(&whole, 0.99)),
+        "whole session incl. the peer's replies, minus Zammad's own time: {}",
+        percentiles(whole, false)
     );
     print_steps(&measured, &zammad_time);
     // The step that holds Zammad's time, split at Zammad's clock: from the peer's reply
@@ -357,14 +346,10 @@ async fn bench(
             back.push(action_arrived.saturating_duration_since(answered));
         }
     }
-    to_zammad.sort();
-    back.sort();
     println!(
-        "  linkedid reply -> Zammad's handler starts: p50 {:.3} ms, p99 {:.3} ms; Zammad's handler ends -> SET VARIABLE ZAMMAD_ACTION: p50 {:.3} ms, p99 {:.3} ms",
-        ms(pick(&to_zammad, 0.50)),
-        ms(pick(&to_zammad, 0.99)),
-        ms(pick(&back, 0.50)),
-        ms(pick(&back, 0.99)),
+        "  linkedid reply -> Zammad's handler starts: {}; Zammad's handler ends -> SET VARIABLE ZAMMAD_ACTION: {}",
+        percentiles(to_zammad, false),
+        percentiles(back, false),
     );
     shutdown.cancel();
     let _ = daemon.await;
@@ -404,27 +389,27 @@ fn hangups(channel: &str, uniqueid: &str, linkedid: &str) -> Bytes {
 /// Zammad's time, or what the floor server slept, taken off the step that holds it).
 fn print_steps(measured: &[(String, AgiTranscript)], waited: &HashMap<String, Duration>) {
     for (step, what) in STEPS.iter().enumerate() {
-        let mut times: Vec<Duration> = measured
-            .iter()
-            .filter_map(|(id, t)| {
-                let wait = *t.steps.get(step)?;
-                Some(match step {
-                    ZAMMAD_STEP => wait.saturating_sub(waited[id]),
-                    _ => wait,
-                })
+        let times = measured.iter().filter_map(|(id, t)| {
+            let wait = *t.steps.get(step)?;
+            Some(match step {
+                ZAMMAD_STEP => wait.saturating_sub(waited[id]),
+                _ => wait,
             })
-            .collect();
-        times.sort();
-        println!(
-            "  {what}: p50 {:.3} ms, p99 {:.3} ms",
-            ms(pick(&times, 0.50)),
-            ms(pick(&times, 0.99)),
-        );
+        });
+        println!("  {what}: {}", percentiles(times, false));
     }
 }
 
-fn pick(v: &[Duration], q: f64) -> Duration {
-    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
+/// `p50 … ms, p99 … ms`, and the maximum when asked.
+fn percentiles(times: impl IntoIterator<Item = Duration>, max: bool) -> String {
+    let mut v: Vec<Duration> = times.into_iter().collect();
+    v.sort();
+    let pick = |q: f64| ms(v[((v.len() as f64 * q) as usize).min(v.len() - 1)]);
+    let mut text = format!("p50 {:.3} ms, p99 {:.3} ms", pick(0.50), pick(0.99));
+    if max {
+        text.push_str(&format!(", max {:.3} ms", ms(*v.last().unwrap())));
+    }
+    text
 }
 
 fn ms(d: Duration) -> f64 {

@@ -89,22 +89,9 @@ impl CallAction {
     }
 }
 
-/// The FastAGI commands that tell the dialplan: `ZAMMAD_CALLID`, for a dial
-/// `CALLERID(num)` and `ZAMMAD_CALLERID`, then `ZAMMAD_ACTION`, and for a reject with
-/// `agi.reject = "hangup"` the cause-17 hangup: [`call_id_command`], then
-/// [`action_commands`].
-pub fn agi_commands(
-    call_id: &CallId,
-    action: &CallAction,
-    reject: RejectMode,
-) -> Result<Vec<AgiCommand>, AgiError> {
-    let mut commands = vec![call_id_command(call_id)?];
-    commands.extend(action_commands(action, reject)?);
-    Ok(commands)
-}
-
-/// `ZAMMAD_CALLID`: known once the claim is taken, so a session sets it while Zammad
-/// decides rather than after.
+/// `ZAMMAD_CALLID`, the first of the FastAGI commands that tell the dialplan
+/// ([`action_commands`] follow): known once the claim is taken, so a session sets it while
+/// Zammad decides rather than after.
 pub fn call_id_command(call_id: &CallId) -> Result<AgiCommand, AgiError> {
     AgiCommand::set_variable("ZAMMAD_CALLID", &call_id.0)
 }
@@ -232,10 +219,10 @@ mod tests {
     #[test]
     fn agi_commands_byte_for_byte() {
         let id = CallId("1795596443.48".into());
+        // A session's commands: the callId, then what follows Zammad's answer.
         let lines = |action: &CallAction, mode| {
-            agi_commands(&id, action, mode)
-                .unwrap()
-                .iter()
+            std::iter::once(call_id_command(&id).unwrap())
+                .chain(action_commands(action, mode).unwrap())
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()
         };

@@ -46,10 +46,11 @@ const MAX_BATCH: usize = 512;
 /// The runtime the daemon runs on: one thread for all of its tasks (the AMI reader, the
 /// tracker loop, the outbox's workers and their HTTP, the admin listener), plus the
 /// FastAGI sessions' own thread ([`AgiThread`], another runtime like this one), the
-/// journal's sync thread and tokio's pool for blocking calls (name lookups). Events arrive one by one, a few microseconds of work each: on a runtime with
-/// a thread per core, most of an event's cost was waking the task on another thread (a
-/// futex call each way) to hand it over, not the work. One thread keeps each hand-over a
-/// push to a local queue, and a few hundred calls a second use a small part of it.
+/// journal's sync thread and tokio's pool for blocking calls (name lookups). Events
+/// arrive one by one, a few microseconds of work each: on a runtime with a thread per
+/// core, most of an event's cost was waking the task on another thread (a futex call each
+/// way) to hand it over, not the work. One thread keeps each hand-over a push to a local
+/// queue, and a few hundred calls a second use a small part of it.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
