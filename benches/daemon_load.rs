@@ -19,66 +19,21 @@
 //! `AZB_LOAD_BIN` runs another build of the daemon (a copy of an older binary, say) under
 //! the same load, for a before and after on the same machine in the same hour.
 
+mod common;
+
 use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
 use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use common::calls::{Template, call_part};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const TEMPLATE: &str = include_str!("../tests/fixtures/ami-transcripts/inbound-answered.txt");
-/// The template's ids: its Uniqueids share this prefix; its two Local pairs these
-/// sequence numbers; its bridge this id.
-const UNIQUEID_PREFIX: &str = "1795596369.";
-const LOCAL_SEQS: [&str; 2] = ["-00000000;", "-00000001;"];
-const BRIDGE_ID: &str = "0f67ae6b-9570-4f8e-af19-508f2f33a991";
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// The template's events (no responses, no `FullyBooted`), split where the call starts to
-/// end: the first part rings and answers, the second hangs up.
-fn template() -> (String, String, usize) {
-    let mut start = String::new();
-    let mut end = String::new();
-    let mut events = 0;
-    for frame in TEMPLATE.split("\r\n\r\n") {
-        let frame = frame.trim_start_matches("Asterisk Call Manager/11.0.0\r\n");
-        if !frame.starts_with("Event: ") || frame.starts_with("Event: FullyBooted") {
-            continue;
-        }
-        events += 1;
-        let ending = [
-            "Event: BridgeLeave",
-            "Event: HangupRequest",
-            "Event: SoftHangupRequest",
-            "Event: Hangup",
-        ]
-        .iter()
-        .any(|e| frame.starts_with(&format!("{e}\r\n")));
-        let part = if ending || !end.is_empty() {
-            &mut end
-        } else {
-            &mut start
-        };
-        part.push_str(frame);
-        part.push_str("\r\n\r\n");
-    }
-    (start, end, events)
-}
-
-/// `part` of call `n`, with ids of its own.
-fn call_part(part: &str, n: u64, out: &mut BytesMut) {
-    let s = part
-        .replace(UNIQUEID_PREFIX, &format!("{}.", 1_000_000_000 + n))
-        .replace(LOCAL_SEQS[0], &format!("-{:08x};", 2 * n))
-        .replace(LOCAL_SEQS[1], &format!("-{:08x};", 2 * n + 1))
-        .replace(BRIDGE_ID, &format!("{n:08x}-0000-4000-8000-000000000000"));
-    out.put_slice(s.as_bytes());
 }
 
 struct Daemon {
@@ -226,7 +181,11 @@ async fn rate_mode() {
     let rate: u64 = env_or("AZB_LOAD_RATE", 500);
     let seconds: u64 = env_or("AZB_LOAD_SECONDS", 20);
     let hold = Duration::from_millis(env_or("AZB_LOAD_HOLD_MS", 2000));
-    let (start_part, end_part, events_per_call) = template();
+    let Template {
+        start: start_part,
+        end: end_part,
+        events: events_per_call,
+    } = Template::load();
     let frames = |part: &str| -> Vec<String> {
         part.split_inclusive("\r\n\r\n")
             .map(str::to_string)
@@ -344,7 +303,11 @@ async fn rate_mode() {
 
 async fn open_mode() {
     let open: u64 = env_or("AZB_LOAD_OPEN", 10_000);
-    let (start_part, end_part, events_per_call) = template();
+    let Template {
+        start: start_part,
+        end: end_part,
+        events: events_per_call,
+    } = Template::load();
     let (ami, zammad) = start_peers().await;
     let admin = free_port();
     let daemon = Daemon::start(&ami, &zammad, &admin, "open");

@@ -3,16 +3,24 @@
 //! Prints:
 //! - AMI events per second through the codec alone, over the recorded transcripts;
 //! - AMI events per second end to end (codec, tracker, JSON bodies), no network, one core;
-//! - bytes the tracker holds per active call with 10,000 calls up at once.
+//! - bytes the tracker holds per active call with 10,000 calls up at once;
+//! - the daemon's own work per AMI event, without its I/O: codec, tracker with the
+//!   journal's change tracking, journal records and request bodies encoded, on calls
+//!   interleaved as a busy PBX sends them (a stable figure to compare changes by, where the
+//!   live daemon's, `daemon_load`, moves with the machine's noise).
 
 #![allow(unsafe_code)] // the counting allocator below
+
+mod common;
 
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::ami::codec::{AmiCodec, AmiFrame};
 use asterisk_zammad_bridge::calls::{Tracker, TrackerSettings};
 use asterisk_zammad_bridge::commands::replay::for_each_message;
 use asterisk_zammad_bridge::config::Config;
+use asterisk_zammad_bridge::service::journal::Record;
 use bytes::BytesMut;
+use common::calls::{Template, call_part};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
@@ -195,9 +203,79 @@ fn memory_per_call(calls: usize) {
     drop(tracker);
 }
 
+/// `calls` answered calls (the load benchmark's), `open` of them under way at any time,
+/// their events interleaved one call after the other, as many calls ringing and talking at
+/// once reach AMI. Taken in batches of `batch` events as the daemon takes what is ready: the
+/// tracker's changed calls become journal records, its requests JSON bodies. Generating
+/// the events is not timed.
+#[inline(never)] // a frame of its own in profiles
+fn daemon_work(calls: u64, open: usize, batch: usize) {
+    let frames = Template::load().frames();
+    let mut tracker = Tracker::new(lab_settings());
+    tracker.persist_changes();
+    tracker.set_now(1_800_000_000);
+    let mut codec = AmiCodec::new();
+    let mut requests = Vec::new();
+    let (mut events, mut records, mut bytes) = (0usize, 0usize, 0usize);
+    let mut in_batch = 0;
+    let mut timed = std::time::Duration::ZERO;
+    // Calls under way: (call, index of its next event).
+    let mut active: Vec<(u64, usize)> = Vec::new();
+    let mut next_call = 0u64;
+    let mut buf = BytesMut::new();
+    while next_call < calls || !active.is_empty() {
+        // One round: each open call sends its next event (untimed), then the round is
+        // decoded and handled (timed).
+        while active.len() < open && next_call < calls {
+            active.push((next_call, 0));
+            next_call += 1;
+        }
+        for (n, k) in active.iter_mut() {
+            call_part(&frames[*k], *n, &mut buf);
+            *k += 1;
+        }
+        active.retain(|(_, k)| *k < frames.len());
+        let start = Instant::now();
+        while let Some(frame) = codec.decode(&mut buf).unwrap() {
+            let AmiFrame::Message(msg) = frame else {
+                continue;
+            };
+            events += 1;
+            tracker.handle(&msg, &mut requests);
+            in_batch += 1;
+            if in_batch == batch {
+                in_batch = 0;
+                for (key, call) in tracker.take_changes() {
+                    let record = match call {
+                        Some(call) => Record::Call {
+                            key,
+                            call: Box::new(call),
+                        },
+                        None => Record::End { key },
+                    };
+                    records += 1;
+                    bytes += serde_json::to_vec(&record).unwrap().len();
+                }
+                for r in requests.drain(..) {
+                    bytes += r.to_json().len();
+                }
+            }
+        }
+        timed += start.elapsed();
+    }
+    assert_eq!(tracker.active_calls(), 0, "every call ended");
+    println!(
+        "daemon work:  {:>10.0} ns per event ({events} events of {calls} calls, {open} open at \
+         once, batches of {batch}; {records} journal records, {bytes} bytes of JSON, {:.2} s)",
+        timed.as_nanos() as f64 / events as f64,
+        timed.as_secs_f64()
+    );
+}
+
 fn main() {
     let stream = transcripts();
     codec_only(&stream, 2000);
     end_to_end(&stream, 1000);
     memory_per_call(10_000);
+    daemon_work(20_000, 1_000, 8);
 }

@@ -450,6 +450,9 @@ enum Wake {
 
 type AmiFramed = Framed<AmiStream, AmiCodec>;
 
+/// Bytes read from Asterisk at most at once.
+const READ_BUFFER: usize = 64 * 1024;
+
 struct Connection {
     settings: AmiSettings,
     cancel: CancellationToken,
@@ -551,7 +554,9 @@ impl Connection {
                     problem,
                 })?,
         };
-        let mut framed = Framed::new(stream, AmiCodec::new());
+        // Reads of up to 64 KiB: under load one read takes in a burst of events that an
+        // 8 KiB buffer (the default) would take in several, a system call each.
+        let mut framed = Framed::with_capacity(stream, AmiCodec::new(), READ_BUFFER);
         tokio::time::timeout(timeout, self.login(&mut framed))
             .await
             .map_err(|_| AmiError::LoginTimeout { address, timeout })??;

@@ -101,7 +101,9 @@ impl Tracker {
                 if call.origin.as_deref() == Some(&*uid)
                     && let Some(ch) = self.channels.get(&*uid)
                 {
-                    if let Some(num) = &ch.caller_num {
+                    if let Some(num) = &ch.caller_num
+                        && call.caller.as_ref() != Some(num)
+                    {
                         call.caller = Some(num.clone());
                     }
                     call.caller_withheld = ch.withheld;

@@ -1,0 +1,5 @@
+//! What the benchmarks share.
+
+#![allow(dead_code)] // each benchmark uses a part
+
+pub mod calls;
