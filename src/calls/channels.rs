@@ -3,7 +3,7 @@
 //! end its call.
 
 use super::Tracker;
-use super::model::{Call, Channel, ChannelBlock, ChannelState, Prefix};
+use super::model::{Call, Channel, ChannelBlock, ChannelState, Prefix, ShortStr};
 use crate::ami::AmiMessage;
 use crate::calls::number::{is_withheld, presentation_withholds};
 use crate::zammad::cti::{CtiRequest, Direction};
@@ -11,17 +11,17 @@ use crate::zammad::cti::{CtiRequest, Direction};
 impl Tracker {
     /// Creates or refreshes the channel of the block with `prefix`; returns its Uniqueid.
     /// Re-homes the channel when its Linkedid changed.
-    pub(super) fn touch(&mut self, msg: &AmiMessage, prefix: Prefix) -> Option<Box<str>> {
+    pub(super) fn touch(&mut self, msg: &AmiMessage, prefix: Prefix) -> Option<ShortStr> {
         self.touch_keyed(msg, prefix).map(|(uid, _)| uid)
     }
 
     /// [`Tracker::touch`] of the event's own channel, with the key of its call.
-    pub(super) fn touch_in_call(&mut self, msg: &AmiMessage) -> Option<(Box<str>, Box<str>)> {
+    pub(super) fn touch_in_call(&mut self, msg: &AmiMessage) -> Option<(ShortStr, ShortStr)> {
         self.touch_keyed(msg, "")
     }
 
     /// [`Tracker::touch`], returning the channel's Uniqueid and the key of its call.
-    fn touch_keyed(&mut self, msg: &AmiMessage, prefix: Prefix) -> Option<(Box<str>, Box<str>)> {
+    fn touch_keyed(&mut self, msg: &AmiMessage, prefix: Prefix) -> Option<(ShortStr, ShortStr)> {
         let block = ChannelBlock::read(msg, prefix);
         let uniqueid = block.uniqueid?;
         let linkedid = block.linkedid.unwrap_or(uniqueid);
@@ -79,7 +79,7 @@ impl Tracker {
                 None
             }
         };
-        let uid: Box<str> = uniqueid.into();
+        let uid: ShortStr = uniqueid.into();
         if let Some(old) = moved_from {
             self.mark(&old);
             self.rehome(&uid, &old);
@@ -135,14 +135,14 @@ impl Tracker {
     }
 
     /// The key of the call that owns `linkedid` (following merges), created on demand.
-    pub(super) fn call_key_for(&mut self, linkedid: &str) -> Box<str> {
+    pub(super) fn call_key_for(&mut self, linkedid: &str) -> ShortStr {
         if let Some(key) = self.aliases.get(linkedid) {
             return key.clone();
         }
         if let Some((key, _)) = self.calls.get_key_value(linkedid) {
             return key.clone();
         }
-        let key: Box<str> = linkedid.into();
+        let key: ShortStr = linkedid.into();
         self.calls.insert(key.clone(), Call::default());
         key
     }
@@ -185,13 +185,13 @@ impl Tracker {
         }
     }
 
-    pub(super) fn call_of(&self, uniqueid: &str) -> Option<Box<str>> {
+    pub(super) fn call_of(&self, uniqueid: &str) -> Option<ShortStr> {
         self.channels.get(uniqueid).map(|c| c.call.clone())
     }
 
     /// The extension behind a channel or interface name: `PJSIP/201-00000a`,
     /// `SIP/201-0a`, `Local/201@phones-0000001;1`, `PJSIP/201` → `201`, if it is one of ours.
-    pub(super) fn extension_of(&self, name: &str) -> Option<Box<str>> {
+    pub(super) fn extension_of(&self, name: &str) -> Option<ShortStr> {
         let rest = name.split_once('/')?.1;
         let end = rest.find(['@', '-', ';', '/']).unwrap_or(rest.len());
         let ext = &rest[..end];

@@ -9,6 +9,7 @@
 //! (the tracker reads no clock); a claim never confirmed leaves the call to AMI.
 
 use super::Tracker;
+use super::model::ShortStr;
 use crate::calls::number::is_withheld;
 use crate::zammad::cti::{CallId, CtiRequest, Direction};
 
@@ -122,7 +123,7 @@ impl Tracker {
         } else {
             self.settings.plan.normalise(dialed)
         };
-        let agent: Option<Box<str>> = match claim.from.as_deref() {
+        let agent: Option<ShortStr> = match claim.from.as_deref() {
             Some(from) => Some(from.into()),
             None => {
                 let ampuser = self.channels.get(uid).and_then(|c| c.ampuser.as_deref());

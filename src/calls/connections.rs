@@ -2,7 +2,7 @@
 //! call, ringing, and the answer that counts (the origin's own dial or queue).
 
 use super::Tracker;
-use super::model::{AnsweredBy, Call, Leg};
+use super::model::{AnsweredBy, Call, Leg, ShortStr};
 use crate::ami::AmiMessage;
 use crate::calls::cause::DialOutcome;
 use crate::calls::number::is_withheld;
@@ -36,7 +36,7 @@ impl Tracker {
     /// The dialed channel of a Dial/queue event and the caller's call (both channel blocks
     /// refreshed). `None` without a caller block (Originate, call files): such a dial
     /// belongs to no call yet.
-    pub(super) fn dial_parties(&mut self, msg: &AmiMessage) -> Option<(Box<str>, Box<str>)> {
+    pub(super) fn dial_parties(&mut self, msg: &AmiMessage) -> Option<(ShortStr, ShortStr)> {
         let caller = self.touch(msg, "");
         let dest = self.touch(msg, "Dest");
         let key = self.call_of(caller.as_deref()?)?;
@@ -200,8 +200,8 @@ impl Tracker {
     /// The channel at the far end of a connection that reached `dest`: through Local
     /// channel pairs (the `;1` the caller dialed is answered because its `;2` was
     /// connected to someone) to the leg that really answered.
-    pub(super) fn connected_leg(&self, dest: &str) -> Box<str> {
-        let mut leg: Box<str> = dest.into();
+    pub(super) fn connected_leg(&self, dest: &str) -> ShortStr {
+        let mut leg: ShortStr = dest.into();
         // Local pairs nest only as deep as the dialplan goes; the bound keeps a malformed
         // stream from looping.
         for _ in 0..16 {

@@ -2,6 +2,7 @@
 //! outbound, or not Zammad's at all; who the calling agent of an outbound call is.
 
 use super::Tracker;
+use super::model::ShortStr;
 use crate::ami::AmiMessage;
 use crate::config::AgentEntry;
 use crate::zammad::cti::{CtiRequest, Direction};
@@ -20,7 +21,7 @@ impl Tracker {
         name: &str,
         caller: Option<&str>,
         ampuser: Option<&str>,
-    ) -> Option<Box<str>> {
+    ) -> Option<ShortStr> {
         let endpoint = self.extension_of(name);
         let known = |n: &str| self.settings.agents.contains_key(n);
         if let Some(a) = ampuser.filter(|a| known(a) || self.settings.plan.is_extension(a)) {

@@ -59,7 +59,7 @@ use crate::ami::AmiMessage;
 use crate::calls::number::NumberPlan;
 use crate::config::{AgentEntry, CallsConfig, Config};
 use crate::zammad::cti::CtiRequest;
-use model::{Call, Channel, RecentlyEnded};
+use model::{Call, Channel, RecentlyEnded, ShortStr};
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -99,10 +99,10 @@ impl TrackerSettings {
 #[derive(Debug)]
 pub struct Tracker {
     settings: TrackerSettings,
-    channels: FastMap<Box<str>, Channel>,
-    calls: FastMap<Box<str>, Call>,
+    channels: FastMap<ShortStr, Channel>,
+    calls: FastMap<ShortStr, Call>,
     /// Linkedids adopted by a call other than their own (after merges), to that call's key.
-    aliases: FastMap<Box<str>, Box<str>>,
+    aliases: FastMap<ShortStr, ShortStr>,
     /// Keys of the last calls that ended (oldest first), so that a FastAGI claim arriving
     /// after its call's last AMI event does not bring the call back.
     ended: RecentlyEnded,
@@ -114,14 +114,14 @@ pub struct Tracker {
     /// The time the daemon last told ([`Tracker::set_now`]), in seconds.
     now: u64,
     /// Calls changed since the last [`Tracker::take_changes`].
-    dirty: FastSet<Box<str>>,
+    dirty: FastSet<ShortStr>,
     /// Calls whose record the state dir holds, with a hash of that record, so that an event
     /// that changes nothing a restart needs writes nothing.
-    stored: FastMap<Box<str>, u64>,
+    stored: FastMap<ShortStr, u64>,
     /// Whether [`Tracker::take_changes`] is used (the daemon); `replay` leaves it off.
     persisting: bool,
     /// Calls emptied by a re-link during the current event ([`Tracker::end_emptied`]).
-    emptied: Vec<Box<str>>,
+    emptied: Vec<ShortStr>,
 }
 
 impl Tracker {

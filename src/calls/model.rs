@@ -9,19 +9,26 @@ use crate::zammad::cti::{CallId, Direction};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
+/// The tracker's short texts: Uniqueids and call keys above all, also channel names,
+/// numbers and extensions. Up to 24 bytes (every Uniqueid Asterisk makes, most names) are
+/// kept in place, so a map lookup compares a key in its own slot rather than following a
+/// pointer to it (a cache miss per lookup, several lookups per event), and copying one
+/// allocates nothing; longer ones live on the heap. Serialized as a plain string.
+pub(crate) type ShortStr = compact_str::CompactString;
+
 /// One channel (Uniqueid) as far as call tracking needs it.
 #[derive(Debug)]
 pub(super) struct Channel {
-    pub(super) name: Box<str>,
+    pub(super) name: ShortStr,
     /// Key of the call this channel belongs to.
-    pub(super) call: Box<str>,
+    pub(super) call: ShortStr,
     /// The Linkedid last seen on this channel.
-    pub(super) linkedid: Box<str>,
+    pub(super) linkedid: ShortStr,
     pub(super) state: ChannelState,
-    pub(super) caller_num: Option<Box<str>>,
+    pub(super) caller_num: Option<ShortStr>,
     /// The channel's caller-ID name (`CallerIDName`; never `<unknown>` or empty): on a
     /// phone's own channel, the name of whoever uses it.
-    pub(super) caller_name: Option<Box<str>>,
+    pub(super) caller_name: Option<ShortStr>,
     /// The caller's presentation says the number is not to be shown (`CID-CallingPres`
     /// restricted or unavailable).
     pub(super) withheld: bool,
@@ -30,12 +37,12 @@ pub(super) struct Channel {
     pub(super) dialed: bool,
     /// FreePBX's `AMPUSER` on this channel (`VarSet`): the calling extension as FreePBX's
     /// `macro-user-callerid` decided it; cleared when it found no internal user.
-    pub(super) ampuser: Option<Box<str>>,
+    pub(super) ampuser: Option<ShortStr>,
     /// The channel reached state Ring (entered the dialplan as an incoming channel).
     pub(super) entered: bool,
     /// The channel this one's own dial (or queue) connected it to: the Dest of its
     /// `DialEnd ANSWER`, or of its `AgentConnect`.
-    pub(super) connected_to: Option<Box<str>>,
+    pub(super) connected_to: Option<ShortStr>,
     /// The tracker's event count when the channel was first seen (0: restored).
     pub(super) seen_at: u64,
     /// The channel was first seen in its own `Newchannel`: everything it did since
@@ -46,11 +53,11 @@ pub(super) struct Channel {
 
 impl Channel {
     pub(super) fn new(
-        name: Box<str>,
-        call: Box<str>,
-        linkedid: Box<str>,
+        name: ShortStr,
+        call: ShortStr,
+        linkedid: ShortStr,
         state: ChannelState,
-        caller_num: Option<Box<str>>,
+        caller_num: Option<ShortStr>,
         seen_at: u64,
         born_seen: bool,
     ) -> Self {
@@ -143,11 +150,11 @@ impl ChannelState {
 /// One leg dialed (or called by a queue) on behalf of a call.
 #[derive(Debug, Clone, PartialEq, Hash, Serialize, Deserialize)]
 pub(super) struct Leg {
-    pub(super) uniqueid: Box<str>,
+    pub(super) uniqueid: ShortStr,
     /// The agent's extension, if the leg goes to an internal phone.
-    pub(super) extension: Option<Box<str>>,
+    pub(super) extension: Option<ShortStr>,
     /// A display name from the queue (`MemberName`), used when `[agents]` has none.
-    pub(super) member_name: Option<Box<str>>,
+    pub(super) member_name: Option<ShortStr>,
     pub(super) alive: bool,
 }
 
@@ -156,20 +163,20 @@ pub(super) struct Call {
     pub(super) call_id: Option<CallId>,
     pub(super) direction: Option<Direction>,
     /// Inbound: the external party's channel. Outbound: the dialing phone's channel.
-    pub(super) origin: Option<Box<str>>,
+    pub(super) origin: Option<ShortStr>,
     /// The first channel that entered the dialplan in an outbound context, and the number
     /// it dialed there: the call becomes outbound when that number is dialed out.
-    pub(super) out_origin: Option<(Box<str>, Box<str>)>,
+    pub(super) out_origin: Option<(ShortStr, ShortStr)>,
     pub(super) from: String,
     pub(super) to: String,
     /// Inbound: the caller's number as the origin channel last showed it (kept when the
     /// channel is gone), and whether its presentation withholds it.
-    pub(super) caller: Option<Box<str>>,
+    pub(super) caller: Option<ShortStr>,
     pub(super) caller_withheld: bool,
     pub(super) queue: Option<String>,
     pub(super) in_queue: bool,
     /// Outbound: the calling agent's extension.
-    pub(super) agent: Option<Box<str>>,
+    pub(super) agent: Option<ShortStr>,
     /// Inbound: who rings, as the dialplan told the FastAGI `newcall` (`user=`).
     pub(super) claimed_users: Vec<String>,
     pub(super) legs: Vec<Leg>,
@@ -180,7 +187,7 @@ pub(super) struct Call {
     pub(super) ended: bool,
     pub(super) outcome: CallOutcome,
     /// Uniqueids of this call's channels still alive.
-    pub(super) members: Vec<Box<str>>,
+    pub(super) members: Vec<ShortStr>,
     /// How many times one of its channels took a new Linkedid while in this call: with
     /// `members` (a channel's name never changes), what tells that the channels a
     /// restart needs changed, without reading each one.
@@ -192,14 +199,14 @@ pub(super) struct Call {
 /// The last [`RecentlyEnded::CAPACITY`] keys of something that ended (calls, channels).
 #[derive(Debug, Default)]
 pub(super) struct RecentlyEnded {
-    pub(super) order: VecDeque<Box<str>>,
-    pub(super) keys: FastSet<Box<str>>,
+    pub(super) order: VecDeque<ShortStr>,
+    pub(super) keys: FastSet<ShortStr>,
 }
 
 impl RecentlyEnded {
     pub(super) const CAPACITY: usize = 4096;
 
-    pub(super) fn insert(&mut self, key: Box<str>) {
+    pub(super) fn insert(&mut self, key: ShortStr) {
         if self.keys.insert(key.clone()) {
             self.order.push_back(key);
             if self.order.len() > Self::CAPACITY
@@ -282,8 +289,8 @@ pub(super) fn header<'a>(msg: &'a AmiMessage, prefix: Prefix, key: &str) -> Opti
 }
 
 pub(super) enum AnsweredBy {
-    Leg(Box<str>),
-    Picker { extension: Option<Box<str>> },
+    Leg(ShortStr),
+    Picker { extension: Option<ShortStr> },
     Voicemail,
 }
 

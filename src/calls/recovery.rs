@@ -3,7 +3,7 @@
 //! the sweep of calls that went silent.
 
 use super::Tracker;
-use super::model::{AnsweredBy, Call, Channel, ChannelState, Leg};
+use super::model::{AnsweredBy, Call, Channel, ChannelState, Leg, ShortStr};
 use crate::ami::AmiMessage;
 use crate::calls::cause::CallOutcome;
 use crate::zammad::cti::{CallId, CtiRequest, Direction};
@@ -16,12 +16,12 @@ use serde::{Deserialize, Serialize};
 pub struct CallRecord {
     pub(super) call_id: CallId,
     pub(super) direction: Direction,
-    pub(super) origin: Option<Box<str>>,
+    pub(super) origin: Option<ShortStr>,
     pub(super) from: String,
     pub(super) to: String,
     pub(super) queue: Option<String>,
     pub(super) in_queue: bool,
-    pub(super) agent: Option<Box<str>>,
+    pub(super) agent: Option<ShortStr>,
     pub(super) legs: Vec<Leg>,
     pub(super) answered: bool,
     pub(super) outcome: CallOutcome,
@@ -31,11 +31,11 @@ pub struct CallRecord {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct ChannelRecord {
-    pub(super) uniqueid: Box<str>,
-    pub(super) name: Box<str>,
-    pub(super) linkedid: Box<str>,
+    pub(super) uniqueid: ShortStr,
+    pub(super) name: ShortStr,
+    pub(super) linkedid: ShortStr,
     pub(super) state: u8,
-    pub(super) caller_num: Option<Box<str>>,
+    pub(super) caller_num: Option<ShortStr>,
 }
 
 impl Tracker {
@@ -141,7 +141,7 @@ impl Tracker {
         out: &mut Vec<CtiRequest>,
     ) {
         for (key, r) in records {
-            let key: Box<str> = key.into();
+            let key: ShortStr = key.into();
             let mut call = Call {
                 call_id: Some(r.call_id),
                 direction: Some(r.direction),
@@ -196,7 +196,7 @@ impl Tracker {
     /// late"), answered if its caller is already talking to a phone.
     pub fn reconcile(&mut self, live: &[AmiMessage], since: u64, out: &mut Vec<CtiRequest>) {
         let present: HashSet<&str> = live.iter().filter_map(|c| c.get("Uniqueid")).collect();
-        let mut gone: Vec<Box<str>> = self
+        let mut gone: Vec<ShortStr> = self
             .channels
             .iter()
             .filter(|(uid, ch)| ch.seen_at <= since && !present.contains(&***uid))
@@ -206,7 +206,7 @@ impl Tracker {
         for uid in gone {
             self.hang_up_unseen(&uid, out);
         }
-        let mut adopted: Vec<Box<str>> = Vec::new();
+        let mut adopted: Vec<ShortStr> = Vec::new();
         // Channels born while we were not looking: first learnt from this list, or from an
         // event after the list was asked for that was not their `Newchannel` (events go on
         // between the login and the list, and tell only the rest of such a channel's life).
@@ -237,7 +237,7 @@ impl Tracker {
         // whether the phone itself was learnt from the list, from events since the list was
         // asked for, or before (the connection dropped between its Newchannel and its
         // DialBegin, or the daemon restarted meanwhile).
-        let mut dialed_unseen: Vec<Box<str>> = self
+        let mut dialed_unseen: Vec<ShortStr> = self
             .calls
             .iter()
             .filter(|(_, c)| c.direction.is_none() && !c.reported)
@@ -259,7 +259,7 @@ impl Tracker {
         for key in &dialed_unseen {
             self.adopt_outbound(key, live, out);
         }
-        let keys: Vec<Box<str>> = self.calls.keys().cloned().collect();
+        let keys: Vec<ShortStr> = self.calls.keys().cloned().collect();
         for key in keys {
             let Some(call) = self.calls.get(&key) else {
                 continue;
@@ -298,7 +298,7 @@ impl Tracker {
         if call.direction.is_some() || call.reported {
             return;
         }
-        let others: Vec<Box<str>> = call
+        let others: Vec<ShortStr> = call
             .members
             .iter()
             .filter(|m| **m != origin)
@@ -386,7 +386,7 @@ impl Tracker {
 
     /// For an inbound call whose caller is up and bridged: the extension of the phone in
     /// the same bridge, if any (`Some(None)` when the other party is no known phone).
-    pub(super) fn talking_to(&self, key: &str, live: &[AmiMessage]) -> Option<Option<Box<str>>> {
+    pub(super) fn talking_to(&self, key: &str, live: &[AmiMessage]) -> Option<Option<ShortStr>> {
         let call = self.calls.get(key)?;
         let origin = call.origin.as_deref()?;
         let snap = |uid: &str| live.iter().find(|c| c.get("Uniqueid") == Some(uid));
@@ -420,7 +420,7 @@ impl Tracker {
     /// Ends the calls that saw no event for longer than `max_age` seconds (by the time of
     /// [`Tracker::set_now`]), as if their channels had hung up.
     pub fn sweep(&mut self, max_age: u64, out: &mut Vec<CtiRequest>) {
-        let stale: Vec<Vec<Box<str>>> = self
+        let stale: Vec<Vec<ShortStr>> = self
             .calls
             .values()
             .filter(|c| self.now.saturating_sub(c.last_event_at) > max_age)
