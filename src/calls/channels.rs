@@ -41,72 +41,78 @@ impl Tracker {
                 ch.withheld = withheld;
             }
         };
-        let relinked = self
-            .channels
-            .get(uniqueid)
-            .map(|ch| &*ch.linkedid != linkedid);
-        let moved_from = match relinked {
-            Some(relinked) => {
-                let target = relinked.then(|| self.call_key_for(linkedid));
-                let ch = self.channels.get_mut(uniqueid).expect("checked above");
-                refresh(ch);
-                match target {
-                    Some(target) => {
+        // What the rest needs of the channel once refreshed: its call, whether it enters
+        // the dialplan now (once, when it first reaches Ring: later snapshots in Ring can
+        // show another context, as after a masquerade, where a blonde transfer moves the
+        // transferee into the transferer's place and the hung-up husk carries the other
+        // channel's location), and its caller number for its call.
+        let seen = |ch: &mut Channel| {
+            refresh(ch);
+            let entering = prefix.is_empty()
+                && state == ChannelState::Ring
+                && !std::mem::replace(&mut ch.entered, true);
+            (
+                ch.call.clone(),
+                entering,
+                ch.caller_num.clone(),
+                ch.withheld,
+            )
+        };
+        let uid: ShortStr = uniqueid.into();
+        // Most events come from a channel known under the same Linkedid: one lookup.
+        let fast = match self.channels.get_mut(uniqueid) {
+            Some(ch) if *ch.linkedid == *linkedid => Some(seen(ch)),
+            _ => None,
+        };
+        let (key, entering, caller_num, caller_withheld) = match fast {
+            Some(seen) => seen,
+            None => {
+                let moved_from = match self.channels.get(uniqueid) {
+                    // Known under another Linkedid: it joins that Linkedid's call.
+                    Some(_) => {
+                        let target = self.call_key_for(linkedid);
+                        let ch = self.channels.get_mut(uniqueid).expect("checked above");
                         ch.linkedid = linkedid.into();
                         if let Some(call) = self.calls.get_mut(&*ch.call) {
                             call.relinks += 1;
                         }
                         (ch.call != target).then(|| std::mem::replace(&mut ch.call, target))
                     }
-                    None => None,
+                    None => {
+                        let key = self.call_key_for(linkedid);
+                        let call = self.calls.get_mut(&*key).expect("just made");
+                        call.members.push(uid.clone());
+                        let channel = Channel::new(
+                            block.channel.unwrap_or("").into(),
+                            key,
+                            linkedid.into(),
+                            state,
+                            None,
+                            self.events,
+                            prefix.is_empty() && msg.event() == Some("Newchannel"),
+                        );
+                        self.channels.insert(uid.clone(), channel);
+                        None
+                    }
+                };
+                if let Some(old) = moved_from {
+                    self.mark(&old);
+                    self.rehome(&uid, &old);
                 }
-            }
-            None => {
-                let key = self.call_key_for(linkedid);
-                let call = self.calls.get_mut(&*key).expect("just made");
-                call.members.push(uniqueid.into());
-                let mut channel = Channel::new(
-                    block.channel.unwrap_or("").into(),
-                    key,
-                    linkedid.into(),
-                    state,
-                    None,
-                    self.events,
-                    prefix.is_empty() && msg.event() == Some("Newchannel"),
-                );
-                refresh(&mut channel);
-                self.channels.insert(uniqueid.into(), channel);
-                None
+                // The channel is there: found or made above (re-homing moves it, never
+                // drops it).
+                seen(self.channels.get_mut(&*uid)?)
             }
         };
-        let uid: ShortStr = uniqueid.into();
-        if let Some(old) = moved_from {
-            self.mark(&old);
-            self.rehome(&uid, &old);
-        }
-        // The channel is there: found or made above (re-homing moves it, never drops it).
-        let ch = self.channels.get_mut(&*uid)?;
-        let key = ch.call.clone();
-        // A channel enters the dialplan once, when it first reaches Ring. Later snapshots
-        // in Ring can show another context: after a masquerade (a blonde transfer moves
-        // the transferee into the transferer's place) the hung-up husk carries the other
-        // channel's location.
-        let entering = prefix.is_empty()
-            && state == ChannelState::Ring
-            && !std::mem::replace(&mut ch.entered, true);
         // `mark` and `refresh_caller` in one lookup of the call: this runs for every event.
         let found = match self.calls.get_mut(&*key) {
             Some(call) => {
                 call.last_event_at = self.now;
-                if call.origin.as_deref() == Some(&*uid)
-                    && let Some(ch) = self.channels.get(&*uid)
-                {
-                    if let Some(num) = &ch.caller_num
-                        && call.caller.as_ref() != Some(num)
-                    {
-                        call.caller = Some(num.clone());
+                if call.origin.as_deref() == Some(&*uid) {
+                    if let Some(num) = caller_num.filter(|num| call.caller.as_ref() != Some(num)) {
+                        call.caller = Some(num);
                     }
-                    call.caller_withheld = ch.withheld;
+                    call.caller_withheld = caller_withheld;
                 }
                 true
             }
