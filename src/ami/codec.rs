@@ -21,7 +21,6 @@
 //!   were dropped. A frame made only of such lines yields only the `Skipped`.
 //! - At end of stream, an unfinished frame yields `Skipped(FrameError::Truncated)`.
 
-use std::borrow::Cow;
 use std::io;
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -291,46 +290,54 @@ fn strip_cr(line: &[u8]) -> &[u8] {
 
 /// Builds the message from `frame` (its header lines; `line_ends` holds the offset of
 /// each line's `\n`). Returns it with the number of lines dropped for want of a colon.
+/// The frame is copied once, whole, and its headers are ranges of the copy.
 fn parse(frame: &[u8], line_ends: &[usize]) -> (AmiMessage, usize) {
-    match std::str::from_utf8(frame) {
-        Ok(text) => {
-            let mut message = AmiMessage::with_capacity(frame.len(), line_ends.len());
-            let mut start = 0;
-            let mut malformed = 0;
-            for &nl in line_ends {
-                malformed += usize::from(!push_line(&mut message, &text[start..nl]));
-                start = nl + 1;
-            }
-            (message, malformed)
+    let text = match String::from_utf8(frame.to_vec()) {
+        Ok(text) => text,
+        Err(not_utf8) => {
+            // Rare (Latin-1 caller names): decode the frame lossily, then find its lines
+            // again, since replacement characters change the offsets.
+            let text = String::from_utf8_lossy(not_utf8.as_bytes()).into_owned();
+            let line_ends: Vec<usize> = memchr::memchr_iter(b'\n', text.as_bytes()).collect();
+            return parse_text(text, &line_ends);
         }
-        Err(_) => {
-            // Rare (Latin-1 caller names): decode the frame lossily, then split it again,
-            // since replacement characters change the offsets.
-            let text: Cow<'_, str> = String::from_utf8_lossy(frame);
-            let mut message = AmiMessage::with_capacity(text.len(), line_ends.len());
-            let mut malformed = 0;
-            for line in text.split_terminator('\n') {
-                malformed += usize::from(!push_line(&mut message, line));
-            }
-            (message, malformed)
-        }
-    }
+    };
+    parse_text(text, line_ends)
 }
 
-/// Appends one `Key: Value` line (its `\n` already removed). False if it has no colon.
-fn push_line(message: &mut AmiMessage, line: &str) -> bool {
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    let Some(colon) = memchr::memchr(b':', line.as_bytes()) else {
+fn parse_text(text: String, line_ends: &[usize]) -> (AmiMessage, usize) {
+    let mut message = AmiMessage::over(text, line_ends.len());
+    let mut start = 0;
+    let mut malformed = 0;
+    for &nl in line_ends {
+        malformed += usize::from(!push_line(&mut message, start..nl));
+        start = nl + 1;
+    }
+    (message, malformed)
+}
+
+/// Adds the `Key: Value` line at `line` of the message's text (its `\n` excluded). False
+/// if it has no colon.
+fn push_line(message: &mut AmiMessage, line: std::ops::Range<usize>) -> bool {
+    let text = &message.text()[line.clone()];
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    let Some(colon) = memchr::memchr(b':', text.as_bytes()) else {
         return false;
     };
-    let key = &line[..colon];
-    let value = &line[colon + 1..];
+    let value = &text[colon + 1..];
     let value = value.strip_prefix(' ').unwrap_or(value);
+    let key = line.start..line.start + colon;
+    let value_start = line.start + text.len() - value.len();
+    let value = value_start..line.start + text.len();
     // Most values hold no backslash: looking for one first spares the key's check.
-    if memchr::memchr(b'\\', value.as_bytes()).is_some() && is_escaped(key) {
-        message.push_with(key, |out| unescape_into(value, out));
+    let text = message.text();
+    if memchr::memchr(b'\\', text[value.clone()].as_bytes()).is_some()
+        && is_escaped(&text[key.clone()])
+    {
+        let escaped = text[value].to_owned();
+        message.push_range_with(key, |out| unescape_into(&escaped, out));
     } else {
-        message.push(key, value);
+        message.push_range(key, value);
     }
     true
 }

@@ -3,7 +3,8 @@
 //! Owns the in-memory shape of a message and header lookup (case-insensitive, first
 //! occurrence wins, repeated keys kept in order). Parsing bytes into it is `codec`'s job.
 //! The whole frame lives in one `String` with a small index of ranges, so decoding an event
-//! costs two allocations however many headers it has.
+//! costs two allocations however many headers it has, and one copy: the codec hands over
+//! the frame as it came ([`AmiMessage::over`]) and its headers are ranges of it.
 
 use std::fmt;
 use std::ops::Range;
@@ -18,7 +19,8 @@ pub enum AmiKind {
     Other,
 }
 
-#[derive(Clone, Default, PartialEq, Eq)]
+/// Equal when the headers are, in order, however the text behind them is laid out.
+#[derive(Clone, Default)]
 pub struct AmiMessage {
     text: String,
     fields: Vec<(Range<u32>, Range<u32>)>,
@@ -55,15 +57,33 @@ impl AmiMessage {
         self.fields.push((k0..k1, k1..v1));
     }
 
-    /// Appends one header whose value is built in place by `write` (lets the codec unescape
-    /// straight into the frame's buffer).
-    pub fn push_with(&mut self, key: &str, write: impl FnOnce(&mut String)) {
-        let k0 = self.text.len() as u32;
-        self.text.push_str(key);
-        let k1 = self.text.len() as u32;
+    /// A message over `text` (a frame as read), without headers yet: they are added as
+    /// ranges of it ([`AmiMessage::push_range`]), or with values appended to it
+    /// ([`AmiMessage::push_range_with`]).
+    pub(crate) fn over(text: String, headers: usize) -> Self {
+        Self {
+            text,
+            fields: Vec::with_capacity(headers),
+        }
+    }
+
+    /// The text the headers are ranges of.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Appends one header whose key and value are ranges of the text.
+    pub(crate) fn push_range(&mut self, key: Range<usize>, value: Range<usize>) {
+        self.fields.push((narrow(key), narrow(value)));
+    }
+
+    /// Appends one header whose key is a range of the text and whose value `write`
+    /// appends to it (lets the codec unescape straight into the frame's buffer).
+    pub(crate) fn push_range_with(&mut self, key: Range<usize>, write: impl FnOnce(&mut String)) {
+        let v0 = self.text.len();
         write(&mut self.text);
-        let v1 = self.text.len() as u32;
-        self.fields.push((k0..k1, k1..v1));
+        let v1 = self.text.len();
+        self.fields.push((narrow(key), narrow(v0..v1)));
     }
 
     fn slice(&self, r: &Range<u32>) -> &str {
@@ -127,6 +147,19 @@ impl AmiMessage {
         self.get("ActionID")
     }
 }
+
+/// Offsets within a frame: frames are limited to far less than 4 GiB (the codec's limit).
+fn narrow(r: Range<usize>) -> Range<u32> {
+    r.start as u32..r.end as u32
+}
+
+impl PartialEq for AmiMessage {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for AmiMessage {}
 
 impl fmt::Debug for AmiMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
