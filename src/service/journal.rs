@@ -460,9 +460,13 @@ fn write_compacted(dir: &Path, live: &Live) -> io::Result<(File, u64)> {
 
 /// `<crc32 of json, 8 hex digits> <json>\n`
 fn encode(record: &Record, buf: &mut Vec<u8>) {
-    let json = serde_json::to_vec(record).expect("records serialise");
-    buf.extend_from_slice(format!("{:08x} ", crc32(&json)).as_bytes());
-    buf.extend_from_slice(&json);
+    use std::io::Write;
+    // The JSON goes in after room for its checksum, which is filled in once it is known.
+    let start = buf.len();
+    buf.extend_from_slice(b"00000000 ");
+    serde_json::to_writer(&mut *buf, record).expect("records serialise");
+    let crc = crc32(&buf[start + 9..]);
+    write!(&mut buf[start..start + 8], "{crc:08x}").expect("8 hex digits fit");
     buf.push(b'\n');
 }
 
@@ -523,30 +527,7 @@ fn load(file: File, dir: &Path) -> Result<State, StoreError> {
 
 /// CRC-32 (IEEE 802.3), as zlib computes it.
 pub fn crc32(data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    let mut crc = !0u32;
-    for &b in data {
-        crc = TABLE[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
+    crc32fast::hash(data)
 }
 
 /// What the sync thread does next.
