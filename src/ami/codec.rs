@@ -749,6 +749,26 @@ Exten: trail\
     }
 
     #[test]
+    fn a_latin1_frame_keeps_its_escapes_its_line_ends_and_its_dropped_lines() {
+        // The lossy path finds the lines again in the decoded text: the replacement
+        // characters are longer than the bytes they replace.
+        let bytes = b"Event: Newchannel\nCallerIDName: M\xfcller\\'s \xe9\r\nno colon \xfc\r\n\
+            Exten: \xe9\xe9\nCallerIDNum: 4930\r\n\r\n";
+        assert_eq!(
+            decode_all(bytes),
+            [
+                msg(&[
+                    ("Event", "Newchannel"),
+                    ("CallerIDName", "M\u{fffd}ller's \u{fffd}"),
+                    ("Exten", "\u{fffd}\u{fffd}"),
+                    ("CallerIDNum", "4930")
+                ]),
+                AmiFrame::Skipped(FrameError::MalformedLines { count: 1 })
+            ]
+        );
+    }
+
+    #[test]
     fn originate_response_with_a_response_header_is_an_event() {
         let bytes = b"Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: lab-2\r\nResponse: Success\r\nReason: 4\r\n\r\n";
         let [AmiFrame::Message(m)] = &decode_all(bytes)[..] else {
