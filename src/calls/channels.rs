@@ -12,16 +12,32 @@ impl Tracker {
     /// Creates or refreshes the channel of the block with `prefix`; returns its Uniqueid.
     /// Re-homes the channel when its Linkedid changed.
     pub(super) fn touch(&mut self, msg: &AmiMessage, prefix: Prefix) -> Option<ShortStr> {
-        self.touch_keyed(msg, prefix).map(|(uid, _)| uid)
+        self.touch_keyed(msg, prefix, false).map(|(uid, _)| uid)
     }
 
     /// [`Tracker::touch`] of the event's own channel, with the key of its call.
     pub(super) fn touch_in_call(&mut self, msg: &AmiMessage) -> Option<(ShortStr, ShortStr)> {
-        self.touch_keyed(msg, "")
+        self.touch_keyed(msg, "", false)
     }
 
-    /// [`Tracker::touch`], returning the channel's Uniqueid and the key of its call.
-    fn touch_keyed(&mut self, msg: &AmiMessage, prefix: Prefix) -> Option<(ShortStr, ShortStr)> {
+    /// [`Tracker::touch`] for an event whose handler changes nothing of the call itself
+    /// (`VarSet`, `BridgeEnter`, ...): the call's record is looked at again (`take_changes`)
+    /// only if the touch changed something a restart needs, which a known channel's
+    /// refresh does only when the call's last event moves to another minute or the
+    /// channel enters the dialplan (a channel joining or moving a call always does).
+    /// In the lab's answered inbound call, 34 events of 83 are of this kind.
+    pub(super) fn touch_quiet(&mut self, msg: &AmiMessage) -> Option<ShortStr> {
+        self.touch_keyed(msg, "", true).map(|(uid, _)| uid)
+    }
+
+    /// [`Tracker::touch`], returning the channel's Uniqueid and the key of its call;
+    /// `quiet` as for [`Tracker::touch_quiet`].
+    fn touch_keyed(
+        &mut self,
+        msg: &AmiMessage,
+        prefix: Prefix,
+        quiet: bool,
+    ) -> Option<(ShortStr, ShortStr)> {
         let block = ChannelBlock::read(msg, prefix);
         let uniqueid = block.uniqueid?;
         let linkedid = block.linkedid.unwrap_or(uniqueid);
@@ -64,6 +80,7 @@ impl Tracker {
             Some(ch) if *ch.linkedid == *linkedid => Some(seen(ch)),
             _ => None,
         };
+        let moved = fast.is_none();
         let (key, entering, caller_num, caller_withheld) = match fast {
             Some(seen) => seen,
             None => {
@@ -107,6 +124,8 @@ impl Tracker {
         // `mark` and `refresh_caller` in one lookup of the call: this runs for every event.
         let found = match self.calls.get_mut(&*key) {
             Some(call) => {
+                // The call's record keeps the minute of its last event (`fingerprint`).
+                let new_minute = call.last_event_at / 60 != self.now / 60;
                 call.last_event_at = self.now;
                 if call.origin.as_deref() == Some(&*uid) {
                     if let Some(num) = caller_num.filter(|num| call.caller.as_ref() != Some(num)) {
@@ -114,11 +133,13 @@ impl Tracker {
                     }
                     call.caller_withheld = caller_withheld;
                 }
-                true
+                Some(new_minute)
             }
-            None => false,
+            None => None,
         };
-        self.note_change(&key, found);
+        if !quiet || moved || entering || found != Some(false) {
+            self.note_change(&key, found.is_some());
+        }
         if entering {
             self.detect_origin(msg, &uid, &key);
         }
@@ -227,7 +248,7 @@ impl Tracker {
 
     /// `VarSet`: the variables the rules read (FreePBX's `AMPUSER`).
     pub(super) fn on_var_set(&mut self, msg: &AmiMessage) {
-        let Some(uid) = self.touch(msg, "") else {
+        let Some(uid) = self.touch_quiet(msg) else {
             return;
         };
         if msg.get("Variable") == Some("AMPUSER")

@@ -215,7 +215,7 @@ impl Tracker {
             "VarSet" => self.on_var_set(msg),
             "BridgeEnter" | "BridgeLeave" | "SoftHangupRequest" | "Hold" | "Unhold"
             | "MusicOnHoldStart" | "MusicOnHoldStop" => {
-                self.touch(msg, "");
+                self.touch_quiet(msg);
             }
             _ => {}
         }

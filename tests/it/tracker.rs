@@ -799,6 +799,52 @@ fn only_changes_a_restart_needs_are_kept() {
     assert!(matches!(pbx.tracker.take_changes().as_slice(), [(k, None)] if k == "15.1"));
 }
 
+/// Events that change nothing of the call itself (`VarSet`, `BridgeEnter`, ...) still
+/// move its last event into another minute, which the record keeps (a restart sweeps a
+/// call by it): the record is rewritten then, and only then.
+#[test]
+fn a_quiet_event_in_a_new_minute_rewrites_the_calls_record() {
+    let mut pbx = Pbx::new();
+    pbx.tracker.persist_changes();
+    let mut now = 1_000_020;
+    pbx.tracker.set_now(now);
+    let trunk = (T, "17.1", "17.1", 4, "from-trunk", "4930100", "+4930555");
+    pbx.ev("Newchannel", trunk, &[]);
+    let claimed = pbx
+        .tracker
+        .claim(&claim("17.1", "17.1", "from-trunk", "4930100", "+4930555"));
+    assert!(matches!(claimed, ClaimOutcome::New(_)));
+    assert_eq!(pbx.tracker.take_changes().len(), 1);
+    let last_event_minute = |pbx: &mut Pbx| {
+        let changes = pbx.tracker.take_changes();
+        let [(key, Some(record))] = changes.as_slice() else {
+            panic!("the call's record is rewritten: {changes:?}");
+        };
+        assert_eq!(key, "17.1");
+        serde_json::to_value(record).unwrap()["last_event_at"].clone()
+    };
+    for (event, extra) in [
+        ("VarSet", &[("Variable", "X"), ("Value", "1")][..]),
+        ("BridgeEnter", &[("BridgeUniqueid", "b-17")][..]),
+        ("Hold", &[][..]),
+    ] {
+        // Same minute: nothing to write.
+        now += 1;
+        pbx.tracker.set_now(now);
+        pbx.ev(event, trunk, extra);
+        assert_eq!(pbx.tracker.take_changes(), Vec::new(), "{event}");
+        // The next minute: written, with that minute.
+        now += 60;
+        pbx.tracker.set_now(now);
+        pbx.ev(event, trunk, extra);
+        assert_eq!(
+            last_event_minute(&mut pbx),
+            json!(now - now % 60),
+            "{event}"
+        );
+    }
+}
+
 /// A member channel that takes another Linkedid without leaving its call (the Linkedid of
 /// a call merged into this one) changes what a restart needs: the record keeps each
 /// channel's Linkedid, and a restart routes that Linkedid's events by it.
