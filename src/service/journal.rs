@@ -7,11 +7,14 @@
 //! and the undelivered events), then rewrites it as just that state (compaction, also
 //! done while running once the file has grown well past the live state).
 //!
-//! While running, compaction happens beside the writers: the live state is encoded under
-//! the journal's lock (microseconds), written and synced to `journal.tmp` by the sync
-//! thread without it, and then, under the lock again, what was appended meanwhile is
-//! copied over, synced, and the file renamed over the journal. Writers never wait for
-//! the big write or its syncs.
+//! While running, the live state holds where each open call's record is in the file, not
+//! its text (an open call costs the journal a few dozen bytes of memory), and compaction
+//! happens beside the writers: what the snapshot holds is taken under the journal's lock
+//! (the calls' places, the undelivered events encoded), the sync thread reads the calls'
+//! lines back from the file (it only grows: they stay where they are) and writes and syncs
+//! `journal.tmp` without the lock, and then, under the lock again, what was appended
+//! meanwhile is copied over, synced, the file renamed over the journal, and the calls'
+//! places moved to the new file. Writers never wait for the big write or its syncs.
 //!
 //! A torn last line (a crash in the middle of a write) is expected and dropped quietly; a
 //! bad line anywhere else means the file is corrupt: it is moved aside as
@@ -219,7 +222,30 @@ pub struct Journal {
     bytes: u64,
     compacted_bytes: u64,
     /// While a compaction is under way: what was appended since its snapshot.
-    compacting: Option<Vec<u8>>,
+    compacting: Option<Compacting>,
+}
+
+/// A compaction under way, as the journal sees it.
+struct Compacting {
+    /// Where in the file its snapshot was taken: lines from here on are in `tail`.
+    from: u64,
+    /// What was appended since.
+    tail: Vec<u8>,
+}
+
+/// What a compaction writes: the open calls' lines, read from `file` where the live state
+/// says they are, then the undelivered events, encoded.
+pub(crate) struct Snapshot {
+    file: Arc<File>,
+    calls: Vec<(String, Span)>,
+    items: Vec<u8>,
+}
+
+/// The new journal a compaction wrote (synced), and where each call's line is in it.
+struct Compacted {
+    file: File,
+    len: u64,
+    calls: BTreeMap<String, Span>,
 }
 
 impl Journal {
@@ -268,9 +294,8 @@ impl Journal {
             Err(e) => return Err(dir_err(refused_or("cannot read the journal", &e))(e)),
         };
         state.renumber_if_high();
-        let live = Live::of(&state);
-        let (file, bytes) =
-            write_compacted(dir, &live).map_err(dir_err("cannot write the journal"))?;
+        let (file, bytes, live) =
+            write_compacted(dir, &state).map_err(dir_err("cannot write the journal"))?;
         Ok(Journal {
             dir: dir.to_owned(),
             _lock: lock,
@@ -282,9 +307,10 @@ impl Journal {
         })
     }
 
-    /// The live state, read back from what the journal keeps of it.
-    pub fn state(&self) -> State {
-        self.live.state()
+    /// The live state, read back from what the journal keeps of it (its calls' lines
+    /// from the file).
+    pub fn state(&self) -> io::Result<State> {
+        self.live.state(&self.file)
     }
 
     /// Appends `records` (no sync: [`Store`] syncs) and applies them to the live state.
@@ -302,12 +328,13 @@ impl Journal {
             lines.push(start..buf.len());
         }
         (&*self.file).write_all(&buf)?;
+        let at = self.bytes;
         self.bytes += buf.len() as u64;
-        if let Some(tail) = &mut self.compacting {
-            tail.extend_from_slice(&buf);
+        if let Some(compacting) = &mut self.compacting {
+            compacting.tail.extend_from_slice(&buf);
         }
         for (record, line) in records.into_iter().zip(lines) {
-            self.live.apply(record, &buf[line]);
+            self.live.apply(record, Span::of(at, line));
         }
         Ok(self.compacting.is_none()
             && self.bytes > COMPACT_MIN.max(self.compacted_bytes * COMPACT_FACTOR))
@@ -318,26 +345,68 @@ impl Journal {
         self.file.clone()
     }
 
-    /// Starts a compaction: returns the live state, encoded, for `write_snapshot`; what
+    /// Starts a compaction: returns what its snapshot holds, for [`Snapshot::write`]; what
     /// is appended from now on is kept aside for [`Journal::finish_compaction`].
-    fn begin_compaction(&mut self) -> Vec<u8> {
-        self.compacting = Some(Vec::new());
-        self.live.encode()
+    fn begin_compaction(&mut self) -> Snapshot {
+        self.compacting = Some(Compacting {
+            from: self.bytes,
+            tail: Vec::new(),
+        });
+        let mut items = Vec::new();
+        let mut records = Vec::with_capacity(self.live.items.len());
+        item_records(&self.live.items, &mut records);
+        for record in &records {
+            encode(record, &mut items);
+        }
+        Snapshot {
+            file: self.file.clone(),
+            calls: self
+                .live
+                .calls
+                .iter()
+                .map(|(k, s)| (k.clone(), *s))
+                .collect(),
+            items,
+        }
     }
 
-    /// Ends a compaction with `tmp`, the snapshot `write_snapshot` wrote and synced:
-    /// appends what came meanwhile, syncs that, and renames it over the journal. The
-    /// caller then syncs the directory (before telling anyone their writes are synced).
-    /// On an error the journal goes on in the old file, which has everything.
-    fn finish_compaction(&mut self, tmp: File, snapshot_len: u64) -> io::Result<()> {
-        let tail = self.compacting.take().unwrap_or_default();
+    /// Ends a compaction with `compacted`, the snapshot [`Snapshot::write`] wrote and
+    /// synced: appends what came meanwhile, syncs that, and renames it over the journal;
+    /// the live state then points into it. The caller then syncs the directory (before
+    /// telling anyone their writes are synced). On an error the journal goes on in the
+    /// old file, which has everything.
+    fn finish_compaction(&mut self, compacted: Compacted) -> io::Result<()> {
+        let Compacted { file, len, calls } = compacted;
+        let Compacting { from, tail } = self.compacting.take().unwrap_or(Compacting {
+            from: self.bytes,
+            tail: Vec::new(),
+        });
+        // Each open call's line: written since the snapshot (in the tail, which follows
+        // the snapshot), or else unchanged since, and in the snapshot.
+        let mut moved = BTreeMap::new();
+        for (key, span) in &self.live.calls {
+            let at = if span.at >= from {
+                len + (span.at - from)
+            } else {
+                match calls.get(key) {
+                    Some(placed) => placed.at,
+                    None => {
+                        return Err(io::Error::other(format!(
+                            "the compacted journal lacks the record of call {key}"
+                        )));
+                    }
+                }
+            };
+            moved.insert(key.clone(), Span { at, len: span.len });
+        }
         if !tail.is_empty() {
-            (&tmp).write_all(&tail)?;
-            tmp.sync_data()?;
+            (&file).write_all(&tail)?;
+            file.sync_data()?;
         }
         std::fs::rename(self.dir.join(TMP), self.dir.join(JOURNAL))?;
-        self.file = Arc::new(tmp);
-        self.bytes = snapshot_len + tail.len() as u64;
+        self.file = Arc::new(file);
+        self.live.calls = moved;
+        self.bytes = len + tail.len() as u64;
         self.compacted_bytes = self.bytes;
         Ok(())
     }
@@ -349,32 +418,47 @@ impl Journal {
     }
 }
 
-/// The live state as the journal keeps it while running: an open call's record as the
-/// line that wrote it (one allocation, about as big as the record's text; the parsed
-/// record took more, in a dozen allocations, and is needed only at start-up), the
-/// undelivered events parsed (they are few and short-lived).
+/// Where a line is in the journal file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Span {
+    at: u64,
+    len: u32,
+}
+
+impl Span {
+    /// The line at `line` of a buffer written at `at`.
+    fn of(at: u64, line: std::ops::Range<usize>) -> Span {
+        Span {
+            at: at + line.start as u64,
+            len: line.len() as u32,
+        }
+    }
+
+    /// Appends the line, read from `file`.
+    fn read(&self, file: &File, out: &mut Vec<u8>) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let start = out.len();
+        out.resize(start + self.len as usize, 0);
+        file.read_exact_at(&mut out[start..], self.at)
+    }
+}
+
+/// The live state as the journal keeps it while running: where each open call's record
+/// is in the file (a compaction reads it from there: an open call costs the journal a
+/// few dozen bytes of memory, not its record's text), the undelivered events parsed
+/// (they are few and short-lived).
 #[derive(Default)]
 struct Live {
-    calls: BTreeMap<String, Box<[u8]>>,
+    calls: BTreeMap<String, Span>,
     items: BTreeMap<u64, StoredItem>,
 }
 
 impl Live {
-    fn of(state: &State) -> Live {
-        let mut live = Live::default();
-        for record in state.records() {
-            let mut line = Vec::new();
-            encode(&record, &mut line);
-            live.apply(record, &line);
-        }
-        live
-    }
-
-    /// Applies `record`, written as `line`.
-    fn apply(&mut self, record: Record, line: &[u8]) {
+    /// Applies `record`, written at `span`.
+    fn apply(&mut self, record: Record, span: Span) {
         match record {
             Record::Call { key, .. } => {
-                self.calls.insert(key, line.into());
+                self.calls.insert(key, span);
             }
             Record::End { key } => {
                 self.calls.remove(&key);
@@ -383,33 +467,43 @@ impl Live {
         }
     }
 
-    /// The journal lines that rebuild this state.
-    fn encode(&self) -> Vec<u8> {
-        let mut buf = Vec::new();
-        for line in self.calls.values() {
-            buf.extend_from_slice(line);
-        }
-        let mut records = Vec::with_capacity(self.items.len());
-        item_records(&self.items, &mut records);
-        for record in &records {
-            encode(record, &mut buf);
-        }
-        buf
-    }
-
-    /// The state, parsed.
-    fn state(&self) -> State {
+    /// The state, its calls' lines read from `file` and parsed.
+    fn state(&self, file: &File) -> io::Result<State> {
         let mut state = State {
             calls: BTreeMap::new(),
             items: self.items.clone(),
         };
-        for line in self.calls.values() {
-            let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let mut line = Vec::new();
+        for span in self.calls.values() {
+            line.clear();
+            span.read(file, &mut line)?;
+            let line = line.strip_suffix(b"\n").unwrap_or(&line);
             if let Some(record) = decode(line) {
                 state.apply(record);
             }
         }
-        state
+        Ok(state)
+    }
+}
+
+impl Snapshot {
+    /// Writes and syncs the new journal (as `TMP`), without the journal's lock: the
+    /// lines it reads are never written again (the file only grows).
+    fn write(&self, dir: &Path) -> io::Result<Compacted> {
+        let mut buf = Vec::new();
+        let mut calls = BTreeMap::new();
+        for (key, span) in &self.calls {
+            let at = buf.len() as u64;
+            span.read(&self.file, &mut buf)?;
+            calls.insert(key.clone(), Span { at, len: span.len });
+        }
+        buf.extend_from_slice(&self.items);
+        let file = write_snapshot(dir, &buf)?;
+        Ok(Compacted {
+            file,
+            len: buf.len() as u64,
+            calls,
+        })
     }
 }
 
@@ -430,9 +524,11 @@ fn write_snapshot(dir: &Path, snapshot: &[u8]) -> io::Result<File> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    // Written only here and then by appends at its end: the cursor always stays there.
+    // Written only here and then by appends at its end: the cursor always stays there
+    // (lines are read back at their offsets, which leaves it where it is).
     let mut file = OpenOptions::new()
         .create_new(true)
+        .read(true)
         .write(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
@@ -449,13 +545,20 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Writes `state` as a new journal (a temporary file, synced, renamed over the old one,
-/// the directory synced); returns it open for appending, and its size.
-fn write_compacted(dir: &Path, live: &Live) -> io::Result<(File, u64)> {
-    let snapshot = live.encode();
-    let file = write_snapshot(dir, &snapshot)?;
+/// the directory synced); returns it open for appending, its size, and the live state
+/// pointing into it.
+fn write_compacted(dir: &Path, state: &State) -> io::Result<(File, u64, Live)> {
+    let mut buf = Vec::new();
+    let mut live = Live::default();
+    for record in state.records() {
+        let start = buf.len();
+        encode(&record, &mut buf);
+        live.apply(record, Span::of(0, start..buf.len()));
+    }
+    let file = write_snapshot(dir, &buf)?;
     std::fs::rename(dir.join(TMP), dir.join(JOURNAL))?;
     sync_dir(dir)?;
-    Ok((file, snapshot.len() as u64))
+    Ok((file, buf.len() as u64, live))
 }
 
 /// `<crc32 of json, 8 hex digits> <json>\n`
@@ -540,7 +643,7 @@ enum SyncJob {
         waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
     },
     /// Write this snapshot of the live state as the new journal.
-    Compact { snapshot: Vec<u8> },
+    Compact { snapshot: Snapshot },
 }
 
 /// Cloneable handle to the journal: writers append under a mutex (a write to the page
@@ -575,7 +678,11 @@ impl Store {
     /// Opens the state dir and starts the sync thread. Returns the state found there.
     pub fn open(dir: &Path) -> Result<(Store, State, StoreThread), StoreError> {
         let journal = Journal::open(dir)?;
-        let state = journal.state();
+        let state = journal.state().map_err(|source| StoreError::Dir {
+            dir: dir.to_owned(),
+            what: "cannot read the journal it just wrote",
+            source,
+        })?;
         let shared = Arc::new(Shared {
             journal: Mutex::new(Some(journal)),
             dir: dir.to_owned(),
@@ -677,7 +784,7 @@ impl Store {
 impl Shared {
     /// Appends `records`; returns the journal file (for a sync) and, when the journal has
     /// grown well past the live state, the snapshot to compact to.
-    fn write(&self, records: Vec<Record>) -> Result<(Arc<File>, Option<Vec<u8>>), StoreError> {
+    fn write(&self, records: Vec<Record>) -> Result<(Arc<File>, Option<Snapshot>), StoreError> {
         let mut guard = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(journal) = guard.as_mut() else {
             return Err(StoreError::Closed);
@@ -789,9 +896,10 @@ impl SyncThread {
 
     /// Writes and syncs the snapshot without the journal's lock, then takes it to add
     /// what was appended meanwhile and put the new file in place.
-    fn compact(&self, snapshot: &[u8]) {
+    fn compact(&self, snapshot: &Snapshot) {
         let dir = &self.shared.dir;
-        let written = write_snapshot(dir, snapshot);
+        let written = snapshot.write(dir);
+        let bytes = written.as_ref().map_or(0, |c| c.len);
         let mut guard = self
             .shared
             .journal
@@ -802,7 +910,7 @@ impl SyncThread {
             let _ = std::fs::remove_file(dir.join(TMP));
             return;
         };
-        let result = written.and_then(|tmp| journal.finish_compaction(tmp, snapshot.len() as u64));
+        let result = written.and_then(|compacted| journal.finish_compaction(compacted));
         if result.is_err() {
             journal.abandon_compaction();
             let _ = std::fs::remove_file(dir.join(TMP));
@@ -810,7 +918,7 @@ impl SyncThread {
         drop(guard);
         match result {
             Ok(()) => match sync_dir(dir) {
-                Ok(()) => debug!(bytes = snapshot.len(), "state journal compacted"),
+                Ok(()) => debug!(bytes, "state journal compacted"),
                 Err(e) => {
                     error!(error = %e, "cannot sync the state dir after compacting the journal")
                 }
@@ -883,8 +991,8 @@ mod tests {
         j.append(vec![item(3, CtiEventKind::Hangup)]).unwrap();
         drop(j);
         let j = Journal::open(&dir).unwrap();
-        assert_eq!(undelivered(&j.state()), [(2, true), (3, false)]);
-        assert_eq!(j.state().next_seq(), 4);
+        assert_eq!(undelivered(&j.state().unwrap()), [(2, true), (3, false)]);
+        assert_eq!(j.state().unwrap().next_seq(), 4);
         // Compacted: one line per item plus the Sending mark.
         let text = std::fs::read_to_string(dir.join(JOURNAL)).unwrap();
         assert_eq!(text.lines().count(), 3);
@@ -906,7 +1014,10 @@ mod tests {
         // Cut the last record in the middle, as a crash mid-write would.
         std::fs::write(&path, &text[..text.len() - 20]).unwrap();
         let j = Journal::open(&dir).unwrap();
-        assert_eq!(j.state().items.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            j.state().unwrap().items.keys().copied().collect::<Vec<_>>(),
+            [1]
+        );
         assert!(
             std::fs::read_dir(&dir).unwrap().all(|e| !e
                 .unwrap()
@@ -932,7 +1043,7 @@ mod tests {
         text[12] ^= 0x20; // a flipped bit in the first record
         std::fs::write(&path, &text).unwrap();
         let j = Journal::open(&dir).unwrap();
-        assert_eq!(j.state(), State::default());
+        assert_eq!(j.state().unwrap(), State::default());
         let aside: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -953,14 +1064,14 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            j.state().next_seq(),
+            j.state().unwrap().next_seq(),
             u64::MAX,
             "saturates, never wraps to 0"
         );
         drop(j);
         let j = Journal::open(&dir).unwrap();
-        assert_eq!(undelivered(&j.state()), [(1, false), (2, true)]);
-        let state = j.state();
+        assert_eq!(undelivered(&j.state().unwrap()), [(1, false), (2, true)]);
+        let state = j.state().unwrap();
         let ids: Vec<&str> = state
             .items
             .values()
@@ -970,7 +1081,7 @@ mod tests {
             ids,
             [format!("1.{}", u64::MAX - 1), format!("1.{}", u64::MAX)]
         );
-        assert_eq!(j.state().next_seq(), 3);
+        assert_eq!(j.state().unwrap().next_seq(), 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -990,7 +1101,7 @@ mod tests {
         // A compaction (every open makes one) goes through journal.tmp.
         symlink(&victim, dir.join(TMP)).unwrap();
         let j = Journal::open(&dir).unwrap();
-        assert_eq!(undelivered(&j.state()), [(1, false)]);
+        assert_eq!(undelivered(&j.state().unwrap()), [(1, false)]);
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert!(!dir.join(TMP).exists());
         drop(j);
@@ -1009,7 +1120,7 @@ mod tests {
             std::fs::rename(&real, dir.join(name)).unwrap();
         }
         assert_eq!(
-            undelivered(&Journal::open(&dir).unwrap().state()),
+            undelivered(&Journal::open(&dir).unwrap().state().unwrap()),
             [(1, false)]
         );
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1061,8 +1172,8 @@ mod tests {
         drop(store);
         thread.join();
         let j = Journal::open(&dir).unwrap();
-        assert_eq!(j.state().items.len(), 49);
-        assert!(!j.state().items.contains_key(&7));
+        assert_eq!(j.state().unwrap().items.len(), 49);
+        assert!(!j.state().unwrap().items.contains_key(&7));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1084,7 +1195,10 @@ mod tests {
         assert!(syncs <= most, "{syncs} syncs, at most {most} expected");
         drop(store);
         thread.join();
-        assert_eq!(Journal::open(&dir).unwrap().state().items.len(), 100);
+        assert_eq!(
+            Journal::open(&dir).unwrap().state().unwrap().items.len(),
+            100
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1096,28 +1210,53 @@ mod tests {
             item(1, CtiEventKind::NewCall),
             item(2, CtiEventKind::Hangup),
             Record::Done { seq: 1 },
+            call("9.1", 4),
+            call("9.2", 4),
+            call("9.3", 4),
         ])
         .unwrap();
         let snapshot = j.begin_compaction();
-        // Writers go on while the sync thread writes the snapshot.
+        // Writers go on while the sync thread writes the snapshot: a call rewritten, one
+        // ended, one new.
         j.append(vec![
             item(3, CtiEventKind::NewCall),
             Record::Sending { seq: 2 },
+            call("9.2", 6),
+            Record::End { key: "9.3".into() },
         ])
         .unwrap();
-        let tmp = write_snapshot(&dir, &snapshot).unwrap();
-        j.append(vec![Record::Done { seq: 3 }]).unwrap();
-        j.finish_compaction(tmp, snapshot.len() as u64).unwrap();
+        let compacted = snapshot.write(&dir).unwrap();
+        j.append(vec![Record::Done { seq: 3 }, call("9.4", 4)])
+            .unwrap();
+        j.finish_compaction(compacted).unwrap();
         sync_dir(&dir).unwrap();
-        j.append(vec![item(4, CtiEventKind::Answer)]).unwrap();
-        let live = j.state();
+        j.append(vec![item(4, CtiEventKind::Answer), call("9.1", 6)])
+            .unwrap();
+        let live = j.state().unwrap();
+        let states: Vec<(&str, u64)> = live
+            .calls
+            .iter()
+            .map(|(k, c)| {
+                (
+                    k.as_str(),
+                    serde_json::to_value(c).unwrap()["channels"][0]["state"]
+                        .as_u64()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(states, [("9.1", 6), ("9.2", 6), ("9.4", 4)]);
+        // A second compaction reads each call's line where the first put it.
+        let again = j.begin_compaction().write(&dir).unwrap();
+        j.finish_compaction(again).unwrap();
+        assert_eq!(j.state().unwrap(), live);
         drop(j);
         let text = std::fs::read_to_string(dir.join(JOURNAL)).unwrap();
-        // The snapshot (item 2), the three records appended during, the one after.
-        assert_eq!(text.lines().count(), 5, "{text}");
+        // Three calls, item 2 and its mark, item 4.
+        assert_eq!(text.lines().count(), 6, "{text}");
         let j = Journal::open(&dir).unwrap();
-        assert_eq!(j.state(), live);
-        assert_eq!(undelivered(&j.state()), [(2, true), (4, false)]);
+        assert_eq!(j.state().unwrap(), live);
+        assert_eq!(undelivered(&j.state().unwrap()), [(2, true), (4, false)]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1147,14 +1286,14 @@ mod tests {
         let Record::Call { call: want, .. } = call("1.1", 6) else {
             unreachable!()
         };
-        let live = j.state();
+        let live = j.state().unwrap();
         assert_eq!(live.calls.keys().collect::<Vec<_>>(), ["1.1"]);
         assert_eq!(live.calls["1.1"], *want, "the last record of the call");
         assert_eq!(undelivered(&live), [(1, false)]);
         // Compacted on the next open: one line for the call, one for the event.
         drop(j);
         let j = Journal::open(&dir).unwrap();
-        assert_eq!(j.state(), live);
+        assert_eq!(j.state().unwrap(), live);
         let text = std::fs::read_to_string(dir.join(JOURNAL)).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1184,7 +1323,7 @@ mod tests {
         thread.join();
         let j = Journal::open(&dir).unwrap();
         assert_eq!(
-            j.state().items.keys().copied().collect::<Vec<_>>(),
+            j.state().unwrap().items.keys().copied().collect::<Vec<_>>(),
             (39_991..=40_000).collect::<Vec<_>>()
         );
         assert!(!dir.join(TMP).exists());
