@@ -327,8 +327,11 @@ impl Journal {
             encode(record, &mut buf);
             lines.push(start..buf.len());
         }
-        (&*self.file).write_all(&buf)?;
         let at = self.bytes;
+        if let Err(e) = (&*self.file).write_all(&buf) {
+            self.undo_partial_write(at, &buf);
+            return Err(e);
+        }
         self.bytes += buf.len() as u64;
         if let Some(compacting) = &mut self.compacting {
             compacting.tail.extend_from_slice(&buf);
@@ -338,6 +341,30 @@ impl Journal {
         }
         Ok(self.compacting.is_none()
             && self.bytes > COMPACT_MIN.max(self.compacted_bytes * COMPACT_FACTOR))
+    }
+
+    /// After a write to `at` that failed part way (a full disk): cuts the piece of a line
+    /// it left off, so that the file holds whole lines and the places of those written
+    /// later are right (the live state keeps them, and a piece of a line in the middle of
+    /// the file would read as corruption at the next start). If even that fails, the file
+    /// keeps the piece and the journal follows the file as it is: its end, and the tail
+    /// of a compaction under way, which must hold what the file holds after its snapshot.
+    fn undo_partial_write(&mut self, at: u64, buf: &[u8]) {
+        use std::io::{Seek, SeekFrom};
+        let mut file = &*self.file;
+        let cut = file
+            .set_len(at)
+            .and_then(|()| file.seek(SeekFrom::Start(at)));
+        if cut.is_ok() {
+            return;
+        }
+        if let Ok(end) = file.stream_position() {
+            let written = end.saturating_sub(at).min(buf.len() as u64) as usize;
+            if let Some(compacting) = &mut self.compacting {
+                compacting.tail.extend_from_slice(&buf[..written]);
+            }
+            self.bytes = at + written as u64;
+        }
     }
 
     /// The journal file, for syncing it from another thread (compaction replaces it).
