@@ -1287,6 +1287,27 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn a_write_cut_short_leaves_whole_lines_in_their_places() {
+        let dir = temp_dir("cut-short");
+        let mut j = Journal::open(&dir).unwrap();
+        j.append(vec![call("9.1", 4)]).unwrap();
+        // A write that got only part of its bytes out, as on a full disk.
+        let at = j.bytes;
+        let mut buf = Vec::new();
+        encode(&call("9.2", 4), &mut buf);
+        (&*j.file).write_all(&buf[..buf.len() / 2]).unwrap();
+        j.undo_partial_write(at, &buf);
+        j.append(vec![call("9.3", 6)]).unwrap();
+        let state = j.state().unwrap();
+        assert_eq!(state.calls.keys().collect::<Vec<_>>(), ["9.1", "9.3"]);
+        drop(j);
+        // No piece of a line in the middle: the journal is not taken for corrupt.
+        let j = Journal::open(&dir).unwrap();
+        assert_eq!(j.state().unwrap(), state);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A call's record as the tracker writes it, `state` being its caller's channel state.
     fn call(key: &str, state: u8) -> Record {
         let json = format!(
