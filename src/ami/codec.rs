@@ -306,32 +306,36 @@ fn parse(frame: &[u8], line_ends: &[usize]) -> (AmiMessage, usize) {
 }
 
 fn parse_text(text: String, line_ends: &[usize]) -> (AmiMessage, usize) {
+    // Most frames hold no backslash at all: one look at the whole frame spares a look
+    // at each value.
+    let escapes = memchr::memchr(b'\\', text.as_bytes()).is_some();
     let mut message = AmiMessage::over(text, line_ends.len());
     let mut start = 0;
     let mut malformed = 0;
     for &nl in line_ends {
-        malformed += usize::from(!push_line(&mut message, start..nl));
+        malformed += usize::from(!push_line(&mut message, start..nl, escapes));
         start = nl + 1;
     }
     (message, malformed)
 }
 
-/// Adds the `Key: Value` line at `line` of the message's text (its `\n` excluded). False
-/// if it has no colon.
-fn push_line(message: &mut AmiMessage, line: std::ops::Range<usize>) -> bool {
-    let text = &message.text()[line.clone()];
-    let text = text.strip_suffix('\r').unwrap_or(text);
-    let Some(colon) = memchr::memchr(b':', text.as_bytes()) else {
+/// Adds the `Key: Value` line at `line` of the message's text (its `\n` excluded); the
+/// text holds a backslash somewhere if `escapes`. False if the line has no colon. The
+/// line is read as bytes: every place cut at is an ASCII byte (`:`, space, CR), so the
+/// ranges fall on character boundaries.
+fn push_line(message: &mut AmiMessage, line: std::ops::Range<usize>, escapes: bool) -> bool {
+    let bytes = &message.text().as_bytes()[line.clone()];
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    let Some(colon) = memchr::memchr(b':', bytes) else {
         return false;
     };
-    let value = &text[colon + 1..];
-    let value = value.strip_prefix(' ').unwrap_or(value);
+    let end = line.start + bytes.len();
     let key = line.start..line.start + colon;
-    let value_start = line.start + text.len() - value.len();
-    let value = value_start..line.start + text.len();
-    // Most values hold no backslash: looking for one first spares the key's check.
+    let space = usize::from(bytes.get(colon + 1) == Some(&b' '));
+    let value = key.end + 1 + space..end;
     let text = message.text();
-    if memchr::memchr(b'\\', text[value.clone()].as_bytes()).is_some()
+    if escapes
+        && memchr::memchr(b'\\', &text.as_bytes()[value.clone()]).is_some()
         && is_escaped(&text[key.clone()])
     {
         let escaped = text[value].to_owned();
