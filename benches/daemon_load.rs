@@ -25,7 +25,7 @@ mod common;
 use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
 use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
 use bytes::{Bytes, BytesMut};
-use common::calls::{Template, call_part};
+use common::calls::{Template, call_part, frames};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -187,11 +187,6 @@ async fn rate_mode() {
         end: end_part,
         events: events_per_call,
     } = Template::load();
-    let frames = |part: &str| -> Vec<String> {
-        part.split_inclusive("\r\n\r\n")
-            .map(str::to_string)
-            .collect()
-    };
     let (start_frames, end_frames) = (frames(&start_part), frames(&end_part));
     let (ami, zammad) = start_peers().await;
     let admin = free_port();

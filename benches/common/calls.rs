@@ -51,11 +51,17 @@ impl Template {
 
     /// Every event of the call, in order, one frame each.
     pub fn frames(&self) -> Vec<String> {
-        format!("{}{}", self.start, self.end)
-            .split_inclusive("\r\n\r\n")
-            .map(str::to_string)
-            .collect()
+        let mut all = frames(&self.start);
+        all.extend(frames(&self.end));
+        all
     }
+}
+
+/// The frames of `part` (of [`Template::start`] or [`Template::end`]), one event each.
+pub fn frames(part: &str) -> Vec<String> {
+    part.split_inclusive("\r\n\r\n")
+        .map(str::to_string)
+        .collect()
 }
 
 /// `part` of call `n`, with ids of its own.

@@ -125,15 +125,10 @@ impl Tracker {
         let found = match self.calls.get_mut(&*key) {
             Some(call) => {
                 // The call's record keeps the minute of its last event (`fingerprint`).
-                let new_minute = call.last_event_at / 60 != self.now / 60;
+                let minute = call.last_event_minute();
                 call.last_event_at = self.now;
-                if call.origin.as_deref() == Some(&*uid) {
-                    if let Some(num) = caller_num.filter(|num| call.caller.as_ref() != Some(num)) {
-                        call.caller = Some(num);
-                    }
-                    call.caller_withheld = caller_withheld;
-                }
-                Some(new_minute)
+                call.show_caller(&uid, caller_num.as_ref(), caller_withheld);
+                Some(call.last_event_minute() != minute)
             }
             None => None,
         };
@@ -146,19 +141,12 @@ impl Tracker {
         Some((uid, key))
     }
 
-    /// Keeps the call's caller number and presentation as its origin channel shows them,
-    /// so that they outlive the channel. A number once known is never replaced by none.
+    /// Keeps the call's caller number and presentation as its origin channel shows them
+    /// ([`Call::show_caller`]).
     pub(super) fn refresh_caller(&mut self, key: &str, uid: &str) {
-        let (Some(call), Some(ch)) = (self.calls.get_mut(key), self.channels.get(uid)) else {
-            return;
-        };
-        if call.origin.as_deref() != Some(uid) {
-            return;
+        if let (Some(call), Some(ch)) = (self.calls.get_mut(key), self.channels.get(uid)) {
+            call.show_caller(uid, ch.caller_num.as_ref(), ch.withheld);
         }
-        if let Some(num) = &ch.caller_num {
-            call.caller = Some(num.clone());
-        }
-        call.caller_withheld = ch.withheld;
     }
 
     /// The key of the call that owns `linkedid` (following merges), created on demand.

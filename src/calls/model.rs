@@ -196,6 +196,28 @@ pub(super) struct Call {
     pub(super) last_event_at: u64,
 }
 
+impl Call {
+    /// The minute of the call's last event: what its journal record keeps of that time
+    /// (the sweep needs no more after a restart, and the record changes once a minute at
+    /// most for it).
+    pub(super) fn last_event_minute(&self) -> u64 {
+        self.last_event_at / 60
+    }
+
+    /// Keeps the caller number and presentation as the origin channel `uid` shows them
+    /// (`num`, `withheld`), so that they outlive the channel; another channel's are not
+    /// the caller's. A number once known is never replaced by none.
+    pub(super) fn show_caller(&mut self, uid: &str, num: Option<&ShortStr>, withheld: bool) {
+        if self.origin.as_deref() != Some(uid) {
+            return;
+        }
+        if let Some(num) = num.filter(|n| self.caller.as_ref() != Some(*n)) {
+            self.caller = Some(num.clone());
+        }
+        self.caller_withheld = withheld;
+    }
+}
+
 /// The last [`RecentlyEnded::CAPACITY`] keys of something that ended (calls, channels).
 #[derive(Debug, Default)]
 pub(super) struct RecentlyEnded {

@@ -95,7 +95,7 @@ impl Tracker {
         call.outcome.hash(&mut h);
         call.members.hash(&mut h);
         call.relinks.hash(&mut h);
-        (call.last_event_at / 60).hash(&mut h);
+        call.last_event_minute().hash(&mut h);
         h.finish()
     }
 
@@ -126,9 +126,9 @@ impl Tracker {
                     })
                 })
                 .collect(),
-            // To the minute: the sweep needs no more after a restart, and a record then
-            // changes only when something a restart needs changes.
-            last_event_at: call.last_event_at - call.last_event_at % 60,
+            // To the minute (`Call::last_event_minute`): a record then changes only when
+            // something a restart needs changes.
+            last_event_at: call.last_event_minute() * 60,
         }
     }
 

@@ -235,7 +235,7 @@ struct Compacting {
 
 /// What a compaction writes: the open calls' lines, read from `file` where the live state
 /// says they are, then the undelivered events, encoded.
-pub(crate) struct Snapshot {
+struct Snapshot {
     file: Arc<File>,
     calls: Vec<(String, Span)>,
     items: Vec<u8>,

@@ -46,6 +46,21 @@ impl Pbx {
             .handle(&AmiMessage::from_pairs(pairs), &mut self.out);
     }
 
+    /// An inbound call on the trunk whose channel `uid` (also its Linkedid) a FastAGI
+    /// session claimed, so that it is reported; its channel block, for later events.
+    fn claimed_trunk_call<'a>(
+        &mut self,
+        uid: &'a str,
+    ) -> (&'a str, &'a str, &'a str, u8, &'a str, &'a str, &'a str) {
+        let trunk = (T, uid, uid, 4, "from-trunk", "4930100", "+4930555");
+        self.ev("Newchannel", trunk, &[]);
+        let claimed = self
+            .tracker
+            .claim(&claim(uid, uid, "from-trunk", "4930100", "+4930555"));
+        assert!(matches!(claimed, ClaimOutcome::New(_)));
+        trunk
+    }
+
     fn sent(&mut self) -> Vec<Value> {
         self.out
             .drain(..)
@@ -808,12 +823,7 @@ fn a_quiet_event_in_a_new_minute_rewrites_the_calls_record() {
     pbx.tracker.persist_changes();
     let mut now = 1_000_020;
     pbx.tracker.set_now(now);
-    let trunk = (T, "17.1", "17.1", 4, "from-trunk", "4930100", "+4930555");
-    pbx.ev("Newchannel", trunk, &[]);
-    let claimed = pbx
-        .tracker
-        .claim(&claim("17.1", "17.1", "from-trunk", "4930100", "+4930555"));
-    assert!(matches!(claimed, ClaimOutcome::New(_)));
+    let trunk = pbx.claimed_trunk_call("17.1");
     assert_eq!(pbx.tracker.take_changes().len(), 1);
     let last_event_minute = |pbx: &mut Pbx| {
         let changes = pbx.tracker.take_changes();
@@ -852,12 +862,7 @@ fn a_quiet_event_in_a_new_minute_rewrites_the_calls_record() {
 fn a_channel_taking_a_merged_calls_linkedid_rewrites_its_calls_record() {
     let mut pbx = Pbx::new();
     pbx.tracker.persist_changes();
-    let trunk = (T, "16.1", "16.1", 4, "from-trunk", "4930100", "+4930555");
-    pbx.ev("Newchannel", trunk, &[]);
-    let claimed = pbx
-        .tracker
-        .claim(&claim("16.1", "16.1", "from-trunk", "4930100", "+4930555"));
-    assert!(matches!(claimed, ClaimOutcome::New(_)));
+    pbx.claimed_trunk_call("16.1");
     let phone = (
         "PJSIP/201-10",
         "16.2",
