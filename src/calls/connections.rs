@@ -62,7 +62,7 @@ impl Tracker {
             .is_some_and(|re| re.is_match(dest_name));
         let call = self.calls.get_mut(&*key).expect("a channel's call exists");
         if !Self::is_leg(call, &dest) {
-            call.legs.push(Leg {
+            call.add_leg(Leg {
                 uniqueid: dest.clone(),
                 extension: extension.clone(),
                 member_name: None,
@@ -107,7 +107,7 @@ impl Tracker {
             }
             let extension = self.extension_of(msg.get("DestChannel").unwrap_or(""));
             let call = self.calls.get_mut(&*key).expect("checked above");
-            call.legs.push(Leg {
+            call.add_leg(Leg {
                 uniqueid: dest.clone(),
                 extension,
                 member_name: None,
@@ -164,7 +164,7 @@ impl Tracker {
                 leg.extension = leg.extension.take().or(extension);
                 leg.member_name = member_name.map(Into::into);
             }
-            None => call.legs.push(Leg {
+            None => call.add_leg(Leg {
                 uniqueid: dest,
                 extension,
                 member_name: member_name.map(Into::into),

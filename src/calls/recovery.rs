@@ -319,7 +319,7 @@ impl Tracker {
             if Self::is_leg(call, &uid) {
                 continue;
             }
-            call.legs.push(Leg {
+            call.add_leg(Leg {
                 uniqueid: uid,
                 extension: None,
                 member_name: None,

@@ -46,7 +46,7 @@ use crate::zammad::cti::CtiRequest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,6 +71,8 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(5);
 /// (and at least `COMPACT_MIN` bytes).
 const COMPACT_FACTOR: u64 = 4;
 const COMPACT_MIN: u64 = 1 << 20;
+/// What a compaction holds of the file it writes before writing it out.
+const SNAPSHOT_BUFFER: usize = 64 * 1024;
 /// A journal opened with sequence numbers above this has its events renumbered from 1:
 /// counting on from here, 2^63 more events (centuries at any rate) stay below `u64::MAX`.
 pub const RENUMBER_ABOVE: u64 = 1 << 63;
@@ -515,22 +517,25 @@ impl Live {
 
 impl Snapshot {
     /// Writes and syncs the new journal (as `TMP`), without the journal's lock: the
-    /// lines it reads are never written again (the file only grows).
+    /// lines it reads are never written again (the file only grows). Line by line through
+    /// a small buffer: a compaction holds one line of the file at a time, not the file.
     fn write(&self, dir: &Path) -> io::Result<Compacted> {
-        let mut buf = Vec::new();
         let mut calls = BTreeMap::new();
-        for (key, span) in &self.calls {
-            let at = buf.len() as u64;
-            span.read(&self.file, &mut buf)?;
-            calls.insert(key.clone(), Span { at, len: span.len });
-        }
-        buf.extend_from_slice(&self.items);
-        let file = write_snapshot(dir, &buf)?;
-        Ok(Compacted {
-            file,
-            len: buf.len() as u64,
-            calls,
-        })
+        let mut len = 0;
+        let file = write_snapshot(dir, |out| {
+            let mut line = Vec::new();
+            for (key, span) in &self.calls {
+                line.clear();
+                span.read(&self.file, &mut line)?;
+                out.write_all(&line)?;
+                calls.insert(key.clone(), Span { at: len, len: span.len });
+                len += u64::from(span.len);
+            }
+            out.write_all(&self.items)?;
+            len += self.items.len() as u64;
+            Ok(())
+        })?;
+        Ok(Compacted { file, len, calls })
     }
 }
 
@@ -543,17 +548,21 @@ fn refused_or(what: &'static str, error: &io::Error) -> &'static str {
     }
 }
 
-/// Writes `snapshot` to `journal.tmp` and syncs it; returns it open for appending. The file
-/// is made new (whatever was there, a link included, is removed first, and a link planted
+/// Writes `journal.tmp` with what `fill` writes to it (through a buffer of
+/// `SNAPSHOT_BUFFER` bytes) and syncs it; returns it open for appending. The file is made
+/// new (whatever was there, a link included, is removed first, and a link planted
 /// meanwhile makes the open fail), mode 0600.
-fn write_snapshot(dir: &Path, snapshot: &[u8]) -> io::Result<File> {
+fn write_snapshot(
+    dir: &Path,
+    fill: impl FnOnce(&mut BufWriter<&File>) -> io::Result<()>,
+) -> io::Result<File> {
     match std::fs::remove_file(dir.join(TMP)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
     // Written only here and then by appends at its end: the cursor always stays there
     // (lines are read back at their offsets, which leaves it where it is).
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create_new(true)
         .read(true)
         .write(true)
@@ -561,7 +570,10 @@ fn write_snapshot(dir: &Path, snapshot: &[u8]) -> io::Result<File> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(dir.join(TMP))?;
     file.set_permissions(Permissions::from_mode(0o600))?;
-    file.write_all(snapshot)?;
+    let mut out = BufWriter::with_capacity(SNAPSHOT_BUFFER, &file);
+    fill(&mut out)?;
+    out.flush()?;
+    drop(out);
     file.sync_all()?;
     Ok(file)
 }
@@ -575,17 +587,22 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// the directory synced); returns it open for appending, its size, and the live state
 /// pointing into it.
 fn write_compacted(dir: &Path, state: &State) -> io::Result<(File, u64, Live)> {
-    let mut buf = Vec::new();
     let mut live = Live::default();
-    for record in state.records() {
-        let start = buf.len();
-        encode(&record, &mut buf);
-        live.apply(record, Span::of(0, start..buf.len()));
-    }
-    let file = write_snapshot(dir, &buf)?;
+    let mut len = 0;
+    let file = write_snapshot(dir, |out| {
+        let mut line = Vec::new();
+        for record in state.records() {
+            line.clear();
+            encode(&record, &mut line);
+            out.write_all(&line)?;
+            live.apply(record, Span::of(len, 0..line.len()));
+            len += line.len() as u64;
+        }
+        Ok(())
+    })?;
     std::fs::rename(dir.join(TMP), dir.join(JOURNAL))?;
     sync_dir(dir)?;
-    Ok((file, buf.len() as u64, live))
+    Ok((file, len, live))
 }
 
 /// `<crc32 of json, 8 hex digits> <json>\n`
