@@ -3,7 +3,7 @@
 //! end its call.
 
 use super::Tracker;
-use super::model::{Call, Channel, ChannelBlock, ChannelState, Prefix, ShortStr};
+use super::model::{Channel, ChannelBlock, ChannelState, Prefix, ShortStr};
 use crate::ami::AmiMessage;
 use crate::calls::number::{is_withheld, presentation_withholds};
 use crate::zammad::cti::{CtiRequest, Direction};
@@ -108,7 +108,7 @@ impl Tracker {
                             self.events,
                             prefix.is_empty() && msg.event() == Some("Newchannel"),
                         );
-                        self.channels.insert(uid.clone(), channel);
+                        self.channels.insert(uid.clone(), Box::new(channel));
                         None
                     }
                 };
@@ -158,7 +158,7 @@ impl Tracker {
             return key.clone();
         }
         let key: ShortStr = linkedid.into();
-        self.calls.insert(key.clone(), Call::default());
+        self.calls.insert(key.clone(), Box::default());
         key
     }
 

@@ -99,8 +99,10 @@ impl TrackerSettings {
 #[derive(Debug)]
 pub struct Tracker {
     settings: TrackerSettings,
-    channels: FastMap<ShortStr, Channel>,
-    calls: FastMap<ShortStr, Call>,
+    /// Channels and calls are boxed: a map keeps room for up to twice its entries, and
+    /// that room costs a pointer per slot rather than a whole channel (184 bytes) or call.
+    channels: FastMap<ShortStr, Box<Channel>>,
+    calls: FastMap<ShortStr, Box<Call>>,
     /// Linkedids adopted by a call other than their own (after merges), to that call's key.
     aliases: FastMap<ShortStr, ShortStr>,
     /// Keys of the last calls that ended (oldest first), so that a FastAGI claim arriving

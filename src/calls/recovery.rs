@@ -165,7 +165,7 @@ impl Tracker {
                 }
                 self.channels.insert(
                     ch.uniqueid,
-                    Channel::new(
+                    Box::new(Channel::new(
                         ch.name,
                         key.clone(),
                         ch.linkedid,
@@ -173,12 +173,12 @@ impl Tracker {
                         ch.caller_num,
                         0,
                         false,
-                    ),
+                    )),
                 );
             }
             let nothing_left = call.members.is_empty();
             self.stored.insert(key.clone(), 0);
-            self.calls.insert(key.clone(), call);
+            self.calls.insert(key.clone(), Box::new(call));
             if nothing_left {
                 self.mark(&key);
                 self.report_hangup(&key, out);
