@@ -146,8 +146,8 @@ impl Tracker {
         let call = self.calls.get_mut(&*key).expect("checked above");
         call.direction = Some(direction);
         call.origin = Some(uid.into());
-        call.to = to;
-        call.from = from;
+        call.to = to.into();
+        call.from = from.into();
         if direction == Direction::Out {
             call.agent = agent;
         }

@@ -70,9 +70,9 @@ impl Tracker {
             call.direction = Some(Direction::In);
             call.origin = Some(uid.into());
             call.to = if exten.is_empty() || exten == "s" {
-                String::new()
+                ShortStr::default()
             } else {
-                self.settings.plan.normalise(exten)
+                self.settings.plan.normalise(exten).into()
             };
             self.refresh_caller(key, uid);
         } else if call.out_origin.is_none()
@@ -80,7 +80,7 @@ impl Tracker {
             && exten != "s"
             && self.settings.outbound_contexts.contains(context)
         {
-            call.out_origin = Some((uid.into(), exten.into()));
+            call.out_origin = Some(Box::new((uid.into(), exten.into())));
         }
     }
 
@@ -100,7 +100,7 @@ impl Tracker {
         let context = msg.get("Context").unwrap_or("");
         let exten = msg.get("Exten").unwrap_or("");
         if !exten.is_empty() && exten != "s" && self.settings.outbound_contexts.contains(context) {
-            call.out_origin = Some((caller.into(), exten.into()));
+            call.out_origin = Some(Box::new((caller.into(), exten.into())));
         }
     }
 
@@ -117,7 +117,7 @@ impl Tracker {
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
-        let Some((origin, dialed)) = call.out_origin.clone() else {
+        let Some((origin, dialed)) = call.out_origin.as_deref().cloned() else {
             return;
         };
         let external = !self.settings.plan.is_extension(&dialed);
@@ -131,7 +131,7 @@ impl Tracker {
         };
         call.direction = Some(Direction::Out);
         call.origin = Some(origin.clone());
-        call.to = self.settings.plan.normalise(&number);
+        call.to = self.settings.plan.normalise(&number).into();
         let caller = self
             .channels
             .get(&*origin)
@@ -153,7 +153,7 @@ impl Tracker {
             (None, None) => self.outbound_from(agent.as_deref().unwrap_or("")),
         };
         let call = self.calls.get_mut(key).expect("checked above");
-        call.from = from;
+        call.from = from.into();
         call.agent = agent;
         self.report_new_call(key, out);
     }

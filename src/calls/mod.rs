@@ -59,7 +59,8 @@ use crate::ami::AmiMessage;
 use crate::calls::number::NumberPlan;
 use crate::config::{AgentEntry, CallsConfig, Config};
 use crate::zammad::cti::CtiRequest;
-use model::{Call, Channel, RecentlyEnded, ShortStr};
+pub(crate) use model::ShortStr;
+use model::{Call, Channel, RecentlyEnded};
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 

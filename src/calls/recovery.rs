@@ -104,8 +104,8 @@ impl Tracker {
             call_id: call.call_id.clone().expect("reported calls have an id"),
             direction: call.direction.expect("reported calls have a direction"),
             origin: call.origin.clone(),
-            from: call.from.clone(),
-            to: call.to.clone(),
+            from: call.from.to_string(),
+            to: call.to.to_string(),
             queue: call.queue.clone(),
             in_queue: call.in_queue,
             agent: call.agent.clone(),
@@ -146,8 +146,8 @@ impl Tracker {
                 call_id: Some(r.call_id),
                 direction: Some(r.direction),
                 origin: r.origin,
-                from: r.from,
-                to: r.to,
+                from: r.from.into(),
+                to: r.to.into(),
                 queue: r.queue,
                 in_queue: r.in_queue,
                 agent: r.agent,
@@ -242,7 +242,7 @@ impl Tracker {
             .iter()
             .filter(|(_, c)| c.direction.is_none() && !c.reported)
             .filter_map(|(key, c)| {
-                let (origin, _) = c.out_origin.as_ref()?;
+                let (origin, _) = c.out_origin.as_deref()?;
                 let sibling = self
                     .channels
                     .get(origin)
@@ -292,7 +292,7 @@ impl Tracker {
         let Some(call) = self.calls.get(key) else {
             return;
         };
-        let Some((origin, _)) = call.out_origin.clone() else {
+        let Some((origin, _)) = call.out_origin.as_deref().cloned() else {
             return;
         };
         if call.direction.is_some() || call.reported {
@@ -380,7 +380,7 @@ impl Tracker {
             && call.direction.is_none()
             && call.out_origin.is_none()
         {
-            call.out_origin = Some((uid.into(), exten.into()));
+            call.out_origin = Some(Box::new((uid.into(), exten.into())));
         }
     }
 

@@ -29,7 +29,7 @@ impl Tracker {
                     .unwrap_or("");
                 let withheld = origin.map_or(call.caller_withheld, |c| c.withheld);
                 let from = if !call.from.is_empty() {
-                    call.from.clone()
+                    call.from.to_string()
                 } else if withheld {
                     // The caller asked not to be shown: digits the network still passed
                     // on (a masked or partial number) are not the caller's to give away.
@@ -57,10 +57,10 @@ impl Tracker {
                 } else {
                     call.claimed_users.clone()
                 };
-                (call.from.clone(), Users::from_names(names))
+                (call.from.to_string(), Users::from_names(names))
             }
         };
-        let mut to = call.to.clone();
+        let mut to = call.to.to_string();
         if to.is_empty() {
             // No DID (exten `s`): the first extension that rang stands in for it.
             to = call
@@ -80,15 +80,15 @@ impl Tracker {
             return;
         }
         call.reported = true;
-        call.from = from;
-        call.to = to;
+        call.from = from.as_str().into();
+        call.to = to.as_str().into();
         call.call_id = Some(call_id.clone());
         out.push(CtiRequest {
             event: CtiEventKind::NewCall,
             direction,
             call_id,
-            from: call.from.clone(),
-            to: call.to.clone(),
+            from,
+            to,
             user,
             queue: call.queue.clone(),
             answering_number: None,
@@ -186,8 +186,8 @@ impl Tracker {
             event: CtiEventKind::Answer,
             direction,
             call_id: call.call_id.clone().expect("reported calls have an id"),
-            from: call.from.clone(),
-            to: call.to.clone(),
+            from: call.from.to_string(),
+            to: call.to.to_string(),
             user: user.map(Users::One),
             queue: None,
             answering_number,
@@ -228,8 +228,8 @@ impl Tracker {
             event: CtiEventKind::Hangup,
             direction,
             call_id: call.call_id.clone().expect("reported calls have an id"),
-            from: call.from.clone(),
-            to: call.to.clone(),
+            from: call.from.to_string(),
+            to: call.to.to_string(),
             user: None,
             queue: None,
             answering_number: None,

@@ -41,7 +41,7 @@
 //! for it; `flush` and `close` wait for theirs; a commit (the "sending" marks) hands its
 //! records to the sync thread, which writes them right before the sync.
 
-use crate::calls::CallRecord;
+use crate::calls::{CallRecord, ShortStr};
 use crate::zammad::cti::CtiRequest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -239,7 +239,7 @@ struct Compacting {
 /// says they are, then the undelivered events, encoded.
 struct Snapshot {
     file: Arc<File>,
-    calls: Vec<(String, Span)>,
+    calls: Vec<(ShortStr, Span)>,
     items: Vec<u8>,
 }
 
@@ -247,7 +247,7 @@ struct Snapshot {
 struct Compacted {
     file: File,
     len: u64,
-    calls: BTreeMap<String, Span>,
+    calls: BTreeMap<ShortStr, Span>,
 }
 
 impl Journal {
@@ -478,7 +478,7 @@ impl Span {
 /// (they are few and short-lived).
 #[derive(Default)]
 struct Live {
-    calls: BTreeMap<String, Span>,
+    calls: BTreeMap<ShortStr, Span>,
     items: BTreeMap<u64, StoredItem>,
 }
 
@@ -487,10 +487,10 @@ impl Live {
     fn apply(&mut self, record: Record, span: Span) {
         match record {
             Record::Call { key, .. } => {
-                self.calls.insert(key, span);
+                self.calls.insert(key.as_str().into(), span);
             }
             Record::End { key } => {
-                self.calls.remove(&key);
+                self.calls.remove(key.as_str());
             }
             other => apply_to_items(&mut self.items, other),
         }
