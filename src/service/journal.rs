@@ -1000,7 +1000,7 @@ mod tests {
             request: CtiRequest {
                 event,
                 direction: Direction::In,
-                call_id: CallId(format!("1.{seq}")),
+                call_id: CallId(compact_str::format_compact!("1.{seq}")),
                 from: "4930555".into(),
                 to: "800".into(),
                 user: None,

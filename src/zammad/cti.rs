@@ -7,10 +7,12 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Zammad's callId: `call_id_prefix` + the Linkedid of the call's first channel.
+/// Zammad's callId: `call_id_prefix` + the Linkedid of the call's first channel. Kept in
+/// place up to 24 bytes (a Linkedid with a short prefix): every open call holds one, and
+/// every request carries a copy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct CallId(pub String);
+pub struct CallId(pub compact_str::CompactString);
 
 impl fmt::Display for CallId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

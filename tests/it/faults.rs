@@ -348,7 +348,7 @@ fn generated_traffic_is_understood_by_the_tracker() {
     let mut per_call: HashMap<String, Vec<(CtiEventKind, Option<String>)>> = HashMap::new();
     for r in &requests {
         per_call
-            .entry(r.call_id.0.clone())
+            .entry(r.call_id.to_string())
             .or_default()
             .push((r.event, r.cause.map(|c| c.as_str().to_string())));
     }
