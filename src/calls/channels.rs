@@ -195,7 +195,7 @@ impl Tracker {
                 continue;
             }
             self.report_hangup(&key, out);
-            self.calls.remove(&*key);
+            self.remove_call(&key);
             self.ended.insert(key);
         }
     }
@@ -308,7 +308,7 @@ impl Tracker {
         }
         let call = self.calls.get(&*key).expect("still here");
         if call.members.is_empty() {
-            self.calls.remove(&*key);
+            self.remove_call(&key);
             self.aliases.retain(|_, v| **v != *key);
             self.ended.insert(key);
         }

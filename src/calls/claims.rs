@@ -154,7 +154,7 @@ impl Tracker {
         if claim.queue.is_some() {
             call.queue = claim.queue.clone();
         }
-        call.claimed_users = claim.users.clone();
+        call.claimed_users = claim.users.as_slice().into();
         let mut out = Vec::with_capacity(1);
         self.report_new_call(&key, &mut out);
         match out.pop() {

@@ -118,9 +118,9 @@ pub struct Tracker {
     now: u64,
     /// Calls changed since the last [`Tracker::take_changes`].
     dirty: FastSet<ShortStr>,
-    /// Calls whose record the state dir holds, with a hash of that record, so that an event
-    /// that changes nothing a restart needs writes nothing.
-    stored: FastMap<ShortStr, u64>,
+    /// Calls gone from `calls` while the state dir held their record ([`Call::stored`]):
+    /// the next [`Tracker::take_changes`] tells to forget it.
+    gone_stored: FastSet<ShortStr>,
     /// Whether [`Tracker::take_changes`] is used (the daemon); `replay` leaves it off.
     persisting: bool,
     /// Calls emptied by a re-link during the current event ([`Tracker::end_emptied`]).
@@ -139,7 +139,7 @@ impl Tracker {
             events: 0,
             now: 0,
             dirty: FastSet::default(),
-            stored: FastMap::default(),
+            gone_stored: FastSet::default(),
             persisting: false,
             emptied: Vec::new(),
         }
@@ -177,6 +177,18 @@ impl Tracker {
         self.persisting = true;
     }
 
+    /// Removes the call of `key` from the calls followed (it ended, or was emptied): if the
+    /// state dir holds its record, the next [`Tracker::take_changes`] tells to forget it.
+    pub(super) fn remove_call(&mut self, key: &str) {
+        if let Some((key, call)) = self.calls.remove_entry(key)
+            && call.stored.is_some()
+            && self.persisting
+        {
+            self.gone_stored.insert(key.clone());
+            self.note_change(&key, false);
+        }
+    }
+
     /// The call of `key` saw an event: note the time, and that its record changed.
     pub(super) fn mark(&mut self, key: &str) {
         let exists = match self.calls.get_mut(key) {
@@ -191,7 +203,7 @@ impl Tracker {
 
     /// The record of the call of `key` (which `exists`, or ended) may have changed.
     pub(super) fn note_change(&mut self, key: &str, exists: bool) {
-        if self.persisting && (exists || self.stored.contains_key(key)) && !self.dirty.contains(key)
+        if self.persisting && (exists || self.gone_stored.contains(key)) && !self.dirty.contains(key)
         {
             self.dirty.insert(key.into());
         }

@@ -180,7 +180,7 @@ pub(super) struct Call {
     /// Outbound: the calling agent's extension.
     pub(super) agent: Option<ShortStr>,
     /// Inbound: who rings, as the dialplan told the FastAGI `newcall` (`user=`).
-    pub(super) claimed_users: Vec<String>,
+    pub(super) claimed_users: Box<[String]>,
     pub(super) legs: Vec<Leg>,
     /// Both ends are internal: never reported.
     pub(super) internal: bool,
@@ -196,6 +196,10 @@ pub(super) struct Call {
     pub(super) relinks: u32,
     /// The time ([`Tracker::set_now`]) of the call's last event.
     pub(super) last_event_at: u64,
+    /// A hash of the record the state dir holds for the call ([`Tracker::take_changes`]),
+    /// so that an event that changes nothing a restart needs writes nothing; `None` while
+    /// it holds none.
+    pub(super) stored: Option<u64>,
 }
 
 impl Call {

@@ -46,26 +46,25 @@ impl Tracker {
         // Drained and put back, so that the set keeps its room for the next batch.
         let mut dirty = std::mem::take(&mut self.dirty);
         for key in dirty.drain() {
-            match self.calls.get(&*key).filter(|c| c.reported && !c.ended) {
-                Some(call) => {
-                    let hash = Self::fingerprint(call);
-                    let changed = match self.stored.get_mut(&*key) {
-                        Some(stored) => std::mem::replace(stored, hash) != hash,
-                        None => {
-                            self.stored.insert(key.clone(), hash);
-                            true
-                        }
-                    };
-                    if changed {
-                        changes.push((key.to_string(), Some(self.record_of(call))));
-                    }
+            let Some(call) = self.calls.get(&*key) else {
+                if self.gone_stored.remove(&*key) {
+                    changes.push((key.to_string(), None));
                 }
-                None => {
-                    if self.stored.remove(&*key).is_some() {
-                        changes.push((key.to_string(), None));
-                    }
-                }
+                continue;
+            };
+            // A call of that key that came back (a claim after its end) finds the record
+            // of the one before held, unlike any of its own.
+            let stored = match self.gone_stored.remove(&*key) {
+                true => Some(0),
+                false => call.stored,
+            };
+            let keep = call.reported && !call.ended;
+            let hash = keep.then(|| Self::fingerprint(call));
+            if hash == stored {
+                continue;
             }
+            changes.push((key.to_string(), hash.map(|_| self.record_of(call))));
+            self.calls.get_mut(&*key).expect("just read").stored = hash;
         }
         self.dirty = dirty;
         changes
@@ -177,12 +176,13 @@ impl Tracker {
                 );
             }
             let nothing_left = call.members.is_empty();
-            self.stored.insert(key.clone(), 0);
+            // Held, but unlike any record: the first change writes it again.
+            call.stored = Some(0);
             self.calls.insert(key.clone(), Box::new(call));
             if nothing_left {
                 self.mark(&key);
                 self.report_hangup(&key, out);
-                self.calls.remove(&key);
+                self.remove_call(&key);
                 self.ended.insert(key);
             }
         }

@@ -37,7 +37,7 @@ impl Tracker {
                 } else {
                     self.settings.plan.normalise(caller)
                 };
-                let mut names = call.claimed_users.clone();
+                let mut names = call.claimed_users.to_vec();
                 for name in self.ringing_names(call) {
                     if !names.contains(&name) {
                         names.push(name);
@@ -55,7 +55,7 @@ impl Tracker {
                 let names = if call.claimed_users.is_empty() {
                     user.into_iter().collect()
                 } else {
-                    call.claimed_users.clone()
+                    call.claimed_users.to_vec()
                 };
                 (call.from.to_string(), Users::from_names(names))
             }

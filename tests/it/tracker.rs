@@ -757,10 +757,36 @@ fn a_kept_call_goes_on_after_a_restart_and_one_kept_without_channels_ends_at_onc
     bare["channels"] = json!([]);
     let bare = serde_json::from_value(bare).unwrap();
     let mut other = Pbx::new();
-    other.tracker.restore([(key, bare)], &mut other.out);
+    other.tracker.persist_changes();
+    other.tracker.restore([(key.clone(), bare)], &mut other.out);
     let sent = other.sent();
     assert_eq!(names(&sent), ["hangup"]);
     assert_eq!(other.tracker.active_calls(), 0);
+    // Its record is forgotten, once.
+    assert!(matches!(other.tracker.take_changes().as_slice(), [(k, None)] if *k == key));
+    assert_eq!(other.tracker.take_changes(), Vec::new());
+}
+
+/// A call whose last channel hangs up leaves the tracker at once: the record the state
+/// dir holds for it is forgotten all the same, once.
+#[test]
+fn a_call_gone_with_its_last_channel_has_its_record_forgotten() {
+    let mut pbx = Pbx::new();
+    pbx.tracker.persist_changes();
+    let trunk = (T, "16.1", "16.1", 4, "from-trunk", "4930100", "+4930555");
+    pbx.ev("Newchannel", trunk, &[]);
+    let claimed = pbx
+        .tracker
+        .claim(&claim("16.1", "16.1", "from-trunk", "4930100", "+4930555"));
+    assert!(matches!(claimed, ClaimOutcome::New(_)));
+    assert!(matches!(
+        pbx.tracker.take_changes().as_slice(),
+        [(_, Some(_))]
+    ));
+    pbx.ev("Hangup", trunk, &[("Cause", "16")]);
+    assert_eq!(pbx.tracker.active_calls(), 0);
+    assert!(matches!(pbx.tracker.take_changes().as_slice(), [(k, None)] if k == "16.1"));
+    assert_eq!(pbx.tracker.take_changes(), Vec::new());
 }
 
 #[test]
