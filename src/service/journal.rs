@@ -239,15 +239,17 @@ struct Compacting {
 /// says they are, then the undelivered events, encoded.
 struct Snapshot {
     file: Arc<File>,
+    /// In key order, as the live state has them.
     calls: Vec<(ShortStr, Span)>,
     items: Vec<u8>,
 }
 
-/// The new journal a compaction wrote (synced), and where each call's line is in it.
+/// The new journal a compaction wrote (synced), and where each call's line is in it (in
+/// key order).
 struct Compacted {
     file: File,
     len: u64,
-    calls: BTreeMap<ShortStr, Span>,
+    calls: Vec<(ShortStr, Span)>,
 }
 
 impl Journal {
@@ -411,14 +413,18 @@ impl Journal {
             tail: Vec::new(),
         });
         // Each open call's line: written since the snapshot (in the tail, which follows
-        // the snapshot), or else unchanged since, and in the snapshot.
-        let mut moved = BTreeMap::new();
+        // the snapshot), or else unchanged since, and in the snapshot. Both lists are in
+        // key order: one walk finds them all. The live state is changed only once nothing
+        // can fail any more.
+        let mut placed = calls.iter().peekable();
+        let mut moved = Vec::with_capacity(self.live.calls.len());
         for (key, span) in &self.live.calls {
             let at = if span.at >= from {
                 len + (span.at - from)
             } else {
-                match calls.get(key) {
-                    Some(placed) => placed.at,
+                while placed.next_if(|(k, _)| k < key).is_some() {}
+                match placed.next_if(|(k, _)| k == key) {
+                    Some((_, placed)) => placed.at,
                     None => {
                         return Err(io::Error::other(format!(
                             "the compacted journal lacks the record of call {key}"
@@ -426,7 +432,7 @@ impl Journal {
                     }
                 }
             };
-            moved.insert(key.clone(), Span { at, len: span.len });
+            moved.push(at);
         }
         if !tail.is_empty() {
             (&file).write_all(&tail)?;
@@ -434,7 +440,9 @@ impl Journal {
         }
         std::fs::rename(self.dir.join(TMP), self.dir.join(JOURNAL))?;
         self.file = Arc::new(file);
-        self.live.calls = moved;
+        for (span, at) in self.live.calls.values_mut().zip(moved) {
+            span.at = at;
+        }
         self.bytes = len + tail.len() as u64;
         self.compacted_bytes = self.bytes;
         Ok(())
@@ -519,20 +527,24 @@ impl Snapshot {
     /// Writes and syncs the new journal (as `TMP`), without the journal's lock: the
     /// lines it reads are never written again (the file only grows). Line by line through
     /// a small buffer: a compaction holds one line of the file at a time, not the file.
-    fn write(&self, dir: &Path) -> io::Result<Compacted> {
-        let mut calls = BTreeMap::new();
+    fn write(self, dir: &Path) -> io::Result<Compacted> {
+        let Snapshot {
+            file: from,
+            mut calls,
+            items,
+        } = self;
         let mut len = 0;
         let file = write_snapshot(dir, |out| {
             let mut line = Vec::new();
-            for (key, span) in &self.calls {
+            for (_, span) in &mut calls {
                 line.clear();
-                span.read(&self.file, &mut line)?;
+                span.read(&from, &mut line)?;
                 out.write_all(&line)?;
-                calls.insert(key.clone(), Span { at: len, len: span.len });
+                span.at = len;
                 len += u64::from(span.len);
             }
-            out.write_all(&self.items)?;
-            len += self.items.len() as u64;
+            out.write_all(&items)?;
+            len += items.len() as u64;
             Ok(())
         })?;
         Ok(Compacted { file, len, calls })
@@ -890,7 +902,7 @@ impl SyncThread {
                 match job {
                     // Done before any waiter of this round is answered: a rename is
                     // durable once its directory is synced.
-                    SyncJob::Compact { snapshot } => self.compact(&snapshot),
+                    SyncJob::Compact { snapshot } => self.compact(snapshot),
                     SyncJob::Sync {
                         file,
                         records: r,
@@ -912,7 +924,7 @@ impl SyncThread {
                             files.push(file);
                         }
                         if let Some(snapshot) = snapshot {
-                            self.compact(&snapshot);
+                            self.compact(snapshot);
                         }
                     }
                     Err(e) => result = Err(e),
@@ -940,7 +952,7 @@ impl SyncThread {
 
     /// Writes and syncs the snapshot without the journal's lock, then takes it to add
     /// what was appended meanwhile and put the new file in place.
-    fn compact(&self, snapshot: &Snapshot) {
+    fn compact(&self, snapshot: Snapshot) {
         let dir = &self.shared.dir;
         let written = snapshot.write(dir);
         let bytes = written.as_ref().map_or(0, |c| c.len);
