@@ -153,8 +153,9 @@ pub(super) struct Leg {
     pub(super) uniqueid: ShortStr,
     /// The agent's extension, if the leg goes to an internal phone.
     pub(super) extension: Option<ShortStr>,
-    /// A display name from the queue (`MemberName`), used when `[agents]` has none.
-    pub(super) member_name: Option<ShortStr>,
+    /// A display name from the queue (`MemberName`), used when `[agents]` has none. Boxed
+    /// (queue calls only): a leg of 72 bytes takes 80 of the heap, one of 80 takes 96.
+    pub(super) member_name: Option<Box<str>>,
     pub(super) alive: bool,
 }
 
@@ -198,8 +199,8 @@ pub(super) struct Call {
     pub(super) last_event_at: u64,
     /// A hash of the record the state dir holds for the call ([`Tracker::take_changes`]),
     /// so that an event that changes nothing a restart needs writes nothing; `None` while
-    /// it holds none.
-    pub(super) stored: Option<u64>,
+    /// it holds none. Not zero, so that the option takes no room of its own.
+    pub(super) stored: Option<std::num::NonZeroU64>,
 }
 
 impl Call {

@@ -8,6 +8,7 @@ use crate::ami::AmiMessage;
 use crate::calls::cause::CallOutcome;
 use crate::zammad::cti::{CallId, CtiRequest, Direction};
 use std::collections::HashSet;
+use std::num::NonZeroU64;
 
 use serde::{Deserialize, Serialize};
 /// A reported call as the state dir keeps it: what the tracker needs to go on with it
@@ -38,6 +39,10 @@ pub(super) struct ChannelRecord {
     pub(super) caller_num: Option<ShortStr>,
 }
 
+/// What [`Call::stored`] holds for a record the state dir holds but whose hash is not
+/// known (restored, or of a call before): even, so unlike any [`Tracker::fingerprint`].
+const UNLIKE_ANY: NonZeroU64 = NonZeroU64::new(2).expect("not zero");
+
 impl Tracker {
     /// The reported calls changed since the last call: `Some(record)` to keep, `None` to
     /// forget (the call ended, or is no longer one Zammad hears of).
@@ -55,7 +60,7 @@ impl Tracker {
             // A call of that key that came back (a claim after its end) finds the record
             // of the one before held, unlike any of its own.
             let stored = match self.gone_stored.remove(&*key) {
-                true => Some(0),
+                true => Some(UNLIKE_ANY),
                 false => call.stored,
             };
             let keep = call.reported && !call.ended;
@@ -78,7 +83,7 @@ impl Tracker {
     /// Uniqueids of its members and the count of their Linkedid changes (`relinks`) tell
     /// when those do, and the call alone is read (one lookup per changed call, not one
     /// per channel).
-    fn fingerprint(call: &Call) -> u64 {
+    fn fingerprint(call: &Call) -> NonZeroU64 {
         use std::hash::{BuildHasher, Hash, Hasher};
         let mut h = foldhash::fast::FixedState::with_seed(0).build_hasher();
         call.call_id.hash(&mut h);
@@ -95,7 +100,7 @@ impl Tracker {
         call.members.hash(&mut h);
         call.relinks.hash(&mut h);
         call.last_event_minute().hash(&mut h);
-        h.finish()
+        NonZeroU64::new(h.finish() | 1).expect("odd")
     }
 
     pub(super) fn record_of(&self, call: &Call) -> CallRecord {
@@ -177,7 +182,7 @@ impl Tracker {
             }
             let nothing_left = call.members.is_empty();
             // Held, but unlike any record: the first change writes it again.
-            call.stored = Some(0);
+            call.stored = Some(UNLIKE_ANY);
             self.calls.insert(key.clone(), Box::new(call));
             if nothing_left {
                 self.mark(&key);
