@@ -75,10 +75,7 @@ impl Tracker {
         let Some(ch) = self.channels.get_mut(uid) else {
             if self.hung_up.contains(uid) || self.ended.contains(&claim.linkedid) {
                 // The channel hung up on AMI while its FastAGI session was still talking.
-                let call_id = CallId(compact_str::format_compact!(
-                    "{}{}",
-                    self.settings.call_id_prefix, claim.linkedid
-                ));
+                let call_id = CallId::of(&self.settings.call_id_prefix, &claim.linkedid);
                 return ClaimOutcome::NotReported(call_id);
             }
             return ClaimOutcome::Unconfirmed;
@@ -94,7 +91,7 @@ impl Tracker {
         ch.withheld = claim.caller_withheld;
         let key = ch.call.clone();
         self.mark(&key);
-        let call_id = CallId(compact_str::format_compact!("{}{}", self.settings.call_id_prefix, key));
+        let call_id = CallId::of(&self.settings.call_id_prefix, &key);
         let call = self.calls.get(&*key).expect("a channel's call exists");
         if call.reported {
             return ClaimOutcome::Known(call.call_id.clone().unwrap_or(call_id));

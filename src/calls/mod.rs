@@ -203,7 +203,9 @@ impl Tracker {
 
     /// The record of the call of `key` (which `exists`, or ended) may have changed.
     pub(super) fn note_change(&mut self, key: &str, exists: bool) {
-        if self.persisting && (exists || self.gone_stored.contains(key)) && !self.dirty.contains(key)
+        if self.persisting
+            && (exists || self.gone_stored.contains(key))
+            && !self.dirty.contains(key)
         {
             self.dirty.insert(key.into());
         }

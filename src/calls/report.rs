@@ -73,7 +73,7 @@ impl Tracker {
         let internal = direction == Direction::In
             && self.settings.plan.is_extension(&from)
             && self.settings.plan.is_extension(&to);
-        let call_id = CallId(compact_str::format_compact!("{}{}", self.settings.call_id_prefix, key));
+        let call_id = CallId::of(&self.settings.call_id_prefix, key);
         let call = self.calls.get_mut(key).expect("checked above");
         if internal {
             call.internal = true;

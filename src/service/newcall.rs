@@ -219,7 +219,7 @@ impl NewcallScript {
         };
 
         let (tx, rx) = oneshot::channel();
-        let unconfirmed_call_id = CallId(compact_str::format_compact!("{}{}", self.call_id_prefix, claim.linkedid));
+        let unconfirmed_call_id = CallId::of(&self.call_id_prefix, &claim.linkedid);
         let named = (claim.channel.clone(), claim.uniqueid.clone());
         let claimed = self.claims.send(Claim { claim, reply: tx }).is_ok();
         let answer = match tokio::time::timeout_at(deadline, rx).await {

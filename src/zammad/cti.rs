@@ -14,6 +14,16 @@ use std::fmt;
 #[serde(transparent)]
 pub struct CallId(pub compact_str::CompactString);
 
+impl CallId {
+    /// The callId of the call whose first channel's Linkedid is `linkedid`.
+    pub fn of(prefix: &str, linkedid: &str) -> CallId {
+        let mut id = compact_str::CompactString::with_capacity(prefix.len() + linkedid.len());
+        id.push_str(prefix);
+        id.push_str(linkedid);
+        CallId(id)
+    }
+}
+
 impl fmt::Display for CallId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
