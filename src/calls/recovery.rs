@@ -59,9 +59,10 @@ impl Tracker {
             };
             // A call of that key that came back (a claim after its end) finds the record
             // of the one before held, unlike any of its own.
-            let stored = match self.gone_stored.remove(&*key) {
-                true => Some(UNLIKE_ANY),
-                false => call.stored,
+            let stored = if self.gone_stored.remove(&*key) {
+                Some(UNLIKE_ANY)
+            } else {
+                call.stored
             };
             let keep = call.reported && !call.ended;
             let hash = keep.then(|| Self::fingerprint(call));

@@ -1272,11 +1272,12 @@ mod tests {
             call("9.1", 4),
             call("9.2", 4),
             call("9.3", 4),
+            call("9.5", 4),
         ])
         .unwrap();
         let snapshot = j.begin_compaction();
         // Writers go on while the sync thread writes the snapshot: a call rewritten, one
-        // ended, one new.
+        // ended, one new. (9.5, unchanged, is found in the snapshot past the others.)
         j.append(vec![
             item(3, CtiEventKind::NewCall),
             Record::Sending { seq: 2 },
@@ -1304,15 +1305,15 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(states, [("9.1", 6), ("9.2", 6), ("9.4", 4)]);
+        assert_eq!(states, [("9.1", 6), ("9.2", 6), ("9.4", 4), ("9.5", 4)]);
         // A second compaction reads each call's line where the first put it.
         let again = j.begin_compaction().write(&dir).unwrap();
         j.finish_compaction(again).unwrap();
         assert_eq!(j.state().unwrap(), live);
         drop(j);
         let text = std::fs::read_to_string(dir.join(JOURNAL)).unwrap();
-        // Three calls, item 2 and its mark, item 4.
-        assert_eq!(text.lines().count(), 6, "{text}");
+        // Four calls, item 2 and its mark, item 4.
+        assert_eq!(text.lines().count(), 7, "{text}");
         let j = Journal::open(&dir).unwrap();
         assert_eq!(j.state().unwrap(), live);
         assert_eq!(undelivered(&j.state().unwrap()), [(2, true), (4, false)]);
