@@ -256,8 +256,9 @@ struct Compacted {
 }
 
 impl Journal {
-    /// Opens (creating) `dir` and its journal, loads the state, compacts.
-    pub fn open(dir: &Path) -> Result<Journal, StoreError> {
+    /// Opens (creating) `dir` and its journal, loads the state, compacts; returns the
+    /// journal and the state it loaded.
+    pub fn open(dir: &Path) -> Result<(Journal, State), StoreError> {
         let dir_err = |what: &'static str| {
             move |source| StoreError::Dir {
                 dir: dir.to_owned(),
@@ -303,7 +304,7 @@ impl Journal {
         state.renumber_if_high();
         let (file, bytes, live) =
             write_compacted(dir, &state).map_err(dir_err("cannot write the journal"))?;
-        Ok(Journal {
+        let journal = Journal {
             dir: dir.to_owned(),
             _lock: lock,
             file: Arc::new(file),
@@ -311,7 +312,8 @@ impl Journal {
             bytes,
             compacted_bytes: bytes,
             compacting: None,
-        })
+        };
+        Ok((journal, state))
     }
 
     /// The live state, read back from what the journal keeps of it (its calls' lines
@@ -474,12 +476,12 @@ impl Span {
         }
     }
 
-    /// Appends the line, read from `file`.
-    fn read(&self, file: &File, out: &mut Vec<u8>) -> io::Result<()> {
+    /// Reads the line from `file` into `line` (what it held is replaced).
+    fn read(&self, file: &File, line: &mut Vec<u8>) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let start = out.len();
-        out.resize(start + self.len as usize, 0);
-        file.read_exact_at(&mut out[start..], self.at)
+        line.clear();
+        line.resize(self.len as usize, 0);
+        file.read_exact_at(line, self.at)
     }
 }
 
@@ -515,7 +517,6 @@ impl Live {
         };
         let mut line = Vec::new();
         for span in self.calls.values() {
-            line.clear();
             span.read(file, &mut line)?;
             let line = line.strip_suffix(b"\n").unwrap_or(&line);
             if let Some(record) = decode(line) {
@@ -540,7 +541,6 @@ impl Snapshot {
         let file = write_snapshot(dir, |out| {
             let mut line = Vec::new();
             for (_, span) in &mut calls {
-                line.clear();
                 span.read(&from, &mut line)?;
                 out.write_all(&line)?;
                 span.at = len;
@@ -736,12 +736,7 @@ impl StoreThread {
 impl Store {
     /// Opens the state dir and starts the sync thread. Returns the state found there.
     pub fn open(dir: &Path) -> Result<(Store, State, StoreThread), StoreError> {
-        let journal = Journal::open(dir)?;
-        let state = journal.state().map_err(|source| StoreError::Dir {
-            dir: dir.to_owned(),
-            what: "cannot read the journal it just wrote",
-            source,
-        })?;
+        let (journal, state) = Journal::open(dir)?;
         let shared = Arc::new(Shared {
             journal: Mutex::new(Some(journal)),
             dir: dir.to_owned(),
@@ -1035,7 +1030,7 @@ mod tests {
     #[test]
     fn state_survives_reopening_and_is_compacted() {
         let dir = temp_dir("reopen");
-        let mut j = Journal::open(&dir).unwrap();
+        let mut j = Journal::open(&dir).unwrap().0;
         j.append(vec![
             item(1, CtiEventKind::NewCall),
             item(2, CtiEventKind::Answer),
@@ -1049,7 +1044,7 @@ mod tests {
         .unwrap();
         j.append(vec![item(3, CtiEventKind::Hangup)]).unwrap();
         drop(j);
-        let j = Journal::open(&dir).unwrap();
+        let j = Journal::open(&dir).unwrap().0;
         assert_eq!(undelivered(&j.state().unwrap()), [(2, true), (3, false)]);
         assert_eq!(j.state().unwrap().next_seq(), 4);
         // Compacted: one line per item plus the Sending mark.
@@ -1061,7 +1056,7 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_dropped_and_the_rest_kept() {
         let dir = temp_dir("torn");
-        let mut j = Journal::open(&dir).unwrap();
+        let mut j = Journal::open(&dir).unwrap().0;
         j.append(vec![
             item(1, CtiEventKind::NewCall),
             item(2, CtiEventKind::Hangup),
@@ -1072,7 +1067,7 @@ mod tests {
         let text = std::fs::read(&path).unwrap();
         // Cut the last record in the middle, as a crash mid-write would.
         std::fs::write(&path, &text[..text.len() - 20]).unwrap();
-        let j = Journal::open(&dir).unwrap();
+        let j = Journal::open(&dir).unwrap().0;
         assert_eq!(
             j.state().unwrap().items.keys().copied().collect::<Vec<_>>(),
             [1]
@@ -1090,7 +1085,7 @@ mod tests {
     #[test]
     fn a_corrupt_journal_is_moved_aside_and_the_daemon_starts_fresh() {
         let dir = temp_dir("corrupt");
-        let mut j = Journal::open(&dir).unwrap();
+        let mut j = Journal::open(&dir).unwrap().0;
         j.append(vec![
             item(1, CtiEventKind::NewCall),
             item(2, CtiEventKind::Hangup),
@@ -1101,7 +1096,7 @@ mod tests {
         let mut text = std::fs::read(&path).unwrap();
         text[12] ^= 0x20; // a flipped bit in the first record
         std::fs::write(&path, &text).unwrap();
-        let j = Journal::open(&dir).unwrap();
+        let j = Journal::open(&dir).unwrap().0;
         assert_eq!(j.state().unwrap(), State::default());
         let aside: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
@@ -1115,7 +1110,7 @@ mod tests {
     #[test]
     fn sequence_numbers_near_the_top_are_renumbered_and_never_wrap() {
         let dir = temp_dir("seq");
-        let mut j = Journal::open(&dir).unwrap();
+        let mut j = Journal::open(&dir).unwrap().0;
         j.append(vec![
             item(u64::MAX - 1, CtiEventKind::NewCall),
             item(u64::MAX, CtiEventKind::Hangup),
@@ -1128,7 +1123,7 @@ mod tests {
             "saturates, never wraps to 0"
         );
         drop(j);
-        let j = Journal::open(&dir).unwrap();
+        let j = Journal::open(&dir).unwrap().0;
         assert_eq!(undelivered(&j.state().unwrap()), [(1, false), (2, true)]);
         let state = j.state().unwrap();
         let ids: Vec<&str> = state
@@ -1150,7 +1145,7 @@ mod tests {
         let dir = temp_dir("symlink");
         let victim = temp_dir("symlink-victim");
         std::fs::write(&victim, b"precious").unwrap();
-        let mut j = Journal::open(&dir).unwrap();
+        let mut j = Journal::open(&dir).unwrap().0;
         j.append(vec![item(1, CtiEventKind::NewCall)]).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.join(JOURNAL)), 0o600);
@@ -1159,7 +1154,7 @@ mod tests {
         drop(j);
         // A compaction (every open makes one) goes through journal.tmp.
         symlink(&victim, dir.join(TMP)).unwrap();
-        let j = Journal::open(&dir).unwrap();
+        let j = Journal::open(&dir).unwrap().0;
         assert_eq!(undelivered(&j.state().unwrap()), [(1, false)]);
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert!(!dir.join(TMP).exists());
@@ -1179,7 +1174,7 @@ mod tests {
             std::fs::rename(&real, dir.join(name)).unwrap();
         }
         assert_eq!(
-            undelivered(&Journal::open(&dir).unwrap().state().unwrap()),
+            undelivered(&Journal::open(&dir).unwrap().0.state().unwrap()),
             [(1, false)]
         );
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1200,7 +1195,7 @@ mod tests {
     #[test]
     fn one_daemon_per_state_dir() {
         let dir = temp_dir("lock");
-        let first = Journal::open(&dir).unwrap();
+        let first = Journal::open(&dir).unwrap().0;
         let err = Journal::open(&dir)
             .err()
             .expect("the second is refused")
@@ -1230,7 +1225,7 @@ mod tests {
         store.record(vec![Record::Done { seq: 7 }]);
         drop(store);
         thread.join();
-        let j = Journal::open(&dir).unwrap();
+        let j = Journal::open(&dir).unwrap().0;
         assert_eq!(j.state().unwrap().items.len(), 49);
         assert!(!j.state().unwrap().items.contains_key(&7));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1255,7 +1250,7 @@ mod tests {
         drop(store);
         thread.join();
         assert_eq!(
-            Journal::open(&dir).unwrap().state().unwrap().items.len(),
+            Journal::open(&dir).unwrap().0.state().unwrap().items.len(),
             100
         );
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1264,7 +1259,7 @@ mod tests {
     #[test]
     fn what_is_appended_during_a_compaction_is_kept() {
         let dir = temp_dir("compact-meanwhile");
-        let mut j = Journal::open(&dir).unwrap();
+        let mut j = Journal::open(&dir).unwrap().0;
         j.append(vec![
             item(1, CtiEventKind::NewCall),
             item(2, CtiEventKind::Hangup),
@@ -1314,7 +1309,7 @@ mod tests {
         let text = std::fs::read_to_string(dir.join(JOURNAL)).unwrap();
         // Four calls, item 2 and its mark, item 4.
         assert_eq!(text.lines().count(), 7, "{text}");
-        let j = Journal::open(&dir).unwrap();
+        let j = Journal::open(&dir).unwrap().0;
         assert_eq!(j.state().unwrap(), live);
         assert_eq!(undelivered(&j.state().unwrap()), [(2, true), (4, false)]);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1323,7 +1318,7 @@ mod tests {
     #[test]
     fn a_write_cut_short_leaves_whole_lines_in_their_places() {
         let dir = temp_dir("cut-short");
-        let mut j = Journal::open(&dir).unwrap();
+        let mut j = Journal::open(&dir).unwrap().0;
         j.append(vec![call("9.1", 4)]).unwrap();
         // A write that got only part of its bytes out, as on a full disk.
         let at = j.bytes;
@@ -1336,7 +1331,7 @@ mod tests {
         assert_eq!(state.calls.keys().collect::<Vec<_>>(), ["9.1", "9.3"]);
         drop(j);
         // No piece of a line in the middle: the journal is not taken for corrupt.
-        let j = Journal::open(&dir).unwrap();
+        let j = Journal::open(&dir).unwrap().0;
         assert_eq!(j.state().unwrap(), state);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -1355,7 +1350,7 @@ mod tests {
     #[test]
     fn open_calls_are_kept_as_written_and_read_back_the_same() {
         let dir = temp_dir("calls");
-        let mut j = Journal::open(&dir).unwrap();
+        let mut j = Journal::open(&dir).unwrap().0;
         j.append(vec![
             call("1.1", 4),
             call("1.2", 4),
@@ -1373,7 +1368,7 @@ mod tests {
         assert_eq!(undelivered(&live), [(1, false)]);
         // Compacted on the next open: one line for the call, one for the event.
         drop(j);
-        let j = Journal::open(&dir).unwrap();
+        let j = Journal::open(&dir).unwrap().0;
         assert_eq!(j.state().unwrap(), live);
         let text = std::fs::read_to_string(dir.join(JOURNAL)).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
@@ -1402,7 +1397,7 @@ mod tests {
         );
         drop(store);
         thread.join();
-        let j = Journal::open(&dir).unwrap();
+        let j = Journal::open(&dir).unwrap().0;
         assert_eq!(
             j.state().unwrap().items.keys().copied().collect::<Vec<_>>(),
             (39_991..=40_000).collect::<Vec<_>>()

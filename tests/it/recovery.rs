@@ -220,7 +220,7 @@ fn journal_killed_while_sending(dir: &std::path::Path, in_doubt: CtiEventKind, c
         records.push(item(2, request(CtiEventKind::Hangup, Some(cause))));
     }
     records.push(Record::Sending { seq: 2 });
-    Journal::open(dir).unwrap().append(records).unwrap();
+    Journal::open(dir).unwrap().0.append(records).unwrap();
 }
 
 #[tokio::test]
