@@ -773,12 +773,7 @@ fn a_kept_call_goes_on_after_a_restart_and_one_kept_without_channels_ends_at_onc
 fn a_call_gone_with_its_last_channel_has_its_record_forgotten() {
     let mut pbx = Pbx::new();
     pbx.tracker.persist_changes();
-    let trunk = (T, "16.1", "16.1", 4, "from-trunk", "4930100", "+4930555");
-    pbx.ev("Newchannel", trunk, &[]);
-    let claimed = pbx
-        .tracker
-        .claim(&claim("16.1", "16.1", "from-trunk", "4930100", "+4930555"));
-    assert!(matches!(claimed, ClaimOutcome::New(_)));
+    let trunk = pbx.claimed_trunk_call("16.1");
     assert!(matches!(
         pbx.tracker.take_changes().as_slice(),
         [(_, Some(_))]
