@@ -317,7 +317,7 @@ async fn open_mode() {
     // the room the first ones left (what a daemon that has run a while pays). At most
     // `AZB_LOAD_RATE` (1,000) calls a second, so that the daemon is measured holding
     // calls, not a backlog, sent every 10 ms as a PBX's calls come, not in bursts: 100 new
-    // calls at once open up to 100 connections to Zammad (about 30 KB each, kept idle
+    // calls at once open up to 100 connections to Zammad (about 40 KB each, kept idle
     // afterwards), a cost of how many requests are in flight at once, not of calls held.
     let rate: u64 = env_or("AZB_LOAD_RATE", 1000);
     let send = async |first: u64, count: u64, part: &str| {
