@@ -26,6 +26,10 @@
 //! journal, no HTTP), on a thread of its own as the daemon is. What it "adds" is this
 //! machine's share: waking the threads and the loopback hops with 200 peer threads on two
 //! cores. The bridge's own work is what lies above it.
+//!
+//! `AZB_AGI_RATE=400` (or `2000`) runs that pace only; `AZB_AGI_RUNS=N` runs each pace and
+//! its floor N times in turns and ends with the median of their p99s: on a shared VM one
+//! run's p99 moves by half from one hour to the next.
 
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::ami::codec::AmiCodec;
@@ -78,14 +82,43 @@ fn main() {
         .enable_all()
         .build()
         .expect("stand-ins runtime");
+    let runs: usize = std::env::var("AZB_AGI_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let only: Option<u128> = std::env::var("AZB_AGI_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for (zammad_delay, sessions_per_peer) in PACES {
-        stand_ins_rt.block_on(bench(
-            daemon_handle.clone(),
-            zammad_delay,
-            sessions_per_peer,
-        ));
-        stand_ins_rt.block_on(floor(zammad_delay, sessions_per_peer));
+        let rate = CONCURRENCY as u128 * 1000 / zammad_delay.as_millis();
+        if only.is_some_and(|only| only != rate) {
+            continue;
+        }
+        let (mut bridge, mut floors) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            bridge.push(stand_ins_rt.block_on(bench(
+                daemon_handle.clone(),
+                zammad_delay,
+                sessions_per_peer,
+            )));
+            floors.push(stand_ins_rt.block_on(floor(zammad_delay, sessions_per_peer)));
+        }
+        if runs > 1 {
+            println!(
+                "{rate} new calls/s, {runs} runs: p99 of the time the bridge adds, median {}; \
+                 the floor's, median {}",
+                median(bridge),
+                median(floors)
+            );
+        }
     }
+}
+
+/// `median ms (each run's, in the order run)`.
+fn median(mut runs: Vec<Duration>) -> String {
+    let each: Vec<String> = runs.iter().map(|d| format!("{:.3}", ms(*d))).collect();
+    runs.sort();
+    format!("{:.3} ms ({})", ms(runs[runs.len() / 2]), each.join(", "))
 }
 
 /// The peers' sessions, `CONCURRENCY` at a time, each peer starting its next at once;
@@ -141,8 +174,8 @@ async fn run_peers(
     measured
 }
 
-/// The floor: the same load against [`floor_server`].
-async fn floor(zammad_delay: Duration, sessions_per_peer: usize) {
+/// The floor: the same load against [`floor_server`]; returns its p99.
+async fn floor(zammad_delay: Duration, sessions_per_peer: usize) -> Duration {
     let (agi, slept) = floor_server(zammad_delay);
     let nothing: Arc<dyn Fn(&FakeAgiCall) + Send + Sync> = Arc::new(|_: &FakeAgiCall| {});
     let measured = run_peers(
@@ -154,14 +187,16 @@ async fn floor(zammad_delay: Duration, sessions_per_peer: usize) {
     )
     .await;
     let slept = slept.lock().unwrap();
-    let added = measured
+    let added: Vec<Duration> = measured
         .iter()
-        .map(|(id, t)| t.bridge_time.saturating_sub(slept[id]));
+        .map(|(id, t)| t.bridge_time.saturating_sub(slept[id]))
+        .collect();
     println!(
         "floor, a server doing no work (same commands, Zammad's time slept): {}",
-        percentiles(added, true)
+        percentiles(added.iter().copied(), true)
     );
     print_steps(&measured, &slept);
+    p99(added)
 }
 
 /// A FastAGI server on a thread and runtime of its own that does nothing but the talk:
@@ -237,11 +272,12 @@ fn floor_server(
     (addr, slept)
 }
 
+/// The daemon under the peers' load; returns the p99 of the time it adds.
 async fn bench(
     daemon_rt: tokio::runtime::Handle,
     zammad_delay: Duration,
     sessions_per_peer: usize,
-) {
+) -> Duration {
     let zammad = FakeZammad::start(FakeZammadConfig {
         delay: zammad_delay,
         blocked: vec![BLOCKED.trim_start_matches('+').into()],
@@ -311,9 +347,10 @@ async fn bench(
         .iter()
         .map(|(id, (received, answered))| (id.clone(), *answered - *received))
         .collect();
-    let added = measured
+    let added: Vec<Duration> = measured
         .iter()
-        .map(|(id, t)| t.bridge_time.saturating_sub(zammad_time[id]));
+        .map(|(id, t)| t.bridge_time.saturating_sub(zammad_time[id]))
+        .collect();
     let whole = measured
         .iter()
         .map(|(id, t)| t.elapsed.saturating_sub(zammad_time[id]));
@@ -324,7 +361,7 @@ async fn bench(
     );
     println!(
         "time the bridge adds (session minus Zammad's own time): {} (target: p99 < 1 ms)",
-        percentiles(added, true)
+        percentiles(added.iter().copied(), true)
     );
     println!(
         "whole session incl. the peer's replies, minus Zammad's own time: {}",
@@ -358,6 +395,7 @@ async fn bench(
         std::process::id(),
         zammad_delay.as_millis()
     )));
+    p99(added)
 }
 
 fn encoded(event: &AmiMessage) -> Bytes {
@@ -398,6 +436,11 @@ fn print_steps(measured: &[(String, AgiTranscript)], waited: &HashMap<String, Du
         });
         println!("  {what}: {}", percentiles(times, false));
     }
+}
+
+fn p99(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[((times.len() as f64 * 0.99) as usize).min(times.len() - 1)]
 }
 
 /// `p50 … ms, p99 … ms`, and the maximum when asked.

@@ -18,7 +18,10 @@
 //!
 //! CPU and RSS are the daemon's own, from `/proc/PID/stat` and `/proc/PID/status`.
 //! `AZB_LOAD_BIN` runs another build of the daemon (a copy of an older binary, say) under
-//! the same load, for a before and after on the same machine in the same hour.
+//! the same load. `AZB_LOAD_COMPARE=/path/to/other/binary` runs that one and this build in
+//! turns, `AZB_LOAD_ROUNDS` (3) rounds, and ends with each one's median: on a shared VM
+//! the CPU figures move by half between one hour and the next, so a before and after
+//! means little unless the two ran side by side.
 
 mod common;
 
@@ -26,7 +29,8 @@ use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
 use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
 use bytes::{Bytes, BytesMut};
 use common::calls::{Template, call_part, frames};
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,7 +47,13 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(ami: &FakeAmi, zammad: &FakeZammad, admin: &str, name: &str) -> Daemon {
+    fn start(
+        binary: &OsStr,
+        ami: &FakeAmi,
+        zammad: &FakeZammad,
+        admin: &str,
+        name: &str,
+    ) -> Daemon {
         let dir = std::env::temp_dir().join(format!("azb-load-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -76,8 +86,6 @@ max_outbox = 1000000
         );
         let path = dir.join("config.toml");
         std::fs::write(&path, config).unwrap();
-        let binary = std::env::var_os("AZB_LOAD_BIN")
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_asterisk-zammad-bridge").into());
         let mut command = Command::new(binary);
         command
             .args(["run", "-c"])
@@ -178,7 +186,8 @@ async fn start_peers() -> (FakeAmi, FakeZammad) {
     (ami, zammad)
 }
 
-async fn rate_mode() {
+/// Runs the rate mode against `binary`; returns its CPU per AMI event in µs.
+async fn rate_mode(binary: &OsStr) -> f64 {
     let rate: u64 = env_or("AZB_LOAD_RATE", 500);
     let seconds: u64 = env_or("AZB_LOAD_SECONDS", 20);
     let hold = Duration::from_millis(env_or("AZB_LOAD_HOLD_MS", 2000));
@@ -190,7 +199,7 @@ async fn rate_mode() {
     let (start_frames, end_frames) = (frames(&start_part), frames(&end_part));
     let (ami, zammad) = start_peers().await;
     let admin = free_port();
-    let daemon = Daemon::start(&ami, &zammad, &admin, "rate");
+    let daemon = Daemon::start(binary, &ami, &zammad, &admin, "rate");
     ami.wait_logged_in().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_start = daemon.status_kib("VmRSS");
@@ -295,9 +304,11 @@ async fn rate_mode() {
         marks.join(", ")
     );
     check_complete(&zammad, total as usize);
+    cpu.as_secs_f64() * 1e6 / events as f64
 }
 
-async fn open_mode() {
+/// Runs the open mode against `binary`; returns the RSS per open call of a fresh daemon.
+async fn open_mode(binary: &OsStr) -> f64 {
     let open: u64 = env_or("AZB_LOAD_OPEN", 10_000);
     let Template {
         start: start_part,
@@ -306,7 +317,7 @@ async fn open_mode() {
     } = Template::load();
     let (ami, zammad) = start_peers().await;
     let admin = free_port();
-    let daemon = Daemon::start(&ami, &zammad, &admin, "open");
+    let daemon = Daemon::start(binary, &ami, &zammad, &admin, "open");
     ami.wait_logged_in().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     settle(&daemon).await;
@@ -371,6 +382,7 @@ async fn open_mode() {
         per_call(ended[0], held[1])
     );
     check_complete(&zammad, 2 * open as usize);
+    per_call(fresh, held[0])
 }
 
 async fn wait_answered(zammad: &FakeZammad, calls: usize) {
@@ -403,8 +415,52 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    match std::env::var("AZB_LOAD_MODE").as_deref() {
-        Ok("open") => runtime.block_on(open_mode()),
-        _ => runtime.block_on(rate_mode()),
+    let this = std::env::var_os("AZB_LOAD_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_asterisk-zammad-bridge").into());
+    let open = std::env::var("AZB_LOAD_MODE").as_deref() == Ok("open");
+    let run = |binary: &OsStr| {
+        runtime.block_on(async {
+            if open {
+                open_mode(binary).await
+            } else {
+                rate_mode(binary).await
+            }
+        })
+    };
+    let Some(other) = std::env::var_os("AZB_LOAD_COMPARE") else {
+        run(&this);
+        return;
+    };
+    let rounds: usize = env_or("AZB_LOAD_ROUNDS", 3);
+    let (mut theirs, mut ours) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        for (binary, figures) in [(&other, &mut theirs), (&this, &mut ours)] {
+            println!("round {round} of {rounds}: {}", Path::new(binary).display());
+            figures.push(run(binary));
+        }
     }
+    let unit = if open {
+        "bytes of RSS per open call (fresh daemon)"
+    } else {
+        "µs of CPU per AMI event"
+    };
+    println!(
+        "{unit}, median of {rounds} rounds run in turns: {} {}; {} {}",
+        Path::new(&other).display(),
+        median(theirs),
+        Path::new(&this).display(),
+        median(ours)
+    );
+}
+
+/// `median (each, in the order run)`.
+fn median(mut figures: Vec<f64>) -> String {
+    let each: Vec<String> = figures.iter().map(|f| format!("{f:.1}")).collect();
+    figures.sort_by(f64::total_cmp);
+    let n = figures.len();
+    let median = match n % 2 {
+        1 => figures[n / 2],
+        _ => (figures[n / 2 - 1] + figures[n / 2]) / 2.0,
+    };
+    format!("{median:.1} ({})", each.join(", "))
 }
