@@ -7,7 +7,9 @@
 //! - the daemon's own work per AMI event, without its I/O: codec, tracker with the
 //!   journal's change tracking, journal records and request bodies encoded, on calls
 //!   interleaved as a busy PBX sends them (a stable figure to compare changes by, where the
-//!   live daemon's, `daemon_load`, moves with the machine's noise).
+//!   live daemon's, `daemon_load`, moves with the machine's noise);
+//! - the CPU the daemon's HTTP client (`ZammadClient`) spends per request to the stand-in
+//!   Zammad, the part of the live daemon's work per event that `replay` does not do.
 
 #![allow(unsafe_code)] // the counting allocator below
 
@@ -18,7 +20,11 @@ use asterisk_zammad_bridge::ami::codec::{AmiCodec, AmiFrame};
 use asterisk_zammad_bridge::calls::{Tracker, TrackerSettings};
 use asterisk_zammad_bridge::commands::replay::for_each_message;
 use asterisk_zammad_bridge::config::Config;
+use asterisk_zammad_bridge::service::daemon;
 use asterisk_zammad_bridge::service::journal::Record;
+use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
+use asterisk_zammad_bridge::zammad::ZammadClient;
+use asterisk_zammad_bridge::zammad::cti::{CallId, CtiEventKind, CtiRequest, Direction};
 use bytes::BytesMut;
 use common::calls::{Template, call_part};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -272,10 +278,78 @@ fn daemon_work(calls: u64, open: usize, batch: usize) {
     );
 }
 
+/// `calls` calls' `newCall`, `answer` and `hangup`, one request at a time, through the
+/// daemon's `ZammadClient` on a runtime like the daemon's (one thread: the client's tasks
+/// and hyper's connection run on it), to the stand-in Zammad on a thread of its own. The
+/// CPU is this thread's alone (`/proc/thread-self/schedstat`), which on loopback includes
+/// the kernel handing each request to the stand-in, as it does in the live daemon.
+fn http_client(calls: usize) {
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = daemon::runtime().expect("stand-in runtime");
+        runtime.block_on(async {
+            let zammad = FakeZammad::start(FakeZammadConfig::default())
+                .await
+                .expect("stand-in zammad");
+            url_tx.send(zammad.url()).expect("url sent");
+            std::future::pending::<()>().await;
+        });
+    });
+    let url = url_rx.recv().expect("the stand-in's url");
+    let request = |n: usize, event| CtiRequest {
+        event,
+        direction: Direction::In,
+        call_id: CallId::of("", &format!("1800000000.{n}")),
+        from: "4930123456789".into(),
+        to: "4930123456201".into(),
+        user: None,
+        queue: None,
+        answering_number: None,
+        cause: None,
+    };
+    let runtime = daemon::runtime().expect("client runtime");
+    runtime.block_on(async {
+        let client = ZammadClient::new(url, std::time::Duration::from_secs(5)).expect("client");
+        let send = async |from: usize, to: usize| {
+            for n in from..to {
+                for event in [
+                    CtiEventKind::NewCall,
+                    CtiEventKind::Answer,
+                    CtiEventKind::Hangup,
+                ] {
+                    client.send(&request(n, event)).await.expect("delivered");
+                }
+            }
+        };
+        send(0, 100).await; // the connection, warm
+        let (cpu, start) = (thread_cpu_ns(), Instant::now());
+        send(100, 100 + calls).await;
+        let (cpu, took) = (thread_cpu_ns() - cpu, start.elapsed());
+        let requests = 3 * calls;
+        println!(
+            "http client: {:>10.1} µs of CPU per request ({requests} requests one at a time, \
+             {:.0} µs each from send to Zammad's answer)",
+            cpu as f64 / 1e3 / requests as f64,
+            took.as_secs_f64() * 1e6 / requests as f64
+        );
+    });
+}
+
+/// This thread's time on a CPU so far, in ns (the first field of its `schedstat`).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .expect("/proc/thread-self/schedstat")
+        .split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .expect("a number of ns")
+}
+
 fn main() {
     let stream = transcripts();
     codec_only(&stream, 2000);
     end_to_end(&stream, 1000);
     memory_per_call(10_000);
     daemon_work(20_000, 1_000, 8);
+    http_client(5_000);
 }
