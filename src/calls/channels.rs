@@ -68,7 +68,7 @@ impl Tracker {
                 && state == ChannelState::Ring
                 && !std::mem::replace(&mut ch.entered, true);
             (
-                ch.call.clone(),
+                ch.call().clone(),
                 entering,
                 ch.caller_num.clone(),
                 ch.withheld,
@@ -77,7 +77,7 @@ impl Tracker {
         let uid: ShortStr = uniqueid.into();
         // Most events come from a channel known under the same Linkedid: one lookup.
         let fast = match self.channels.get_mut(uniqueid) {
-            Some(ch) if *ch.linkedid == *linkedid => Some(seen(ch)),
+            Some(ch) if ch.linkedid() == linkedid => Some(seen(ch)),
             _ => None,
         };
         let moved = fast.is_none();
@@ -89,11 +89,10 @@ impl Tracker {
                     Some(_) => {
                         let target = self.call_key_for(linkedid);
                         let ch = self.channels.get_mut(uniqueid).expect("checked above");
-                        ch.linkedid = linkedid.into();
-                        if let Some(call) = self.calls.get_mut(&*ch.call) {
+                        if let Some(call) = self.calls.get_mut(&**ch.call()) {
                             call.relinks += 1;
                         }
-                        (ch.call != target).then(|| std::mem::replace(&mut ch.call, target))
+                        ch.relink(linkedid, target)
                     }
                     None => {
                         let key = self.call_key_for(linkedid);
@@ -165,7 +164,7 @@ impl Tracker {
     /// Moves a channel from call `old` to its new call; an emptied old call is dropped
     /// (a merged consult call) and its Linkedid aliased to the new one.
     pub(super) fn rehome(&mut self, uniqueid: &str, old: &str) {
-        let Some(new) = self.channels.get(uniqueid).map(|c| c.call.clone()) else {
+        let Some(new) = self.channels.get(uniqueid).map(|c| c.call().clone()) else {
             return;
         };
         if let Some(call) = self.calls.get_mut(&*new) {
@@ -201,7 +200,7 @@ impl Tracker {
     }
 
     pub(super) fn call_of(&self, uniqueid: &str) -> Option<ShortStr> {
-        self.channels.get(uniqueid).map(|c| c.call.clone())
+        self.channels.get(uniqueid).map(|c| c.call().clone())
     }
 
     /// The extension behind a channel or interface name: `PJSIP/201-00000a`,
@@ -275,7 +274,7 @@ impl Tracker {
             return;
         };
         self.hung_up.insert(uid.into());
-        let key = ch.call;
+        let key = ch.call().clone();
         self.mark(&key);
         let cause = msg.get("Cause").and_then(|c| c.parse::<u16>().ok());
         let Some(call) = self.calls.get_mut(&*key) else {

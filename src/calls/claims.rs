@@ -80,7 +80,7 @@ impl Tracker {
             }
             return ClaimOutcome::Unconfirmed;
         };
-        if *ch.name != *claim.channel || *ch.linkedid != *claim.linkedid {
+        if *ch.name != *claim.channel || ch.linkedid() != claim.linkedid {
             return ClaimOutcome::Unconfirmed;
         }
         self.events += 1;
@@ -89,7 +89,7 @@ impl Tracker {
             ch.caller_num = Some(c.into());
         }
         ch.withheld = claim.caller_withheld;
-        let key = ch.call.clone();
+        let key = ch.call().clone();
         self.mark(&key);
         let call_id = CallId::of(&self.settings.call_id_prefix, &key);
         let call = self.calls.get(&*key).expect("a channel's call exists");

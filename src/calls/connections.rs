@@ -213,7 +213,7 @@ impl Tracker {
             };
             // Both halves of a Local pair share the requester's Linkedid, so the other
             // half is among the members of this half's call.
-            let inner = self.calls.get(&half.call).and_then(|call| {
+            let inner = self.calls.get(half.call()).and_then(|call| {
                 call.members
                     .iter()
                     .filter_map(|uid| self.channels.get(uid))

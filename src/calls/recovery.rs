@@ -125,7 +125,7 @@ impl Tracker {
                     Some(ChannelRecord {
                         uniqueid: uid.clone(),
                         name: ch.name.clone(),
-                        linkedid: ch.linkedid.clone(),
+                        linkedid: ch.linkedid().into(),
                         state: ch.state.code(),
                         caller_num: ch.caller_num.clone(),
                     })
@@ -418,7 +418,7 @@ impl Tracker {
             ("Event", "Hangup"),
             ("Channel", &*ch.name),
             ("Uniqueid", uid),
-            ("Linkedid", &*ch.linkedid),
+            ("Linkedid", ch.linkedid()),
         ]);
         self.on_hangup(&hangup, out);
     }
