@@ -25,12 +25,17 @@
 //! work at all (`floor_server`: the same commands, Zammad's time slept, no claim, no
 //! journal, no HTTP), on a thread of its own as the daemon is. What it "adds" is this
 //! machine's share: waking the threads and the loopback hops with 200 peer threads on two
-//! cores. The bridge's own work is what lies above it.
+//! cores. The bridge's own work is what lies above it. A second floor runs the bridge's
+//! own FastAGI server (`AgiServer`: its session slots, deadlines and line reading) with a
+//! script that does the same talk and no work ([`IdleScript`]): what lies between the two
+//! floors is the server's machinery, what lies above the second the claim, the journal
+//! and the HTTP round trip to Zammad.
 //!
 //! `AZB_AGI_RATE=400` (or `2000`) runs that pace only; `AZB_AGI_RUNS=N` runs each pace and
 //! its floor N times in turns and ends with the median of their p99s: on a shared VM one
 //! run's p99 moves by half from one hour to the next.
 
+use asterisk_zammad_bridge::agi::{AgiCommand, AgiServer, NotRun, Script, Session};
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::ami::codec::AmiCodec;
 use asterisk_zammad_bridge::config::Config;
@@ -94,21 +99,27 @@ fn main() {
         if only.is_some_and(|only| only != rate) {
             continue;
         }
-        let (mut bridge, mut floors) = (Vec::new(), Vec::new());
+        let (mut bridge, mut floors, mut servers) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             bridge.push(stand_ins_rt.block_on(bench(
                 daemon_handle.clone(),
                 zammad_delay,
                 sessions_per_peer,
             )));
-            floors.push(stand_ins_rt.block_on(floor(zammad_delay, sessions_per_peer)));
+            floors.push(stand_ins_rt.block_on(floor(Floor::Bare, zammad_delay, sessions_per_peer)));
+            servers.push(stand_ins_rt.block_on(floor(
+                Floor::OurServer,
+                zammad_delay,
+                sessions_per_peer,
+            )));
         }
         if runs > 1 {
             println!(
                 "{rate} new calls/s, {runs} runs: p99 of the time the bridge adds, median {}; \
-                 the floor's, median {}",
+                 the floor's, median {}; our server's doing no work, median {}",
                 median(bridge),
-                median(floors)
+                median(floors),
+                median(servers)
             );
         }
     }
@@ -174,9 +185,21 @@ async fn run_peers(
     measured
 }
 
-/// The floor: the same load against [`floor_server`]; returns its p99.
-async fn floor(zammad_delay: Duration, sessions_per_peer: usize) -> Duration {
-    let (agi, slept) = floor_server(zammad_delay);
+/// Which server a floor runs.
+#[derive(Clone, Copy)]
+enum Floor {
+    /// [`floor_server`]: the talk and nothing else.
+    Bare,
+    /// [`idle_server`]: the bridge's `AgiServer` running [`IdleScript`].
+    OurServer,
+}
+
+/// A floor: the same load against a server that does no work; returns its p99.
+async fn floor(kind: Floor, zammad_delay: Duration, sessions_per_peer: usize) -> Duration {
+    let (agi, slept) = match kind {
+        Floor::Bare => floor_server(zammad_delay),
+        Floor::OurServer => idle_server(zammad_delay),
+    };
     let nothing: Arc<dyn Fn(&FakeAgiCall) + Send + Sync> = Arc::new(|_: &FakeAgiCall| {});
     let measured = run_peers(
         agi,
@@ -191,24 +214,98 @@ async fn floor(zammad_delay: Duration, sessions_per_peer: usize) -> Duration {
         .iter()
         .map(|(id, t)| t.bridge_time.saturating_sub(slept[id]))
         .collect();
+    let what = match kind {
+        Floor::Bare => "floor, a server doing no work",
+        Floor::OurServer => "floor, the bridge's FastAGI server with a script doing no work",
+    };
     println!(
-        "floor, a server doing no work (same commands, Zammad's time slept): {}",
+        "{what} (same commands, Zammad's time slept): {}",
         percentiles(added.iter().copied(), true)
     );
     print_steps(&measured, &slept);
     p99(added)
 }
 
+/// What [`floor_server`] says, as a script of the bridge's own FastAGI server.
+struct IdleScript {
+    zammad_delay: Duration,
+    slept: Slept,
+}
+
+impl Script for IdleScript {
+    async fn run(&self, session: &mut Session) {
+        let blocked = session.env().get("callerid") == Some(BLOCKED);
+        let command = |c: Result<AgiCommand, _>| c.expect("a valid command");
+        let Ok(reply) = session
+            .command(&command(AgiCommand::get_variable("CHANNEL(linkedid)")))
+            .await
+        else {
+            return;
+        };
+        let linkedid = reply.value().unwrap_or_default().to_string();
+        let set_call_id = command(AgiCommand::set_variable("ZAMMAD_CALLID", &linkedid));
+        let started = std::time::Instant::now();
+        let (_, reply) = tokio::join!(
+            tokio::time::sleep(self.zammad_delay),
+            session.command(&set_call_id)
+        );
+        self.slept
+            .lock()
+            .unwrap()
+            .insert(linkedid, started.elapsed());
+        if reply.is_err() {
+            return;
+        }
+        let action = if blocked { "reject" } else { "continue" };
+        let set_action = command(AgiCommand::set_variable("ZAMMAD_ACTION", action));
+        if session.command(&set_action).await.is_err() || !blocked {
+            return;
+        }
+        let _ = session
+            .command(&command(AgiCommand::exec("Hangup", "17")))
+            .await;
+    }
+
+    fn not_run(&self, _: NotRun) {}
+}
+
+/// The bridge's FastAGI server (`agi.*` at their defaults) running [`IdleScript`], on a
+/// thread and runtime of its own as the daemon's.
+fn idle_server(zammad_delay: Duration) -> (std::net::SocketAddr, Slept) {
+    let slept = Slept::default();
+    let script = IdleScript {
+        zammad_delay,
+        slept: slept.clone(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("idle-server".into())
+        .spawn(move || {
+            let rt = daemon::runtime().expect("idle server runtime");
+            rt.block_on(async move {
+                let config = Config::from_toml_str("[agi]\nlisten = \"127.0.0.1:0\"\n")
+                    .expect("idle server config");
+                let server = AgiServer::bind(&config.agi)
+                    .await
+                    .expect("bind the idle server")
+                    .expect("agi.listen is set");
+                tx.send(server.local_addr()).expect("address sent");
+                let forever = CancellationToken::new();
+                server.run(script, forever, Duration::from_secs(1)).await;
+            });
+        })
+        .expect("idle server thread");
+    (rx.recv().expect("the idle server's address"), slept)
+}
+
+/// What each session's server slept for Zammad, by linkedid.
+type Slept = Arc<std::sync::Mutex<HashMap<String, Duration>>>;
+
 /// A FastAGI server on a thread and runtime of its own that does nothing but the talk:
 /// it reads the environment, asks for `CHANNEL(linkedid)`, sets `ZAMMAD_CALLID`, sleeps
 /// `zammad_delay` (what it slept is kept by linkedid), sets `ZAMMAD_ACTION` (`reject` for
 /// the blocked caller, who is then hung up with cause 17, as the bridge does) and closes.
-fn floor_server(
-    zammad_delay: Duration,
-) -> (
-    std::net::SocketAddr,
-    Arc<std::sync::Mutex<HashMap<String, Duration>>>,
-) {
+fn floor_server(zammad_delay: Duration) -> (std::net::SocketAddr, Slept) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the floor server");
     listener.set_nonblocking(true).expect("nonblocking");
