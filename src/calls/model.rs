@@ -81,10 +81,6 @@ impl Channel {
         }
     }
 
-    /// The caller-ID name of the phone at extension `ext`, when this channel presents
-    /// itself as that phone (its caller-ID number is `ext`): `"Alice" <201>` on the channel
-    /// of 201 gives `Alice`. A channel showing another number (an outside caller's ID
-    /// copied onto a phone's leg, a rewritten outbound caller ID) gives no name.
     /// Key of the call this channel belongs to.
     pub(super) fn call(&self) -> &ShortStr {
         &self.call
@@ -102,6 +98,10 @@ impl Channel {
         (call != self.call).then(|| std::mem::replace(&mut self.call, call))
     }
 
+    /// The caller-ID name of the phone at extension `ext`, when this channel presents
+    /// itself as that phone (its caller-ID number is `ext`): `"Alice" <201>` on the channel
+    /// of 201 gives `Alice`. A channel showing another number (an outside caller's ID
+    /// copied onto a phone's leg, a rewritten outbound caller ID) gives no name.
     pub(super) fn name_at(&self, ext: &str) -> Option<&str> {
         (self.caller_num.as_deref() == Some(ext))
             .then_some(self.caller_name.as_deref())
