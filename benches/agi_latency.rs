@@ -32,7 +32,7 @@
 //! and the HTTP round trip to Zammad.
 //!
 //! `AZB_AGI_RATE=400` (or `2000`) runs that pace only; `AZB_AGI_RUNS=N` runs each pace and
-//! its floor N times in turns and ends with the median of their p99s: on a shared VM one
+//! its floors N times in turns and ends with the median of their p99s: on a shared VM one
 //! run's p99 moves by half from one hour to the next.
 
 use asterisk_zammad_bridge::agi::{AgiCommand, AgiServer, NotRun, Script, Session};

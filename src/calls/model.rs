@@ -379,7 +379,7 @@ mod tests {
         assert_eq!(ch.linkedid(), "1.1");
         assert_eq!(ch.relink("2.1", "2.1".into()).as_deref(), Some("1.1"));
         assert_eq!((ch.linkedid(), &**ch.call()), ("2.1", "2.1"));
-        // Its Linkedid is another call's now: the call's key and the Linkedid part.
+        // A Linkedid that another call took over: the call's key and the Linkedid differ.
         assert_eq!(ch.relink("3.1", "2.1".into()), None);
         assert_eq!((ch.linkedid(), &**ch.call()), ("3.1", "2.1"));
         let restored = Channel::new(
