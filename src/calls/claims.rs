@@ -148,10 +148,10 @@ impl Tracker {
         if direction == Direction::Out {
             call.agent = agent;
         }
-        if claim.queue.is_some() {
-            call.queue = claim.queue.clone();
+        if let Some(queue) = &claim.queue {
+            call.queue = Some(queue.as_str().into());
         }
-        call.claimed_users = claim.users.as_slice().into();
+        call.claimed_users = (!claim.users.is_empty()).then(|| Box::new(claim.users.clone()));
         let mut out = Vec::with_capacity(1);
         self.report_new_call(&key, &mut out);
         match out.pop() {

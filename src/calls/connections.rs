@@ -157,7 +157,7 @@ impl Tracker {
         let queue = msg.get("Queue");
         let call = self.calls.get_mut(&*key).expect("a channel's call exists");
         if let Some(q) = queue {
-            call.queue = Some(q.to_string());
+            call.queue = Some(q.into());
         }
         match call.legs.iter_mut().find(|l| l.uniqueid == dest) {
             Some(leg) => {
@@ -237,7 +237,7 @@ impl Tracker {
         };
         if join {
             if let Some(q) = msg.get("Queue") {
-                call.queue = Some(q.to_string());
+                call.queue = Some(q.into());
             }
             call.in_queue = true;
         } else {

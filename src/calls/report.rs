@@ -37,7 +37,7 @@ impl Tracker {
                 } else {
                     self.settings.plan.normalise(caller)
                 };
-                let mut names = call.claimed_users.to_vec();
+                let mut names = call.claimed_users.as_deref().cloned().unwrap_or_default();
                 for name in self.ringing_names(call) {
                     if !names.contains(&name) {
                         names.push(name);
@@ -52,10 +52,9 @@ impl Tracker {
                     .as_deref()
                     .and_then(|ext| self.agent_name(Some(ext), None, origin))
                     .map(str::to_string);
-                let names = if call.claimed_users.is_empty() {
-                    user.into_iter().collect()
-                } else {
-                    call.claimed_users.to_vec()
+                let names = match call.claimed_users.as_deref() {
+                    Some(claimed) => claimed.clone(),
+                    None => user.into_iter().collect(),
                 };
                 (call.from.to_string(), Users::from_names(names))
             }
@@ -90,7 +89,7 @@ impl Tracker {
             from,
             to,
             user,
-            queue: call.queue.clone(),
+            queue: call.queue.as_deref().map(str::to_string),
             answering_number: None,
             cause: None,
         });
