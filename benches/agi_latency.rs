@@ -35,6 +35,8 @@
 //! its floors N times in turns and ends with the median of their p99s: on a shared VM one
 //! run's p99 moves by half from one hour to the next.
 
+mod common;
+
 use asterisk_zammad_bridge::agi::{AgiCommand, AgiServer, NotRun, Script, Session};
 use asterisk_zammad_bridge::ami::AmiMessage;
 use asterisk_zammad_bridge::ami::codec::AmiCodec;
@@ -44,6 +46,7 @@ use asterisk_zammad_bridge::standins::agi::{AgiTranscript, FakeAgiCall};
 use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
 use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
 use bytes::{Bytes, BytesMut};
+use common::{env_or, median};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,16 +90,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("stand-ins runtime");
-    let runs: usize = std::env::var("AZB_AGI_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let only: Option<u128> = std::env::var("AZB_AGI_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok());
+    let runs: usize = env_or("AZB_AGI_RUNS", 1);
+    // 0: every pace.
+    let only: u128 = env_or("AZB_AGI_RATE", 0);
     for (zammad_delay, sessions_per_peer) in PACES {
         let rate = CONCURRENCY as u128 * 1000 / zammad_delay.as_millis();
-        if only.is_some_and(|only| only != rate) {
+        if only != 0 && only != rate {
             continue;
         }
         let (mut bridge, mut floors, mut servers) = (Vec::new(), Vec::new(), Vec::new());
@@ -115,21 +114,14 @@ fn main() {
         }
         if runs > 1 {
             println!(
-                "{rate} new calls/s, {runs} runs: p99 of the time the bridge adds, median {}; \
-                 the floor's, median {}; our server's doing no work, median {}",
-                median(bridge),
-                median(floors),
-                median(servers)
+                "{rate} new calls/s, {runs} runs: p99 of the time the bridge adds in ms, median \
+                 {}; the floor's, median {}; our server's doing no work, median {}",
+                median(&bridge, 3),
+                median(&floors, 3),
+                median(&servers, 3)
             );
         }
     }
-}
-
-/// `median ms (each run's, in the order run)`.
-fn median(mut runs: Vec<Duration>) -> String {
-    let each: Vec<String> = runs.iter().map(|d| format!("{:.3}", ms(*d))).collect();
-    runs.sort();
-    format!("{:.3} ms ({})", ms(runs[runs.len() / 2]), each.join(", "))
 }
 
 /// The peers' sessions, `CONCURRENCY` at a time, each peer starting its next at once;
@@ -194,8 +186,8 @@ enum Floor {
     OurServer,
 }
 
-/// A floor: the same load against a server that does no work; returns its p99.
-async fn floor(kind: Floor, zammad_delay: Duration, sessions_per_peer: usize) -> Duration {
+/// A floor: the same load against a server that does no work; returns its p99 in ms.
+async fn floor(kind: Floor, zammad_delay: Duration, sessions_per_peer: usize) -> f64 {
     let (agi, slept) = match kind {
         Floor::Bare => floor_server(zammad_delay),
         Floor::OurServer => idle_server(zammad_delay),
@@ -369,12 +361,12 @@ fn floor_server(zammad_delay: Duration) -> (std::net::SocketAddr, Slept) {
     (addr, slept)
 }
 
-/// The daemon under the peers' load; returns the p99 of the time it adds.
+/// The daemon under the peers' load; returns the p99 of the time it adds, in ms.
 async fn bench(
     daemon_rt: tokio::runtime::Handle,
     zammad_delay: Duration,
     sessions_per_peer: usize,
-) -> Duration {
+) -> f64 {
     let zammad = FakeZammad::start(FakeZammadConfig {
         delay: zammad_delay,
         blocked: vec![BLOCKED.trim_start_matches('+').into()],
@@ -535,16 +527,22 @@ fn print_steps(measured: &[(String, AgiTranscript)], waited: &HashMap<String, Du
     }
 }
 
-fn p99(mut times: Vec<Duration>) -> Duration {
+/// The p99 of `times`, in ms.
+fn p99(mut times: Vec<Duration>) -> f64 {
     times.sort();
-    times[((times.len() as f64 * 0.99) as usize).min(times.len() - 1)]
+    ms(quantile(&times, 0.99))
+}
+
+/// The `q` quantile of `sorted` (not empty).
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
 }
 
 /// `p50 … ms, p99 … ms`, and the maximum when asked.
 fn percentiles(times: impl IntoIterator<Item = Duration>, max: bool) -> String {
     let mut v: Vec<Duration> = times.into_iter().collect();
     v.sort();
-    let pick = |q: f64| ms(v[((v.len() as f64 * q) as usize).min(v.len() - 1)]);
+    let pick = |q: f64| ms(quantile(&v, q));
     let mut text = format!("p50 {:.3} ms, p99 {:.3} ms", pick(0.50), pick(0.99));
     if max {
         text.push_str(&format!(", max {:.3} ms", ms(*v.last().unwrap())));

@@ -29,17 +29,11 @@ use asterisk_zammad_bridge::standins::ami::{FakeAmi, FakeAmiConfig};
 use asterisk_zammad_bridge::standins::zammad::{FakeZammad, FakeZammadConfig};
 use bytes::{Bytes, BytesMut};
 use common::calls::{Template, call_part, frames};
+use common::{env_or, median};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Daemon {
     child: Child,
@@ -447,20 +441,8 @@ fn main() {
     println!(
         "{unit}, median of {rounds} rounds run in turns: {} {}; {} {}",
         Path::new(&other).display(),
-        median(theirs),
+        median(&theirs, 1),
         Path::new(&this).display(),
-        median(ours)
+        median(&ours, 1)
     );
-}
-
-/// `median (each, in the order run)`.
-fn median(mut figures: Vec<f64>) -> String {
-    let each: Vec<String> = figures.iter().map(|f| format!("{f:.1}")).collect();
-    figures.sort_by(f64::total_cmp);
-    let n = figures.len();
-    let median = match n % 2 {
-        1 => figures[n / 2],
-        _ => (figures[n / 2 - 1] + figures[n / 2]) / 2.0,
-    };
-    format!("{median:.1} ({})", each.join(", "))
 }
