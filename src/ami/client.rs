@@ -35,7 +35,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::backoff::Backoff;
 use super::codec::{AmiCodec, AmiFrame};
 use super::message::{AmiKind, AmiMessage};
-use super::stream::{AmiStream, Tap};
+use super::stream::{AmiStream, ReadNow, Tap};
 use super::tls::AmiTls;
 use crate::config::AmiConfig;
 
@@ -197,6 +197,7 @@ pub struct AmiHandle {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<AmiStatus>,
     action_timeout: Duration,
+    read_now: ReadNow,
 }
 
 #[derive(Debug)]
@@ -283,6 +284,12 @@ impl AmiHandle {
             .map_err(|_| AmiError::Stopped)
     }
 
+    /// Has the socket read at once, even while its reads are paused under load
+    /// ([`super::stream`]): for someone waiting on an event that may have arrived.
+    pub fn read_now(&self) {
+        self.read_now.ask();
+    }
+
     /// The current connection state.
     pub fn status(&self) -> AmiStatus {
         *self.status.borrow()
@@ -341,13 +348,16 @@ impl Connection {
     ) -> (Self, AmiHandle) {
         let (commands_tx, commands) = mpsc::channel(queue);
         let (status, status_rx) = watch::channel(AmiStatus::Connecting);
+        let read_now = ReadNow::default();
         let handle = AmiHandle {
             commands: commands_tx,
             status: status_rx,
             action_timeout: settings.action_timeout,
+            read_now: read_now.clone(),
         };
         let connection = Connection {
             settings,
+            read_now,
             cancel,
             commands,
             inputs,
@@ -455,6 +465,8 @@ const READ_BUFFER: usize = 8 * 1024;
 
 struct Connection {
     settings: AmiSettings,
+    /// Ends the socket's pauses ([`AmiHandle::read_now`]).
+    read_now: ReadNow,
     cancel: CancellationToken,
     /// Commands from every `AmiHandle`.
     commands: mpsc::Receiver<Command>,
@@ -539,7 +551,7 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let tap = self.settings.tap.clone();
         let stream = match &self.settings.tls {
-            None => AmiStream::plain(stream, tap),
+            None => AmiStream::plain(stream, tap, self.read_now.clone()),
             Some(tls) => tokio::time::timeout(timeout, tls.handshake(stream))
                 .await
                 .unwrap_or_else(|_| {

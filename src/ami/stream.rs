@@ -1,36 +1,103 @@
-//! The AMI socket as the connection task's `Framed` sees it: TCP or TLS, and optionally
-//! tapped: every byte read is also sent to a channel, for `record` (what Asterisk sent,
-//! banner and frames; what we write, the login among it, is never tapped).
+//! The AMI socket as the connection task's `Framed` sees it: TCP or TLS, optionally
+//! tapped (every byte read is also sent to a channel, for `record`: what Asterisk sent,
+//! banner and frames; what we write, the login among it, is never tapped), and with its
+//! reads paced while events stream in.
+//!
+//! Pacing: Asterisk writes every event with a write of its own on a socket with Nagle
+//! off (`main/manager.c`: `process_events` calls `send_string` per queued event, and the
+//! session sets `TCP_NODELAY`), so under load each event is a TCP segment of its own.
+//! Tokio's epoll is edge-triggered: each segment wakes the runtime's thread, and each read
+//! costs a `recvfrom` that also sends an ACK back. At a few hundred calls a second that
+//! was a read per four or five events. So after a read that emptied the socket, if the
+//! read before it came less than [`BUSY`] earlier, the plain TCP socket is taken off
+//! epoll for [`PACE`]: the kernel queues what arrives without waking anyone, and putting
+//! it back reports it readable at once if anything came (`epoll_ctl(EPOLL_CTL_ADD)` polls
+//! the file), for one read of it all. A timer alone would not do: the socket's edges
+//! would still wake the thread. A lone event (reads further apart than [`BUSY`]) is read
+//! at once; under load an event waits at most about [`PACE`] (plus the timer's tick)
+//! before it is read. [`ReadNow`] ends a pause early (a FastAGI claim waiting for its
+//! channel's event), as does any write (an action, a ping). TLS reads are not paced: the
+//! TLS stream cannot be taken apart and put back together.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 
 /// Where a tapped stream sends what it reads, in order.
 pub type Tap = mpsc::UnboundedSender<Bytes>;
 
+/// How long a paused socket stays off epoll.
+pub const PACE: Duration = Duration::from_millis(1);
+/// Reads closer together than this mean events are streaming in: the next short read
+/// pauses.
+pub const BUSY: Duration = Duration::from_millis(2);
+
+/// Ends the current pause of the AMI socket's reads (see the module doc); cloneable, and
+/// one per connection task: it outlives reconnects.
+#[derive(Debug, Clone, Default)]
+pub struct ReadNow(Arc<ReadNowInner>);
+
+#[derive(Debug, Default)]
+struct ReadNowInner {
+    asked: AtomicBool,
+    /// The reader in a pause.
+    reader: AtomicWaker,
+}
+
+impl ReadNow {
+    /// The socket is read at once, even in a pause (the next pause is not affected).
+    pub fn ask(&self) {
+        self.0.asked.store(true, Ordering::Release);
+        self.0.reader.wake();
+    }
+
+    /// Whether a read was asked for since the last time; registers `cx` for the next ask.
+    fn take(&self, cx: &Context<'_>) -> bool {
+        self.0.reader.register(cx.waker());
+        self.0.asked.swap(false, Ordering::AcqRel)
+    }
+}
+
 /// The connected socket, plain or TLS, with its tap.
 pub struct AmiStream {
     io: Io,
     tap: Option<Tap>,
+    read_now: ReadNow,
+    /// When the last read that brought bytes came.
+    last_read: Option<Instant>,
+    /// The end of the current pause (the socket is then [`Io::Paused`]).
+    pause: Option<Pin<Box<Sleep>>>,
 }
 
 enum Io {
     Plain(TcpStream),
+    /// Off epoll for a pause.
+    Paused(std::net::TcpStream),
+    /// Taking it off or putting it back failed: the connection is lost.
+    Broken,
     Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl AmiStream {
-    pub fn plain(stream: TcpStream, tap: Option<Tap>) -> AmiStream {
+    pub fn plain(stream: TcpStream, tap: Option<Tap>, read_now: ReadNow) -> AmiStream {
         AmiStream {
             io: Io::Plain(stream),
             tap,
+            read_now,
+            last_read: None,
+            pause: None,
         }
     }
 
@@ -38,8 +105,63 @@ impl AmiStream {
         AmiStream {
             io: Io::Tls(Box::new(stream)),
             tap,
+            read_now: ReadNow::default(),
+            last_read: None,
+            pause: None,
         }
     }
+
+    /// After a read of `read` bytes out of `offered` at `now`: a short read (the socket is
+    /// empty) close after the one before starts a pause.
+    fn pace(&mut self, read: usize, offered: usize, now: Instant) -> io::Result<()> {
+        let busy = self.last_read.is_some_and(|last| now < last + BUSY);
+        self.last_read = Some(now);
+        if read == 0 || read >= offered || !busy || !matches!(self.io, Io::Plain(_)) {
+            return Ok(());
+        }
+        let Io::Plain(stream) = std::mem::replace(&mut self.io, Io::Broken) else {
+            unreachable!("checked above");
+        };
+        // Deregisters the socket from the runtime's epoll.
+        self.io = Io::Paused(stream.into_std()?);
+        self.pause = Some(Box::pin(tokio::time::sleep_until(now + PACE)));
+        Ok(())
+    }
+
+    /// Ends a pause: the socket goes back on epoll, which reports it readable at once if
+    /// anything arrived meanwhile.
+    fn resume(&mut self) -> io::Result<()> {
+        self.pause = None;
+        if let Io::Paused(_) = self.io {
+            let Io::Paused(stream) = std::mem::replace(&mut self.io, Io::Broken) else {
+                unreachable!("checked above");
+            };
+            self.io = Io::Plain(TcpStream::from_std(stream)?);
+        }
+        Ok(())
+    }
+
+    /// Whether the current pause, if any, still holds reads back.
+    fn paused(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        let Some(pause) = &mut self.pause else {
+            return Ok(false);
+        };
+        if pause.as_mut().poll(cx).is_pending() && !self.read_now.take(cx) {
+            return Ok(true);
+        }
+        self.resume()?;
+        Ok(false)
+    }
+
+    /// The socket for a write (a write ends a pause).
+    fn writable(&mut self) -> io::Result<&mut Io> {
+        self.resume()?;
+        Ok(&mut self.io)
+    }
+}
+
+fn broken() -> io::Error {
+    io::Error::other("the AMI socket could not be put back on the runtime's epoll")
 }
 
 impl AsyncRead for AmiStream {
@@ -49,17 +171,25 @@ impl AsyncRead for AmiStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.paused(cx)? {
+            return Poll::Pending;
+        }
         let before = buf.filled().len();
+        let offered = buf.remaining();
         let polled = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Paused(_) | Io::Broken => return Poll::Ready(Err(broken())),
         };
-        if let (Poll::Ready(Ok(())), Some(tap)) = (&polled, &this.tap) {
+        if let Poll::Ready(Ok(())) = &polled {
             let read = &buf.filled()[before..];
-            if !read.is_empty() {
+            if let Some(tap) = &this.tap
+                && !read.is_empty()
+            {
                 // A tap whose reader is gone is no reason to drop the connection.
                 let _ = tap.send(Bytes::copy_from_slice(read));
             }
+            this.pace(read.len(), offered, Instant::now())?;
         }
         polled
     }
@@ -71,23 +201,130 @@ impl AsyncWrite for AmiStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
+        match self.get_mut().writable()? {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Paused(_) | Io::Broken => Poll::Ready(Err(broken())),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        match self.get_mut().writable()? {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Paused(_) | Io::Broken => Poll::Ready(Err(broken())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        match self.get_mut().writable()? {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Paused(_) | Io::Broken => Poll::Ready(Err(broken())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Our side of a loopback connection, paced, and Asterisk's side.
+    async fn connected() -> (AmiStream, TcpStream, ReadNow) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (asterisk, _) = listener.accept().await.unwrap();
+        let read_now = ReadNow::default();
+        (
+            AmiStream::plain(ours, None, read_now.clone()),
+            asterisk,
+            read_now,
+        )
+    }
+
+    /// Asterisk writes `what`; returns what the next read brings and when it came.
+    async fn send_and_read(
+        stream: &mut AmiStream,
+        asterisk: &mut TcpStream,
+        what: &[&str],
+    ) -> (String, Instant) {
+        for part in what {
+            asterisk.write_all(part.as_bytes()).await.unwrap();
+        }
+        let wanted: usize = what.iter().map(|p| p.len()).sum();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while got.len() < wanted {
+            let n = stream.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        (String::from_utf8(got).unwrap(), Instant::now())
+    }
+
+    /// Two reads close together: the second pauses the socket. Times are tokio's (paused
+    /// in these tests, so they count the pause without waiting it out).
+    async fn paused_stream() -> (AmiStream, TcpStream, ReadNow, Instant) {
+        let (mut stream, mut asterisk, read_now) = connected().await;
+        send_and_read(&mut stream, &mut asterisk, &["a"]).await;
+        let (_, second) = send_and_read(&mut stream, &mut asterisk, &["b"]).await;
+        assert!(
+            stream.pause.is_some(),
+            "a short read right after another pauses"
+        );
+        (stream, asterisk, read_now, second)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_load_what_arrives_in_a_pause_is_read_after_it_in_one_go() {
+        let (mut stream, mut asterisk, _, paused_at) = paused_stream().await;
+        let (got, at) = send_and_read(&mut stream, &mut asterisk, &["c", "d"]).await;
+        assert_eq!(got, "cd");
+        assert!(
+            at >= paused_at + PACE,
+            "read {:?} after the pause began",
+            at - paused_at
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_far_apart_are_not_paused() {
+        let (mut stream, mut asterisk, _) = connected().await;
+        send_and_read(&mut stream, &mut asterisk, &["a"]).await;
+        tokio::time::advance(BUSY + Duration::from_millis(1)).await;
+        let (_, first) = send_and_read(&mut stream, &mut asterisk, &["b"]).await;
+        assert!(stream.pause.is_none());
+        let (got, second) = send_and_read(&mut stream, &mut asterisk, &["c"]).await;
+        assert_eq!((got.as_str(), second), ("c", first));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_now_ends_a_pause() {
+        let (mut stream, mut asterisk, read_now, paused_at) = paused_stream().await;
+        read_now.ask();
+        let (got, at) = send_and_read(&mut stream, &mut asterisk, &["c"]).await;
+        assert_eq!((got.as_str(), at), ("c", paused_at));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_ends_a_pause_and_reaches_asterisk() {
+        let (mut stream, mut asterisk, _, paused_at) = paused_stream().await;
+        stream.write_all(b"Action: Ping\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 16];
+        asterisk.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"Action: Ping\r\n\r\n");
+        let (got, at) = send_and_read(&mut stream, &mut asterisk, &["c"]).await;
+        assert_eq!((got.as_str(), at), ("c", paused_at));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_peer_closing_in_a_pause_is_seen_after_it() {
+        let (mut stream, asterisk, _, _) = paused_stream().await;
+        drop(asterisk);
+        let mut buf = [0u8; 16];
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
     }
 }

@@ -432,6 +432,8 @@ impl Daemon {
         let reply = match self.tracker.claim(&claim.claim) {
             ClaimOutcome::Unconfirmed => {
                 self.waiting.push(claim);
+                // Its channel's events may be waiting in a paused socket.
+                self.ami.read_now();
                 return;
             }
             ClaimOutcome::New(request) => {
