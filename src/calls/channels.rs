@@ -241,7 +241,7 @@ impl Tracker {
         if msg.get("Variable") == Some("AMPUSER")
             && let Some(ch) = self.channels.get_mut(&uid)
         {
-            ch.ampuser = msg.get("Value").filter(|v| !v.is_empty()).map(Into::into);
+            ch.set_ampuser(msg.get("Value").filter(|v| !v.is_empty()));
         }
     }
 

@@ -123,7 +123,7 @@ impl Tracker {
         let agent: Option<ShortStr> = match claim.from.as_deref() {
             Some(from) => Some(from.into()),
             None => {
-                let ampuser = self.channels.get(uid).and_then(|c| c.ampuser.as_deref());
+                let ampuser = self.channels.get(uid).and_then(|c| c.ampuser());
                 self.calling_agent(&claim.channel, caller, ampuser)
             }
         };

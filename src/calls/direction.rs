@@ -139,7 +139,7 @@ impl Tracker {
         let agent = self
             .channels
             .get(&*origin)
-            .and_then(|c| self.calling_agent(&c.name, caller.as_deref(), c.ampuser.as_deref()));
+            .and_then(|c| self.calling_agent(&c.name, caller.as_deref(), c.ampuser()));
         // The number the far end sees: the agent's configured one, else the caller ID
         // the phone's channel presents (which the dialplan may have set to the trunk's
         // outbound number), else the agent's extension.
