@@ -39,10 +39,10 @@ use tokio_rustls::client::TlsStream;
 pub type Tap = mpsc::UnboundedSender<Bytes>;
 
 /// How long a paused socket stays off epoll.
-pub const PACE: Duration = Duration::from_millis(1);
+const PACE: Duration = Duration::from_millis(1);
 /// Reads closer together than this mean events are streaming in: the next short read
 /// pauses.
-pub const BUSY: Duration = Duration::from_millis(2);
+const BUSY: Duration = Duration::from_millis(2);
 
 /// Ends the current pause of the AMI socket's reads (see the module doc); cloneable, and
 /// one per connection task: it outlives reconnects.
@@ -123,7 +123,7 @@ impl AmiStream {
             unreachable!("checked above");
         };
         // Deregisters the socket from the runtime's epoll.
-        self.io = Io::Paused(stream.into_std()?);
+        self.io = Io::Paused(stream.into_std().map_err(|e| epoll_failed("pause", &e))?);
         self.pause = Some(Box::pin(tokio::time::sleep_until(now + PACE)));
         Ok(())
     }
@@ -136,7 +136,8 @@ impl AmiStream {
             let Io::Paused(stream) = std::mem::replace(&mut self.io, Io::Broken) else {
                 unreachable!("checked above");
             };
-            self.io = Io::Plain(TcpStream::from_std(stream)?);
+            self.io =
+                Io::Plain(TcpStream::from_std(stream).map_err(|e| epoll_failed("resume", &e))?);
         }
         Ok(())
     }
@@ -160,8 +161,19 @@ impl AmiStream {
     }
 }
 
+/// Taking the socket off the runtime's epoll, or putting it back, failed (`epoll_ctl`:
+/// out of memory, or `fs.epoll.max_user_watches` reached): the connection is given up and
+/// made anew.
+fn epoll_failed(what: &str, error: &io::Error) -> io::Error {
+    io::Error::new(
+        error.kind(),
+        format!("could not {what} reading the AMI socket (epoll_ctl: {error})"),
+    )
+}
+
+/// The socket after a failed pause or resume.
 fn broken() -> io::Error {
-    io::Error::other("the AMI socket could not be put back on the runtime's epoll")
+    io::Error::other("the AMI socket was lost when its reads were paused or resumed")
 }
 
 impl AsyncRead for AmiStream {

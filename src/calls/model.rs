@@ -40,8 +40,8 @@ pub(super) struct Channel {
     pub(super) dialed: bool,
     /// FreePBX's `AMPUSER` on this channel (`VarSet`): the calling extension as FreePBX's
     /// `macro-user-callerid` decided it; cleared when it found no internal user. Boxed:
-    /// only a phone's own channel on FreePBX has one, and 8 bytes here instead of 24 keep
-    /// a channel in a 160-byte allocation ([`Channel::ampuser`]).
+    /// only the channels `macro-user-callerid` ran on have one (a phone's own, on FreePBX),
+    /// and 8 bytes here instead of 24 keep a channel in a 160-byte allocation.
     ampuser: Option<Box<ShortStr>>,
     /// The channel reached state Ring (entered the dialplan as an incoming channel).
     pub(super) entered: bool,
