@@ -15,6 +15,7 @@ pub struct Scratch(PathBuf);
 
 impl Scratch {
     pub fn new(name: &str) -> Scratch {
+        super::sweep_leftovers();
         let path = std::env::temp_dir().join(format!("azb-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create the scratch dir");

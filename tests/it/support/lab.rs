@@ -63,6 +63,7 @@ fn free_port() -> u16 {
 
 /// A run directory under the system temp dir, unique to this process.
 pub fn run_dir(tag: &str) -> PathBuf {
+    super::sweep_leftovers();
     let dir = std::env::temp_dir().join(format!("azb-e2e-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the run dir");

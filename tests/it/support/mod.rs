@@ -15,6 +15,7 @@ use std::path::PathBuf;
 pub fn temp_dir(what: &str) -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
+    sweep_leftovers();
     let dir = std::env::temp_dir().join(format!(
         "azb-it-{what}-{}-{}",
         std::process::id(),
@@ -22,6 +23,47 @@ pub fn temp_dir(what: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// Removes, once per test run, what earlier runs left in the system's temp dir: the
+/// `azb-*` dirs and files the tests make carry their process id in their name, and those
+/// of a process that is gone belong to no one (a passing test leaves its dir behind, a
+/// failing one on purpose, for a look; a package test's dir holds a 20 MB package). A
+/// name whose numbers include a live process id is kept, so that two runs side by side
+/// (a CI clone and a checkout) never take each other's dirs.
+pub fn sweep_leftovers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_str().is_some_and(is_leftover) {
+                let path = entry.path();
+                let _ = match entry.file_type() {
+                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                    _ => std::fs::remove_file(&path),
+                };
+            }
+        }
+    });
+}
+
+/// Whether `name` is a test's `azb-*` dir or file whose process is gone: among its
+/// dash-separated parts is a number that can be a process id, and none of those is a live
+/// process (this one included). Numbers below 300 are counters, not process ids: Linux
+/// gives those out only at boot (`RESERVED_PIDS`), and wraps around to 300.
+fn is_leftover(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("azb-") else {
+        return false;
+    };
+    let mut pids = rest
+        .split(['-', '.'])
+        .filter_map(|part| part.parse::<u64>().ok())
+        .filter(|n| *n >= 300)
+        .peekable();
+    pids.peek().is_some() && pids.all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
 pub fn fixture(rel: &str) -> PathBuf {
@@ -185,4 +227,22 @@ pub fn without_azb_env(command: &mut std::process::Command) {
 pub fn etc_has_credentials() -> bool {
     let dir = std::path::Path::new(asterisk_zammad_bridge::config::CREDENTIAL_DIR);
     dir.join("ami-secret").exists() || dir.join("zammad-url").exists()
+}
+
+#[test]
+fn leftovers_are_the_test_files_of_processes_that_are_gone() {
+    let me = std::process::id();
+    // Above any pid_max Linux allows (2^22): no such process.
+    let gone = 4_999_999;
+    assert!(is_leftover(&format!("azb-it-deb-{gone}-3")));
+    assert!(is_leftover(&format!("azb-e2e-{gone}-calls")));
+    assert!(is_leftover(&format!("azb-cli-test-{gone}-1.toml")));
+    assert!(!is_leftover(&format!("azb-it-deb-{me}-3")));
+    // One of its numbers is a live process: kept, whichever it is.
+    assert!(!is_leftover(&format!(
+        "azb-it-attack-redirect-{gone}-{me}-0"
+    )));
+    assert!(!is_leftover("azb-soak-target"));
+    assert!(!is_leftover("azb-it-state-3-0"));
+    assert!(!is_leftover(&format!("other-{gone}")));
 }
