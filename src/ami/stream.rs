@@ -9,12 +9,12 @@
 //! Tokio's epoll is edge-triggered: each segment wakes the runtime's thread, and each read
 //! costs a `recvfrom` that also sends an ACK back. At a few hundred calls a second that
 //! was a read per four or five events. So after a read that emptied the socket, if the
-//! read before it came less than [`BUSY`] earlier, the plain TCP socket is taken off
-//! epoll for [`PACE`]: the kernel queues what arrives without waking anyone, and putting
-//! it back reports it readable at once if anything came (`epoll_ctl(EPOLL_CTL_ADD)` polls
-//! the file), for one read of it all. A timer alone would not do: the socket's edges
-//! would still wake the thread. A lone event (reads further apart than [`BUSY`]) is read
-//! at once; under load an event waits at most about [`PACE`] (plus the timer's tick)
+//! read before it came less than `BUSY` (2 ms) earlier, the plain TCP socket is taken
+//! off epoll for `PACE` (1 ms): the kernel queues what arrives without waking anyone, and
+//! putting it back reports it readable at once if anything came
+//! (`epoll_ctl(EPOLL_CTL_ADD)` polls the file), for one read of it all. A timer alone would not do: the socket's edges
+//! would still wake the thread. A lone event (reads further apart than `BUSY`) is read
+//! at once; under load an event waits at most about `PACE` (plus the timer's tick)
 //! before it is read. [`ReadNow`] ends a pause early (a FastAGI claim waiting for its
 //! channel's event), as does any write (an action, a ping). TLS reads are not paced: the
 //! TLS stream cannot be taken apart and put back together.
