@@ -11,13 +11,16 @@
 //! was a read per four or five events. So after a read that emptied the socket, if the
 //! read before it came less than `BUSY` (2 ms) earlier, the plain TCP socket is taken
 //! off epoll for `PACE` (1 ms): the kernel queues what arrives without waking anyone, and
-//! putting it back reports it readable at once if anything came
-//! (`epoll_ctl(EPOLL_CTL_ADD)` polls the file), for one read of it all. A timer alone would not do: the socket's edges
-//! would still wake the thread. A lone event (reads further apart than `BUSY`) is read
-//! at once; under load an event waits at most about `PACE` (plus the timer's tick)
-//! before it is read. [`ReadNow`] ends a pause early (a FastAGI claim waiting for its
-//! channel's event), as does any write (an action, a ping). TLS reads are not paced: the
-//! TLS stream cannot be taken apart and put back together.
+//! once it is over the socket is read directly (a non-blocking `recv`), what came
+//! meanwhile in one go. While events keep coming the socket stays off epoll, read once a
+//! pause; a pause in which nothing came puts it back on epoll (`EPOLL_CTL_ADD` reports it
+//! readable at once if anything came since) to wait for the next. A timer alone would not
+//! do: the socket's edges would still wake the thread. A lone event (reads further apart
+//! than `BUSY`) is read at once; under load an event waits at most about `PACE` (plus the
+//! timer's tick) before it is read. [`ReadNow`] ends a pause early (a FastAGI claim
+//! waiting for its channel's event); a write (an action, a ping) puts the socket back on
+//! epoll. TLS reads are not paced: the TLS stream cannot be taken apart and put back
+//! together.
 
 use std::future::Future;
 use std::io;
@@ -112,24 +115,51 @@ impl AmiStream {
     }
 
     /// After a read of `read` bytes out of `offered` at `now`: a short read (the socket is
-    /// empty) close after the one before starts a pause.
+    /// empty) close after the one before starts a pause, off epoll.
     fn pace(&mut self, read: usize, offered: usize, now: Instant) -> io::Result<()> {
         let busy = self.last_read.is_some_and(|last| now < last + BUSY);
         self.last_read = Some(now);
-        if read == 0 || read >= offered || !busy || !matches!(self.io, Io::Plain(_)) {
+        if read == 0 || read >= offered || !busy {
             return Ok(());
         }
-        let Io::Plain(stream) = std::mem::replace(&mut self.io, Io::Broken) else {
-            unreachable!("checked above");
-        };
-        // Deregisters the socket from the runtime's epoll.
-        self.io = Io::Paused(stream.into_std().map_err(|e| epoll_failed("pause", &e))?);
-        self.pause = Some(Box::pin(tokio::time::sleep_until(now + PACE)));
+        if let Io::Plain(_) = self.io {
+            let Io::Plain(stream) = std::mem::replace(&mut self.io, Io::Broken) else {
+                unreachable!("checked above");
+            };
+            // Deregisters the socket from the runtime's epoll.
+            self.io = Io::Paused(stream.into_std().map_err(|e| epoll_failed("pause", &e))?);
+        }
+        if let Io::Paused(_) = self.io {
+            self.pause = Some(Box::pin(tokio::time::sleep_until(now + PACE)));
+        }
         Ok(())
     }
 
-    /// Ends a pause: the socket goes back on epoll, which reports it readable at once if
-    /// anything arrived meanwhile.
+    /// A read straight from the socket while it is off epoll (a pause just ended, or the
+    /// last read filled the buffer): `None` when nothing is there, and the socket is then
+    /// back on epoll to wait for more.
+    fn read_off_epoll(&mut self, buf: &mut ReadBuf<'_>) -> io::Result<Option<()>> {
+        let Io::Paused(stream) = &mut self.io else {
+            return Ok(None);
+        };
+        loop {
+            match io::Read::read(stream, buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Ok(Some(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.resume()?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Puts the socket back on epoll (ending any pause), which reports it readable at once
+    /// if anything arrived meanwhile.
     fn resume(&mut self) -> io::Result<()> {
         self.pause = None;
         if let Io::Paused(_) = self.io {
@@ -143,18 +173,18 @@ impl AmiStream {
     }
 
     /// Whether the current pause, if any, still holds reads back.
-    fn paused(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+    fn paused(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(pause) = &mut self.pause else {
-            return Ok(false);
+            return false;
         };
         if pause.as_mut().poll(cx).is_pending() && !self.read_now.take(cx) {
-            return Ok(true);
+            return true;
         }
-        self.resume()?;
-        Ok(false)
+        self.pause = None;
+        false
     }
 
-    /// The socket for a write (a write ends a pause).
+    /// The socket for a write (a write puts it back on epoll).
     fn writable(&mut self) -> io::Result<&mut Io> {
         self.resume()?;
         Ok(&mut self.io)
@@ -183,15 +213,18 @@ impl AsyncRead for AmiStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.paused(cx)? {
+        if this.paused(cx) {
             return Poll::Pending;
         }
         let before = buf.filled().len();
         let offered = buf.remaining();
-        let polled = match &mut this.io {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Io::Paused(_) | Io::Broken => return Poll::Ready(Err(broken())),
+        let polled = match this.read_off_epoll(buf)? {
+            Some(()) => Poll::Ready(Ok(())),
+            None => match &mut this.io {
+                Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+                Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+                Io::Paused(_) | Io::Broken => return Poll::Ready(Err(broken())),
+            },
         };
         if let Poll::Ready(Ok(())) = &polled {
             let read = &buf.filled()[before..];
@@ -303,6 +336,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_socket_stays_off_epoll_while_events_come_and_goes_back_when_they_stop() {
+        let (mut stream, mut asterisk, _, _) = paused_stream().await;
+        asterisk.write_all(b"cde").await.unwrap();
+        // Read a byte at a time: a read that fills its buffer does not pause, and the
+        // socket is read straight off epoll until it is empty.
+        let mut byte = [0u8; 1];
+        for expected in [b'c', b'd'] {
+            assert_eq!(stream.read(&mut byte).await.unwrap(), 1);
+            assert_eq!(byte[0], expected);
+            assert!(matches!(stream.io, Io::Paused(_)) && stream.pause.is_none());
+        }
+        let (got, _) = send_and_read(&mut stream, &mut asterisk, &["f"]).await;
+        assert_eq!(got, "ef");
+        assert!(
+            matches!(stream.io, Io::Paused(_)) && stream.pause.is_some(),
+            "a short read, close after the one before: paused again, still off epoll"
+        );
+        // A pause in which nothing came: the socket waits on epoll again.
+        let mut buf = [0u8; 16];
+        let waited = tokio::time::timeout(BUSY * 5, stream.read(&mut buf)).await;
+        assert!(waited.is_err(), "nothing came, nothing read");
+        assert!(matches!(stream.io, Io::Plain(_)) && stream.pause.is_none());
+        let (got, _) = send_and_read(&mut stream, &mut asterisk, &["d"]).await;
+        assert_eq!(got, "d");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn reads_far_apart_are_not_paused() {
         let (mut stream, mut asterisk, _) = connected().await;
         send_and_read(&mut stream, &mut asterisk, &["a"]).await;
@@ -322,7 +382,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_write_ends_a_pause_and_reaches_asterisk() {
+    async fn a_write_puts_the_socket_back_on_epoll_and_reaches_asterisk() {
         let (mut stream, mut asterisk, _, paused_at) = paused_stream().await;
         stream.write_all(b"Action: Ping\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 16];
