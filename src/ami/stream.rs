@@ -41,7 +41,7 @@ use tokio_rustls::client::TlsStream;
 /// Where a tapped stream sends what it reads, in order.
 pub type Tap = mpsc::UnboundedSender<Bytes>;
 
-/// How long a paused socket stays off epoll.
+/// How long a pause holds reads back.
 const PACE: Duration = Duration::from_millis(1);
 /// Reads closer together than this mean events are streaming in: the next short read
 /// pauses.
