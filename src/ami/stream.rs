@@ -86,7 +86,7 @@ pub struct AmiStream {
 
 enum Io {
     Plain(TcpStream),
-    /// Off epoll for a pause.
+    /// Off epoll: in a pause, or read directly until it is empty (while events stream in).
     Paused(std::net::TcpStream),
     /// Taking it off or putting it back failed: the connection is lost.
     Broken,
@@ -122,13 +122,13 @@ impl AmiStream {
         if read == 0 || read >= offered || !busy {
             return Ok(());
         }
-        if let Io::Plain(_) = self.io {
-            let Io::Plain(stream) = std::mem::replace(&mut self.io, Io::Broken) else {
-                unreachable!("checked above");
-            };
+        self.io = match std::mem::replace(&mut self.io, Io::Broken) {
             // Deregisters the socket from the runtime's epoll.
-            self.io = Io::Paused(stream.into_std().map_err(|e| epoll_failed("pause", &e))?);
-        }
+            Io::Plain(stream) => {
+                Io::Paused(stream.into_std().map_err(|e| epoll_failed("pause", &e))?)
+            }
+            other => other,
+        };
         if let Io::Paused(_) = self.io {
             self.pause = Some(Box::pin(tokio::time::sleep_until(now + PACE)));
         }
@@ -136,22 +136,22 @@ impl AmiStream {
     }
 
     /// A read straight from the socket while it is off epoll (a pause just ended, or the
-    /// last read filled the buffer): `None` when nothing is there, and the socket is then
-    /// back on epoll to wait for more.
-    fn read_off_epoll(&mut self, buf: &mut ReadBuf<'_>) -> io::Result<Option<()>> {
+    /// last read filled the buffer); whether it read (end of stream included). When
+    /// nothing is there the socket goes back on epoll to wait for more.
+    fn read_off_epoll(&mut self, buf: &mut ReadBuf<'_>) -> io::Result<bool> {
         let Io::Paused(stream) = &mut self.io else {
-            return Ok(None);
+            return Ok(false);
         };
         loop {
             match io::Read::read(stream, buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
-                    return Ok(Some(()));
+                    return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.resume()?;
-                    return Ok(None);
+                    return Ok(false);
                 }
                 Err(e) => return Err(e),
             }
@@ -162,13 +162,12 @@ impl AmiStream {
     /// if anything arrived meanwhile.
     fn resume(&mut self) -> io::Result<()> {
         self.pause = None;
-        if let Io::Paused(_) = self.io {
-            let Io::Paused(stream) = std::mem::replace(&mut self.io, Io::Broken) else {
-                unreachable!("checked above");
-            };
-            self.io =
-                Io::Plain(TcpStream::from_std(stream).map_err(|e| epoll_failed("resume", &e))?);
-        }
+        self.io = match std::mem::replace(&mut self.io, Io::Broken) {
+            Io::Paused(stream) => {
+                Io::Plain(TcpStream::from_std(stream).map_err(|e| epoll_failed("resume", &e))?)
+            }
+            other => other,
+        };
         Ok(())
     }
 
@@ -218,13 +217,14 @@ impl AsyncRead for AmiStream {
         }
         let before = buf.filled().len();
         let offered = buf.remaining();
-        let polled = match this.read_off_epoll(buf)? {
-            Some(()) => Poll::Ready(Ok(())),
-            None => match &mut this.io {
+        let polled = if this.read_off_epoll(buf)? {
+            Poll::Ready(Ok(()))
+        } else {
+            match &mut this.io {
                 Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
                 Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
                 Io::Paused(_) | Io::Broken => return Poll::Ready(Err(broken())),
-            },
+            }
         };
         if let Poll::Ready(Ok(())) = &polled {
             let read = &buf.filled()[before..];
