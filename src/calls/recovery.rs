@@ -114,7 +114,7 @@ impl Tracker {
             queue: call.queue.as_deref().map(str::to_string),
             in_queue: call.in_queue,
             agent: call.agent.clone(),
-            legs: call.legs.clone(),
+            legs: call.legs.to_vec(),
             answered: call.answered,
             outcome: call.outcome,
             channels: call
@@ -156,7 +156,7 @@ impl Tracker {
                 queue: r.queue.map(String::into_boxed_str),
                 in_queue: r.in_queue,
                 agent: r.agent,
-                legs: r.legs,
+                legs: r.legs.into_boxed_slice(),
                 reported: true,
                 answered: r.answered,
                 outcome: r.outcome,
