@@ -53,6 +53,10 @@ use std::time::Duration;
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
+/// The binary's allocator (`src/main.rs`), so that the daemon in here runs as it ships.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const CONCURRENCY: usize = 200;
 /// The caller Zammad blocks: half the sessions.
 const BLOCKED: &str = "+15555550100";

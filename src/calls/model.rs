@@ -381,7 +381,7 @@ mod tests {
     /// A channel stays within 152 bytes and a call within 256, the most that fits the
     /// allocation each has now: jemalloc (the binary's allocator) rounds a block up to its
     /// size classes (160, 192, 224, 256, 320 bytes in this range), glibc's malloc (the
-    /// tests' and benchmarks') takes `size + 8` rounded up to 16. A channel of 153 bytes
+    /// tests') takes `size + 8` rounded up to 16. A channel of 153 bytes
     /// would take 176 bytes of heap under glibc instead of 160, a call of 257 bytes 320
     /// under jemalloc instead of 256.
     #[test]
