@@ -381,9 +381,9 @@ mod tests {
     /// A channel stays within 152 bytes and a call within 256, the most that fits the
     /// allocation each has now: jemalloc (the binary's allocator) rounds a block up to its
     /// size classes (160, 192, 224, 256, 320 bytes in this range), glibc's malloc (the
-    /// tests') takes `size + 8` rounded up to 16. A channel of 153 bytes
-    /// would take 176 bytes of heap under glibc instead of 160, a call of 257 bytes 320
-    /// under jemalloc instead of 256.
+    /// tests') takes `size + 8` rounded up to 16. A channel of 153 bytes would take 176
+    /// bytes of heap under glibc instead of 160, a call of 257 bytes 320 under jemalloc
+    /// instead of 256.
     #[test]
     fn channels_and_calls_fit_their_allocations() {
         let (channel, call) = (std::mem::size_of::<Channel>(), std::mem::size_of::<Call>());
