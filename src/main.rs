@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 /// jemalloc rather than glibc's malloc: under load the daemon allocates a few small
 /// blocks per AMI event and frees them on the same thread, which jemalloc's thread caches
-/// serve for about a tenth less of the daemon's CPU (CONTRIBUTING.md, "Benchmarks"); an open
-/// call costs as many bytes, and what ended calls held goes back to the system.
+/// serve for about a tenth less of the daemon's CPU (CONTRIBUTING.md, "Benchmarks"); an
+/// open call costs as many bytes, and what ended calls held goes back to the system.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
