@@ -76,6 +76,9 @@ pub struct Outbox {
     /// hangup). Kept here, not in a worker, because a worker lives only while its call
     /// has events to send.
     refused_by_zammad: Arc<DashSet<CallId>>,
+    /// Where the workers of calls a FastAGI session waits on run, and their client
+    /// ([`Outbox::with_sessions_on`]).
+    sessions: Option<(tokio::runtime::Handle, Arc<ZammadClient>)>,
 }
 
 impl Outbox {
@@ -100,7 +103,22 @@ impl Outbox {
             metrics,
             refused: Arc::new(DashSet::new()),
             refused_by_zammad: Arc::new(DashSet::new()),
+            sessions: None,
         }
+    }
+
+    /// Runs the worker of a call that a FastAGI session waits on
+    /// ([`Outbox::push_for_session`]) on `runtime`, the sessions' own, with `client`, whose
+    /// connections that runtime makes and drives: Zammad's answer then wakes that
+    /// runtime's thread alone, and reaches the session without a hand-over from the
+    /// daemon's thread. The runtime must run until [`Outbox::close`] has returned.
+    pub fn with_sessions_on(
+        mut self,
+        runtime: tokio::runtime::Handle,
+        client: ZammadClient,
+    ) -> Self {
+        self.sessions = Some((runtime, Arc::new(client)));
+        self
     }
 
     /// Whether to take `request`: a `newCall` is refused while the outbox is full (the
@@ -155,6 +173,20 @@ impl Outbox {
         });
     }
 
+    /// As [`Outbox::push_with_decision`], for a FastAGI session that waits for the
+    /// decision: a worker it starts runs where [`Outbox::with_sessions_on`] says.
+    pub fn push_for_session(&self, seq: u64, request: CtiRequest, decision: DecisionSender) {
+        self.push_item_on(
+            Item {
+                seq,
+                request,
+                decision: Some(decision),
+                not_before: None,
+            },
+            self.sessions.as_ref(),
+        );
+    }
+
     /// Queues what the state journal held at start-up, in order (see the module doc).
     /// They wait `zammad.timeout` first, and their calls' later events behind them: an
     /// attempt of the stopped daemon (a `newCall` is not marked while sent; an `answer`
@@ -198,6 +230,16 @@ impl Outbox {
     }
 
     fn push_item(&self, item: Item) {
+        self.push_item_on(item, None);
+    }
+
+    /// Queues `item`; a worker it starts runs on `elsewhere` with its client, or on the
+    /// current runtime with the outbox's.
+    fn push_item_on(
+        &self,
+        item: Item,
+        elsewhere: Option<&(tokio::runtime::Handle, Arc<ZammadClient>)>,
+    ) {
         self.depth.inc();
         let id = item.request.call_id.clone();
         let mut item = Some(item);
@@ -212,8 +254,9 @@ impl Outbox {
         tx.send(item.take().expect("not sent yet"))
             .expect("receiver alive");
         self.queues.insert(id.clone(), tx);
+        let client = elsewhere.map_or(&self.client, |(_, client)| client);
         let worker = Worker {
-            client: self.client.clone(),
+            client: client.clone(),
             queues: self.queues.clone(),
             cancel: self.cancel.clone(),
             // Each worker waits its own random share: calls that failed together retry
@@ -225,8 +268,11 @@ impl Outbox {
             depth: self.depth.clone(),
             metrics: self.metrics.clone(),
         };
-        self.tasks
-            .spawn(worker.run(rx).instrument(info_span!("call", call_id = %id)));
+        let work = worker.run(rx).instrument(info_span!("call", call_id = %id));
+        match elsewhere {
+            Some((runtime, _)) => drop(self.tasks.spawn_on(work, runtime)),
+            None => drop(self.tasks.spawn(work)),
+        }
     }
 
     /// Calls with requests not yet delivered.
@@ -465,13 +511,23 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::standins::zammad::{FakeZammad, FakeZammadConfig};
     use crate::zammad::cti::{Cause, Direction};
 
     fn request(event: CtiEventKind, direction: Direction, cause: Option<Cause>) -> CtiRequest {
+        call_request("1.1", event, direction, cause)
+    }
+
+    fn call_request(
+        call_id: &str,
+        event: CtiEventKind,
+        direction: Direction,
+        cause: Option<Cause>,
+    ) -> CtiRequest {
         CtiRequest {
             event,
             direction,
-            call_id: CallId("1.1".into()),
+            call_id: CallId(call_id.into()),
             from: "4930555".into(),
             to: "4930100".into(),
             user: None,
@@ -505,5 +561,87 @@ mod tests {
                 "{event:?} {direction:?} {cause:?}"
             );
         }
+    }
+
+    /// A call a FastAGI session waits on is sent from the sessions' runtime, with the
+    /// client made for it there; any other call from the runtime that pushes it. Shown by
+    /// holding the sessions' runtime still: the session's call waits for it, the other
+    /// does not.
+    #[tokio::test]
+    async fn a_sessions_call_goes_out_from_the_sessions_runtime() {
+        let zammad = FakeZammad::start(FakeZammadConfig::default())
+            .await
+            .unwrap();
+        let client = || {
+            ZammadClient::new(
+                secrecy::SecretString::from(zammad.url()),
+                Duration::from_secs(5),
+            )
+            .unwrap()
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "azb-outbox-sessions-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let (store, _, _sync) = Store::open(&dir).unwrap();
+        let sessions = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outbox = Outbox::new(
+            client(),
+            CancellationToken::new(),
+            store,
+            100,
+            Arc::new(Metrics::new()),
+        )
+        .with_sessions_on(sessions.handle().clone(), client());
+        let (session_tx, mut session_rx) = oneshot::channel();
+        let (ami_tx, ami_rx) = oneshot::channel();
+        use CtiEventKind::NewCall;
+        outbox.push_for_session(
+            1,
+            call_request("1.1", NewCall, Direction::In, None),
+            session_tx,
+        );
+        outbox.push_with_decision(2, call_request("2.1", NewCall, Direction::In, None), ami_tx);
+
+        let ami = tokio::time::timeout(Duration::from_secs(5), ami_rx).await;
+        assert!(
+            matches!(ami, Ok(Ok(Ok(_)))),
+            "the other call's decision: {ami:?}"
+        );
+        let waiting = tokio::time::timeout(Duration::from_millis(300), &mut session_rx).await;
+        assert!(
+            waiting.is_err(),
+            "sent while the sessions' runtime stood still"
+        );
+        let sent: Vec<_> = zammad
+            .requests()
+            .iter()
+            .map(|r| r.params["callId"].clone())
+            .collect();
+        assert_eq!(sent, ["2.1"]);
+
+        let (stop, stopped) = oneshot::channel::<()>();
+        let driver = std::thread::spawn(move || {
+            sessions.block_on(async {
+                let _ = stopped.await;
+            })
+        });
+        let session = tokio::time::timeout(Duration::from_secs(5), session_rx).await;
+        assert!(
+            matches!(session, Ok(Ok(Ok(_)))),
+            "the session's decision: {session:?}"
+        );
+        assert_eq!(zammad.requests().len(), 2);
+        assert!(
+            outbox.close(Duration::from_secs(5)).await,
+            "both workers ended"
+        );
+        drop(stop);
+        driver.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -240,6 +240,14 @@ impl ZammadClient {
         })
     }
 
+    /// This client, taking its turns from `other`'s [`MAX_IN_FLIGHT`] rather than its own:
+    /// two clients (two connection pools, each driven by the runtime that made its
+    /// connections) with one bound between them.
+    pub fn sharing_turns_with(mut self, other: &ZammadClient) -> ZammadClient {
+        self.in_flight = other.in_flight.clone();
+        self
+    }
+
     /// The endpoint with its token replaced by `***`, safe to log.
     pub fn redacted_url(&self) -> &str {
         &self.redacted
@@ -1198,5 +1206,25 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    /// Two clients sharing their turns hold [`MAX_IN_FLIGHT`] between them: with every
+    /// turn taken on one, the other waits until one is given back.
+    #[tokio::test]
+    async fn clients_sharing_turns_share_the_bound() {
+        let url = format!("http://127.0.0.1:9/api/v1/cti/{TOKEN}");
+        let a = client_for(&url, Duration::from_secs(1));
+        let b = client_for(&url, Duration::from_secs(1)).sharing_turns_with(&a);
+        let mut taken = Vec::with_capacity(MAX_IN_FLIGHT);
+        for _ in 0..MAX_IN_FLIGHT {
+            taken.push(a.turn().await);
+        }
+        let wait = Duration::from_millis(100);
+        assert!(tokio::time::timeout(wait, b.turn()).await.is_err());
+        taken.pop();
+        assert!(tokio::time::timeout(wait, b.turn()).await.is_ok());
+        // Not shared, a client has its own.
+        let c = client_for(&url, Duration::from_secs(1));
+        assert!(tokio::time::timeout(wait, c.turn()).await.is_ok());
     }
 }
