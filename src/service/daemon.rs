@@ -104,6 +104,8 @@ impl AgiThread {
                     let _ = released.await;
                 });
             })?;
+        // A runtime builds in microseconds: waiting for it here holds the daemon's start
+        // no longer than that.
         let runtime = runtime_rx
             .recv()
             .unwrap_or_else(|_| Err(std::io::Error::other("the FastAGI thread ended")))?;
