@@ -181,17 +181,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let settings = TrackerSettings::from_config(&config);
     let url = config.zammad.url.clone().context("zammad.url is not set")?;
-    let zammad = ZammadClient::with_proxy(
-        url.clone(),
-        config.zammad.timeout,
-        config.zammad.proxy.as_ref(),
-    )
-    .context("failed to set up the zammad client")?;
-    // The FastAGI sessions' calls get a connection pool of their own, on their runtime.
-    let zammad_for_sessions =
-        ZammadClient::with_proxy(url, config.zammad.timeout, config.zammad.proxy.as_ref())
-            .context("failed to set up the zammad client")?
-            .sharing_turns_with(&zammad);
+    let zammad_client = || {
+        ZammadClient::with_proxy(
+            url.clone(),
+            config.zammad.timeout,
+            config.zammad.proxy.as_ref(),
+        )
+    };
+    let zammad = zammad_client().context("failed to set up the zammad client")?;
     let (store, state, _journal_thread) = Store::open(&config.state.dir)?;
     info!(
         zammad = %zammad.redacted_url(),
@@ -251,7 +248,11 @@ pub async fn run(
         .transpose()
         .context("failed to start the FastAGI thread")?;
     let outbox = match &agi_task {
-        Some(agi) => outbox.with_sessions_on(agi.runtime.clone(), zammad_for_sessions),
+        // The sessions' calls get a connection pool of their own, on their runtime.
+        Some(agi) => outbox.with_sessions_on(
+            agi.runtime.clone(),
+            zammad_client().context("failed to set up the zammad client")?,
+        ),
         None => outbox,
     };
     let mut d = Daemon {

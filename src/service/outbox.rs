@@ -111,12 +111,15 @@ impl Outbox {
     /// ([`Outbox::push_for_session`]) on `runtime`, the sessions' own, with `client`, whose
     /// connections that runtime makes and drives: Zammad's answer then wakes that
     /// runtime's thread alone, and reaches the session without a hand-over from the
-    /// daemon's thread. The runtime must run until [`Outbox::close`] has returned.
+    /// daemon's thread. `client` takes its turns from the outbox's own client's
+    /// [`crate::zammad::client::MAX_IN_FLIGHT`]. The runtime must run until
+    /// [`Outbox::close`] has returned.
     pub fn with_sessions_on(
         mut self,
         runtime: tokio::runtime::Handle,
         client: ZammadClient,
     ) -> Self {
+        let client = client.sharing_turns_with(&self.client);
         self.sessions = Some((runtime, Arc::new(client)));
         self
     }
