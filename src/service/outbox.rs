@@ -647,4 +647,37 @@ mod tests {
         driver.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// The sessions' client takes its turns from the outbox's own: one bound on requests
+    /// in flight, whichever runtime sends them.
+    #[tokio::test]
+    async fn the_sessions_client_shares_the_outbox_clients_turns() {
+        let url = "http://127.0.0.1:9/api/v1/cti/token";
+        let client =
+            || ZammadClient::new(secrecy::SecretString::from(url), Duration::from_secs(1)).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "azb-outbox-turns-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let (store, _, _sync) = Store::open(&dir).unwrap();
+        let outbox = Outbox::new(
+            client(),
+            CancellationToken::new(),
+            store,
+            100,
+            Arc::new(Metrics::new()),
+        )
+        .with_sessions_on(tokio::runtime::Handle::current(), client());
+        let mut taken = Vec::new();
+        for _ in 0..crate::zammad::client::MAX_IN_FLIGHT {
+            taken.push(outbox.client.turn().await);
+        }
+        let sessions = &outbox.sessions.as_ref().expect("set").1;
+        let wait = Duration::from_millis(100);
+        assert!(tokio::time::timeout(wait, sessions.turn()).await.is_err());
+        taken.pop();
+        assert!(tokio::time::timeout(wait, sessions.turn()).await.is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
