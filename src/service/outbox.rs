@@ -516,6 +516,7 @@ mod tests {
     use super::*;
     use crate::standins::zammad::{FakeZammad, FakeZammadConfig};
     use crate::zammad::cti::{Cause, Direction};
+    use std::path::PathBuf;
 
     fn request(event: CtiEventKind, direction: Direction, cause: Option<Cause>) -> CtiRequest {
         call_request("1.1", event, direction, cause)
@@ -566,32 +567,22 @@ mod tests {
         }
     }
 
-    /// A call a FastAGI session waits on is sent from the sessions' runtime, with the
-    /// client made for it there; any other call from the runtime that pushes it. Shown by
-    /// holding the sessions' runtime still: the session's call waits for it, the other
-    /// does not.
-    #[tokio::test]
-    async fn a_sessions_call_goes_out_from_the_sessions_runtime() {
-        let zammad = FakeZammad::start(FakeZammadConfig::default())
-            .await
-            .unwrap();
+    /// An outbox for Zammad at `url`, its journal in a new dir (returned, for removal),
+    /// whose sessions' calls run on `sessions`.
+    fn outbox_with_sessions_on(url: &str, sessions: tokio::runtime::Handle) -> (Outbox, PathBuf) {
         let client = || {
             ZammadClient::new(
-                secrecy::SecretString::from(zammad.url()),
+                secrecy::SecretString::from(url.to_string()),
                 Duration::from_secs(5),
             )
             .unwrap()
         };
         let dir = std::env::temp_dir().join(format!(
-            "azb-outbox-sessions-{}-{}",
+            "azb-outbox-{}-{}",
             std::process::id(),
             fastrand::u64(..)
         ));
         let (store, _, _sync) = Store::open(&dir).unwrap();
-        let sessions = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let outbox = Outbox::new(
             client(),
             CancellationToken::new(),
@@ -599,10 +590,27 @@ mod tests {
             100,
             Arc::new(Metrics::new()),
         )
-        .with_sessions_on(sessions.handle().clone(), client());
+        .with_sessions_on(sessions, client());
+        (outbox, dir)
+    }
+
+    /// A call a FastAGI session waits on is sent from the sessions' runtime, with the
+    /// client made for it there; any other call from the runtime that pushes it. Shown by
+    /// holding the sessions' runtime still: the session's call waits for it, the other
+    /// does not.
+    #[tokio::test]
+    async fn a_sessions_call_goes_out_from_the_sessions_runtime() {
+        use CtiEventKind::NewCall;
+        let zammad = FakeZammad::start(FakeZammadConfig::default())
+            .await
+            .unwrap();
+        let sessions = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (outbox, dir) = outbox_with_sessions_on(&zammad.url(), sessions.handle().clone());
         let (session_tx, mut session_rx) = oneshot::channel();
         let (ami_tx, ami_rx) = oneshot::channel();
-        use CtiEventKind::NewCall;
         outbox.push_for_session(
             1,
             call_request("1.1", NewCall, Direction::In, None),
@@ -653,22 +661,7 @@ mod tests {
     #[tokio::test]
     async fn the_sessions_client_shares_the_outbox_clients_turns() {
         let url = "http://127.0.0.1:9/api/v1/cti/token";
-        let client =
-            || ZammadClient::new(secrecy::SecretString::from(url), Duration::from_secs(1)).unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "azb-outbox-turns-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        let (store, _, _sync) = Store::open(&dir).unwrap();
-        let outbox = Outbox::new(
-            client(),
-            CancellationToken::new(),
-            store,
-            100,
-            Arc::new(Metrics::new()),
-        )
-        .with_sessions_on(tokio::runtime::Handle::current(), client());
+        let (outbox, dir) = outbox_with_sessions_on(url, tokio::runtime::Handle::current());
         let mut taken = Vec::new();
         for _ in 0..crate::zammad::client::MAX_IN_FLIGHT {
             taken.push(outbox.client.turn().await);
