@@ -31,6 +31,12 @@
 //! floors is the server's machinery, what lies above the second the claim, the journal
 //! and the HTTP round trip to Zammad.
 //!
+//! The peers start spread evenly over one Zammad delay and drift, session by session,
+//! towards random arrivals (two sessions per 5 ms, ± 0.2 at the start, ± 1.0 by the end
+//! of a run, where a Poisson stream's is ± 1.4): the times of the run's later part are
+//! the higher and the truer (calls arrive at random), for the bridge and the floors
+//! alike. The figures printed cover the whole run.
+//!
 //! `AZB_AGI_RATE=400` (or `2000`) runs that pace only; `AZB_AGI_RUNS=N` runs each pace and
 //! its floors N times in turns and ends with the median of their p99s: on a shared VM one
 //! run's p99 moves by half from one hour to the next.
