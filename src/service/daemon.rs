@@ -64,8 +64,7 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// a claimed call runs here ([`Outbox::with_sessions_on`]), so that Zammad's answer comes
 /// to this thread and reaches the session without the daemon's.
 struct AgiThread {
-    thread: std::thread::JoinHandle<()>,
-    /// Closed when the thread's server has stopped.
+    /// Closed when the thread's server has stopped (or the thread ended).
     stopped: Option<oneshot::Receiver<()>>,
     /// The thread's runtime.
     runtime: tokio::runtime::Handle,
@@ -83,7 +82,7 @@ impl AgiThread {
         let (stopped_tx, stopped) = oneshot::channel::<()>();
         let (release, released) = oneshot::channel::<()>();
         let (runtime_tx, runtime_rx) = std::sync::mpsc::sync_channel(1);
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("azb-fastagi".into())
             .spawn(move || {
                 let runtime = match runtime() {
@@ -110,7 +109,6 @@ impl AgiThread {
             .recv()
             .unwrap_or_else(|_| Err(std::io::Error::other("the FastAGI thread ended")))?;
         Ok(AgiThread {
-            thread,
             stopped: Some(stopped),
             runtime,
             release,
@@ -121,7 +119,7 @@ impl AgiThread {
     fn serving(&mut self) -> bool {
         self.stopped.as_mut().is_some_and(|stopped| {
             matches!(stopped.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-        }) && !self.thread.is_finished()
+        })
     }
 
     /// Waits until the server has stopped (after `shutdown`, its sessions' grace).
